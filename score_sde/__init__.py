@@ -1,0 +1,26 @@
+"""score_sde: score-based generative modeling with SDEs in JAX."""
+
+from score_sde import analytic
+from score_sde.analytic import GaussianMixture
+from score_sde.sde import (
+    SDE,
+    VESDE,
+    VPSDE,
+    SubVPSDE,
+    default_eps,
+    probability_flow_drift,
+    reverse_drift,
+)
+
+__all__ = [
+    "SDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "GaussianMixture",
+    "analytic",
+    "default_eps",
+    "probability_flow_drift",
+    "reverse_drift",
+]
+__version__ = "0.1.0"

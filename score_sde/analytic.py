@@ -1,0 +1,154 @@
+"""Closed-form Gaussian mixtures: densities, exact scores and flows under any linear SDE.
+
+p_0 = sum_k w_k N(mu_k, s_k^2 I) with isotropic components. Under an SDE with
+perturbation kernel N(alpha(t) x0, std(t)^2 I) the marginal stays a mixture,
+
+    p_t = sum_k w_k N(alpha mu_k, (alpha^2 s_k^2 + std^2) I),
+
+so its log-density, score (sum_k r_k (-(x - m_k) / v_k), r = posterior
+responsibilities) and Hessian trace are exact. These are the oracles the tests
+and benchmarks measure solvers against. A single Gaussian is the K = 1 case,
+for which the probability-flow map is also closed form (`gaussian_flow_map`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from score_sde.sde import SDE, Array, batch_times, expand_to
+
+
+class GaussianMixture(eqx.Module):
+    """A mixture of K isotropic Gaussians over data of shape `event_shape`.
+
+    Args:
+      weights: (K,) non-negative mixture weights (normalised here).
+      means: (K, *event_shape) component means.
+      stds: (K,) component standard deviations (> 0), or a scalar for all.
+    """
+
+    weights: Array
+    means: Array  # (K, D), flattened
+    stds: Array  # (K,)
+    event_shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, weights, means, stds):
+        means = jnp.asarray(means)
+        if means.ndim < 2:
+            raise ValueError(f"means must have shape (K, *event_shape), got {means.shape}")
+        k = means.shape[0]
+        weights = jnp.asarray(weights, dtype=means.dtype)
+        stds = jnp.broadcast_to(jnp.asarray(stds, dtype=means.dtype), (k,))
+        if weights.shape != (k,):
+            raise ValueError(f"weights must have shape ({k},) to match means, got {weights.shape}")
+        self.weights = weights / jnp.sum(weights)
+        self.means = means.reshape(k, -1)
+        self.stds = stds
+        self.event_shape = tuple(means.shape[1:])
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.event_shape)
+
+    def _flat(self, x: Array) -> Array:
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(f"x must have shape (B, *{self.event_shape}), got {x.shape}")
+        return x.reshape(x.shape[0], -1)
+
+    # --- t = 0 ----------------------------------------------------------------------
+    def sample(self, key: Array, n: int) -> Array:
+        """Draws n samples, shape (n, *event_shape)."""
+        kc, kz = jax.random.split(key)
+        comp = jax.random.choice(kc, self.weights.shape[0], (n,), p=self.weights)
+        z = jax.random.normal(kz, (n, self.dim), self.means.dtype)
+        x = self.means[comp] + self.stds[comp, None] * z
+        return x.reshape((n,) + self.event_shape)
+
+    def log_prob(self, x: Array) -> Array:
+        """log p_0(x) in nats, (B,)."""
+        xf = self._flat(x)
+        m = jnp.broadcast_to(self.means, (xf.shape[0],) + self.means.shape)
+        v = jnp.broadcast_to(self.stds**2, (xf.shape[0], self.stds.shape[0]))
+        return jax.nn.logsumexp(self._component_logp(xf, m, v), axis=1)
+
+    # --- time t under an SDE --------------------------------------------------------
+    def marginal_params(self, sde: SDE, t, batch: int, dtype=None) -> tuple[Array, Array]:
+        """Component means (B, K, D) and variances (B, K) of p_t."""
+        t = batch_times(t, batch, dtype or self.means.dtype)
+        a, s = sde.alpha(t), sde.std(t)
+        means = a[:, None, None] * self.means[None]
+        var = a[:, None] ** 2 * self.stds[None] ** 2 + s[:, None] ** 2
+        return means, var
+
+    def _component_logp(self, xf, means, var):
+        d = xf.shape[1]
+        sq = jnp.sum((xf[:, None, :] - means) ** 2, axis=-1)
+        return jnp.log(self.weights)[None] - 0.5 * d * jnp.log(2 * jnp.pi * var) - 0.5 * sq / var
+
+    def marginal_log_prob(self, sde: SDE, x: Array, t) -> Array:
+        """Exact log p_t(x) in nats, (B,)."""
+        xf = self._flat(x)
+        means, var = self.marginal_params(sde, t, xf.shape[0], xf.dtype)
+        return jax.nn.logsumexp(self._component_logp(xf, means, var), axis=1)
+
+    def _score_parts(self, sde, x, t):
+        xf = self._flat(x)
+        means, var = self.marginal_params(sde, t, xf.shape[0], xf.dtype)
+        r = jax.nn.softmax(self._component_logp(xf, means, var), axis=1)  # (B, K)
+        s_k = -(xf[:, None, :] - means) / var[..., None]  # (B, K, D)
+        return r, s_k, var
+
+    def marginal_score(self, sde: SDE, x: Array, t) -> Array:
+        """Exact score grad_x log p_t(x), like x."""
+        r, s_k, _ = self._score_parts(sde, x, t)
+        return jnp.einsum("bk,bkd->bd", r, s_k).reshape(x.shape)
+
+    def score_laplacian(self, sde: SDE, x: Array, t) -> Array:
+        """Exact trace of the Hessian of log p_t at x, (B,).
+
+        tr H = sum_k r_k (|s_k|^2 - D / v_k) - |s|^2, with s = sum_k r_k s_k.
+        """
+        r, s_k, var = self._score_parts(sde, x, t)
+        s = jnp.einsum("bk,bkd->bd", r, s_k)
+        d = s_k.shape[-1]
+        per_k = jnp.sum(s_k**2, axis=-1) - d / var
+        return jnp.sum(r * per_k, axis=1) - jnp.sum(s**2, axis=1)
+
+    def flow_divergence(self, sde: SDE, x: Array, t) -> Array:
+        """Exact divergence of the probability-flow drift f - g^2 s / 2, (B,)."""
+        t = batch_times(t, x.shape[0], x.dtype)
+        return self.dim * sde.drift_coef(t) - 0.5 * sde.diffusion_sq(t) * self.score_laplacian(sde, x, t)
+
+    def score_fn(self, sde: SDE) -> "MixtureScore":
+        """The exact score of p_t as a callable score_fn(x, t) (a pytree, safe to pass to jit)."""
+        return MixtureScore(self, sde)
+
+
+class MixtureScore(eqx.Module):
+    """score_fn(x, t) -> grad log p_t(x) for a Gaussian mixture under an SDE."""
+
+    mixture: GaussianMixture
+    sde: SDE
+
+    def __call__(self, x: Array, t) -> Array:
+        return self.mixture.marginal_score(self.sde, x, t)
+
+
+def gaussian_flow_map(gaussian: GaussianMixture, sde: SDE, x_t: Array, t, s) -> Array:
+    """Exact probability-flow map x_t -> x_s for a single Gaussian (K = 1).
+
+    p_t = N(alpha(t) mu, v(t) I) with v = alpha^2 s0^2 + std^2; the flow is the
+    affine map x_s = alpha(s) mu + sqrt(v(s) / v(t)) (x_t - alpha(t) mu).
+    """
+    if gaussian.means.shape[0] != 1:
+        raise ValueError(f"gaussian_flow_map needs a single Gaussian (K = 1), got K = {gaussian.means.shape[0]}")
+    b = x_t.shape[0]
+    m_t, v_t = gaussian.marginal_params(sde, t, b, x_t.dtype)
+    m_s, v_s = gaussian.marginal_params(sde, s, b, x_t.dtype)
+    xf = gaussian._flat(x_t)
+    out = m_s[:, 0] + jnp.sqrt(v_s / v_t) * (xf - m_t[:, 0])
+    return out.reshape(x_t.shape)

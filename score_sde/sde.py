@@ -1,0 +1,213 @@
+"""Forward SDEs dx = f(x, t) dt + g(t) dw of Song et al. (ICLR 2021).
+
+All three processes are linear: f(x, t) = c(t) x. Their perturbation kernels are
+Gaussian, p_0t(x_t | x_0) = N(alpha(t) x_0, std(t)^2 I), and every quantity a
+solver needs (discrete DDPM/SMLD coefficients, log-SNR, the reverse and
+probability-flow drifts) is derived here from alpha(t) and std(t), so any
+number of steps works for any SDE.
+
+Shapes: x is (B, *dims) of any rank; t is (B,) or a scalar (broadcast to B).
+Per-example coefficients come back with shape (B,).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Callable, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+
+
+def batch_times(t, batch: int, dtype=None) -> Array:
+    """Broadcasts a scalar or (B,) time to shape (B,)."""
+    t = jnp.asarray(t, dtype=dtype)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, batch)):
+        raise ValueError(f"t must be a scalar or have shape ({batch},), got shape {t.shape}")
+    return jnp.broadcast_to(t, (batch,))
+
+
+def expand_to(c: Array, x: Array) -> Array:
+    """Reshapes a per-example coefficient (B,) so it broadcasts against x (B, *dims)."""
+    c = jnp.asarray(c)
+    return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
+
+
+class SDE(eqx.Module):
+    """A linear forward SDE with Gaussian perturbation kernels.
+
+    Subclasses define the scalar schedule functions of t (arrays of any shape):
+    `log_alpha`, `std`, `drift_coef` (c(t) in f = c x) and `diffusion_sq` (g^2),
+    plus `prior_std`. Everything else is derived.
+    """
+
+    T: float = eqx.field(default=1.0, static=True, kw_only=True)
+    # Conventional smallest sampling time (Song et al. 2021); likelihoods use 1e-5 for all.
+    sampling_eps: ClassVar[float] = 1e-3
+
+    # --- schedule, elementwise in t -------------------------------------------------
+    @abc.abstractmethod
+    def log_alpha(self, t: Array) -> Array:
+        """log alpha(t), alpha(t) the mean scale of p_0t."""
+
+    @abc.abstractmethod
+    def std(self, t: Array) -> Array:
+        """Standard deviation of p_0t."""
+
+    @abc.abstractmethod
+    def drift_coef(self, t: Array) -> Array:
+        """c(t) with f(x, t) = c(t) x."""
+
+    @abc.abstractmethod
+    def diffusion_sq(self, t: Array) -> Array:
+        """g(t)^2."""
+
+    @property
+    @abc.abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the isotropic Gaussian prior at t = T."""
+
+    def alpha(self, t: Array) -> Array:
+        return jnp.exp(self.log_alpha(t))
+
+    def log_snr(self, t: Array) -> Array:
+        """lambda(t) = log(alpha(t) / std(t)), decreasing in t (DPM-Solver's lambda)."""
+        return self.log_alpha(t) - jnp.log(self.std(t))
+
+    # --- the DESIGN.md public API -----------------------------------------------------
+    def sde(self, x: Array, t) -> tuple[Array, Array]:
+        """Drift f(x, t) (like x) and diffusion g(t) (shape (B,))."""
+        t = batch_times(t, x.shape[0], x.dtype)
+        f = expand_to(self.drift_coef(t), x) * x
+        return f, jnp.sqrt(self.diffusion_sq(t))
+
+    def marginal_prob(self, x0: Array, t) -> tuple[Array, Array]:
+        """Mean alpha(t) x0 (like x0) and std (B,) of p_0t(x_t | x0)."""
+        t = batch_times(t, x0.shape[0], x0.dtype)
+        return expand_to(self.alpha(t), x0) * x0, self.std(t)
+
+    def prior_sampling(self, key: Array, shape, dtype=jnp.float32) -> Array:
+        """Draws x_T ~ N(0, prior_std^2 I) with shape (B, *dims)."""
+        return self.prior_std * jax.random.normal(key, shape, dtype)
+
+    def prior_logp(self, z: Array) -> Array:
+        """log N(z; 0, prior_std^2 I) in nats, summed over all non-batch dims: (B,)."""
+        d = math.prod(z.shape[1:])
+        sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)) ** 2, axis=1)
+        return -0.5 * d * math.log(2 * math.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
+
+    # --- discrete transitions, derived from the continuous marginal -------------------
+    def transition(self, s, t) -> tuple[Array, Array]:
+        """Forward kernel x_t | x_s = N(r x_s, v I) for s < t.
+
+        r = alpha(t) / alpha(s) and v = std(t)^2 - r^2 std(s)^2: the exact
+        transition of the linear SDE. For VP this is DDPM's (sqrt(1 - beta_i), beta_i);
+        for VE it is SMLD's (1, sigma_i^2 - sigma_{i-1}^2). Valid for any s < t,
+        so any number of steps works: r in (0, 1] and v >= 0.
+        """
+        s, t = jnp.asarray(s), jnp.asarray(t)
+        r = jnp.exp(self.log_alpha(t) - self.log_alpha(s))
+        v = self.std(t) ** 2 - r**2 * self.std(s) ** 2
+        return r, jnp.maximum(v, 0.0)
+
+    def ancestral_coeffs(self, s, t) -> tuple[Array, Array, Array]:
+        """Coefficients of the exact Gaussian posterior step x_t -> x_s (s < t).
+
+        With the score estimate sc of p_t, the posterior q(x_s | x_t, x0_hat), x0_hat
+        Tweedie's estimate, is N((x_t + v sc) / r, v std(s)^2 / std(t)^2 I).
+        Returns (1 / r, v / r, posterior std). DDPM ancestral sampling (VP) and
+        SMLD's reverse step (VE) are both this formula.
+        """
+        r, v = self.transition(s, t)
+        post_var = v * self.std(s) ** 2 / self.std(t) ** 2
+        return 1.0 / r, v / r, jnp.sqrt(post_var)
+
+
+class VPSDE(SDE):
+    """Variance-preserving SDE: beta(t) = b0 + t (b1 - b0), f = -beta x / 2, g = sqrt(beta)."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_alpha(self, t):
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def std(self, t):
+        # sqrt(1 - alpha^2) written with expm1 so that it stays accurate near t = 0.
+        return jnp.sqrt(-jnp.expm1(2.0 * self.log_alpha(t)))
+
+    def drift_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion_sq(self, t):
+        return self.beta(t)
+
+    @property
+    def prior_std(self):
+        return 1.0
+
+
+class SubVPSDE(VPSDE):
+    """Sub-VP SDE: VP drift, std = 1 - alpha^2, g^2 = beta (1 - exp(-2 b0 t - (b1 - b0) t^2))."""
+
+    def std(self, t):
+        return -jnp.expm1(2.0 * self.log_alpha(t))
+
+    def diffusion_sq(self, t):
+        return self.beta(t) * -jnp.expm1(4.0 * self.log_alpha(t))
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE: sigma(t) = smin (smax/smin)^t, f = 0, g = sigma sqrt(2 ln(smax/smin))."""
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    sampling_eps: ClassVar[float] = 1e-5
+
+    def sigma(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def log_alpha(self, t):
+        return jnp.zeros_like(jnp.asarray(t))
+
+    def std(self, t):
+        return self.sigma(t)
+
+    def drift_coef(self, t):
+        return jnp.zeros_like(jnp.asarray(t))
+
+    def diffusion_sq(self, t):
+        return self.sigma(t) ** 2 * 2.0 * math.log(self.sigma_max / self.sigma_min)
+
+    @property
+    def prior_std(self):
+        return self.sigma_max
+
+
+def reverse_drift(sde: SDE, score_fn: ScoreFn, x: Array, t) -> Array:
+    """Drift of the reverse-time SDE, f - g^2 s(x, t) (Song et al. 2021, eq. 6)."""
+    t = batch_times(t, x.shape[0], x.dtype)
+    f, g = sde.sde(x, t)
+    return f - expand_to(g**2, x) * score_fn(x, t)
+
+
+def probability_flow_drift(sde: SDE, score_fn: ScoreFn, x: Array, t) -> Array:
+    """Drift of the probability-flow ODE, f - g^2 s(x, t) / 2 (Song et al. 2021, eq. 13)."""
+    t = batch_times(t, x.shape[0], x.dtype)
+    f, g = sde.sde(x, t)
+    return f - 0.5 * expand_to(g**2, x) * score_fn(x, t)
+
+
+def default_eps(sde: SDE, purpose: str = "sampling") -> float:
+    """Conventional smallest time: 1e-3 for VP/sub-VP sampling, 1e-5 for VE and all likelihoods."""
+    if purpose not in ("sampling", "likelihood"):
+        raise ValueError(f"purpose must be 'sampling' or 'likelihood', got {purpose!r}")
+    return 1e-5 if purpose == "likelihood" else sde.sampling_eps

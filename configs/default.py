@@ -1,0 +1,104 @@
+"""Shared defaults for every experiment; experiment files import this and override a few fields.
+
+The key names below are part of the command-line interface (`--config.training.n_iters=...`).
+"""
+
+import ml_collections
+
+
+def get_default_configs() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = "digits"          # digits | toy_gmm | checkerboard | moons | swiss_roll | cifar10 | image_folder | any TFDS name
+    data.data_dir = ""               # local files for real datasets (nothing is downloaded)
+    data.image_size = 8
+    data.num_channels = 1
+    data.centered = True             # scale to [-1, 1] (False: [0, 1])
+    data.random_flip = False
+    data.uniform_dequantization = False
+    data.num_levels = 17             # grey levels of the raw data (digits: 17, 8-bit images: 256)
+
+    config.sde = sde = ml_collections.ConfigDict()
+    sde.name = "vpsde"               # vpsde | subvpsde | vesde
+    sde.beta_min = 0.1
+    sde.beta_max = 20.0
+    sde.sigma_min = 0.01
+    sde.sigma_max = 50.0
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "unet"              # mlp | unet | ddpmpp | ncsnpp
+    model.ema_rate = 0.999
+    model.nf = 32
+    model.ch_mult = (1, 2)
+    model.num_res_blocks = 1
+    model.attn_resolutions = ()
+    model.dropout = 0.0
+    model.resblock_type = "biggan"
+    model.fir = False
+    model.fir_kernel = (1, 3, 3, 1)
+    model.skip_rescale = True
+    model.progressive = "none"
+    model.progressive_input = "none"
+    model.progressive_combine = "sum"
+    model.embedding_type = "fourier"  # fourier | positional
+    model.fourier_scale = 16.0
+    model.conditional = True
+    model.init_scale = 0.0
+    model.hidden = (128, 128, 128)   # mlp only
+
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 128        # global batch, split over all devices of all processes
+    training.n_iters = 1000
+    training.snapshot_freq = 500     # checkpoint every this many steps
+    training.log_freq = 50
+    training.eval_freq = 500
+    training.steps_per_call = 1      # steps fused into one jitted call with lax.scan
+    training.keep_checkpoints = 3
+    training.max_nonfinite = 10      # consecutive non-finite losses before training stops
+    training.continuous = True
+    training.reduce_mean = True
+    training.likelihood_weighting = False
+    training.snapshot_sampling = True
+    training.eps = 1e-5              # smallest training time
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.lr = 2e-4
+    optim.beta1 = 0.9
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.warmup = 500
+    optim.grad_clip = 1.0
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = "pc"           # any name in score_sde.solvers.names()
+    sampling.n_steps = 1000
+    sampling.predictor = "reverse_diffusion"
+    sampling.corrector = "langevin"
+    sampling.snr = 0.16
+    sampling.n_corrector_steps = 1
+    sampling.solver = "tsit5"        # ode: any diffrax solver name
+    sampling.rtol = 1e-5
+    sampling.atol = 1e-5
+    sampling.denoise = True
+    sampling.num_samples = 64
+    sampling.batch_size = 64
+
+    config.likelihood = likelihood = ml_collections.ConfigDict()
+    likelihood.num_examples = 256
+    likelihood.batch_size = 64
+    likelihood.divergence = "hutchinson"  # exact | hutchinson
+    likelihood.solver = "tsit5"
+    likelihood.rtol = 1e-5
+    likelihood.atol = 1e-5
+
+    config.distributed = distributed = ml_collections.ConfigDict()
+    distributed.coordinator_address = ""  # set (with the two below) to call jax.distributed.initialize
+    distributed.num_processes = 1
+    distributed.process_id = 0
+    return config
+
+
+def get_config():
+    return get_default_configs()

@@ -19,6 +19,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.random_flip = False
     data.uniform_dequantization = False
     data.num_levels = 17             # grey levels of the raw data (digits: 17, 8-bit images: 256)
+    data.test_fraction = 0.1         # image_folder without train/ and test/ subfolders: held-out share
 
     config.sde = sde = ml_collections.ConfigDict()
     sde.name = "vpsde"               # vpsde | subvpsde | vesde

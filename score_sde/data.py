@@ -1,0 +1,632 @@
+"""Datasets -> numpy batches: scaling, dequantisation, random flip, per-process and per-device sharding.
+
+Nothing is downloaded. Embedded datasets ship with the code or its dependencies:
+
+  * ``digits``: scikit-learn's bundled ``load_digits`` (1797 real 8x8 images, values 0..16,
+    i.e. 17 grey levels), split 1497 train / 300 test by a fixed permutation (seed ``SPLIT_SEED``).
+  * toy 2-D data generated with numpy: ``toy_gmm`` (8 Gaussians on a circle, parameters in
+    ``toy_gmm_params``), ``checkerboard``, ``moons``, ``swiss_roll``; 50 000 train / 5 000 test
+    points, fixed by ``SPLIT_SEED``. Continuous: no scaling, flip or dequantisation.
+
+Real datasets load from local files in ``config.data.data_dir``: ``cifar10`` from the standard
+``cifar-10-python.tar.gz`` (or its extracted ``cifar-10-batches-py/``), ``image_folder`` from the
+user's own PNG/JPEG files, and TFDS image datasets (``celeb_a``, ``lsun/<category>``,
+``tfds:<name>``, and ``cifar10`` as a fallback) from a prepared TFDS ``data_dir`` through the
+TensorFlow-free ``tfds.data_source`` path when ``tensorflow_datasets`` is installed.
+
+Scaling of an integer level k in {0, ..., L-1} (L = ``num_levels``) to x in [0, 1]:
+without dequantisation x = k / (L - 1); with uniform dequantisation x = (k + u) / L, u ~ U[0, 1),
+so each level keeps its own bin [k / L, (k + 1) / L). Centered data is 2 x - 1.
+
+The stream of examples of a split is the concatenation of per-epoch permutations; the
+permutation of epoch e is a pure function of (config.seed, split, e), and every random
+augmentation of an example is a pure function of (config.seed, split, e, example id). What a
+stream position holds therefore does not depend on the batch size or the number of processes,
+and a run resumed from ``get_state`` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import math
+import os
+import pickle
+import tarfile
+import types
+from typing import Callable, Iterator, Mapping, Protocol
+
+import numpy as np
+
+SPLIT_SEED = 0  # fixes the digits train/test split and the generated toy sets
+DIGITS_TEST_SIZE = 300
+TOY_SIZES = {"train": 50_000, "test": 5_000}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+SPLITS = ("train", "test")
+_SPLIT_CODE = {"train": 0, "test": 1}
+
+
+# --- scaling ---------------------------------------------------------------------------
+def scale(x_uint, num_levels: int, centered: bool) -> np.ndarray:
+    """Integer levels k in {0, ..., L-1} -> float32 k / (L - 1) in [0, 1], or 2 k / (L - 1) - 1."""
+    return _tables(num_levels, centered).grid[np.asarray(x_uint)]
+
+
+def dequantize(x_uint, u, num_levels: int, centered: bool) -> np.ndarray:
+    """Uniform dequantisation: level k and u in [0, 1) -> float32 (k + u) / L (centered: 2 (.) - 1).
+
+    The float32 result is clamped into the level's bin [k / L, (k + 1) / L) (scaled, compared in
+    float64), so ``inverse_scale(..., dequantized=True)`` recovers k exactly despite rounding.
+    """
+    t, k = _tables(num_levels, centered), np.asarray(x_uint)
+    x = t.bin_lo[k] + np.asarray(u, np.float32) * t.bin_width
+    np.maximum(x, t.lo32[k], out=x)
+    return np.minimum(x, t.hi32[k], out=x)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScaleTables:
+    grid: np.ndarray  # (L,) float32 values of the levels without dequantisation
+    bin_lo: np.ndarray  # (L,) float32 lower bin edges (nearest)
+    bin_width: np.float32
+    lo32: np.ndarray  # (L,) smallest float32 >= the exact lower edge
+    hi32: np.ndarray  # (L,) largest float32 < the exact upper edge
+
+
+@functools.lru_cache(maxsize=16)
+def _tables(num_levels: int, centered: bool) -> _ScaleTables:
+    """Per-level lookup tables, exact to float32 rounding (computed in float64 once)."""
+    if num_levels < 2:
+        raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+    k = np.arange(num_levels, dtype=np.float64)
+    lo, hi = _affine(k / num_levels, centered), _affine((k + 1) / num_levels, centered)
+    lo32, hi32 = lo.astype(np.float32), hi.astype(np.float32)
+    lo32 = np.where(lo32 < lo, np.nextafter(lo32, np.float32(np.inf)), lo32)
+    hi32 = np.where(hi32 >= hi, np.nextafter(hi32, np.float32(-np.inf)), hi32)
+    tables = _ScaleTables(
+        grid=_affine(k / (num_levels - 1), centered).astype(np.float32),
+        bin_lo=lo.astype(np.float32), bin_width=np.float32((2.0 if centered else 1.0) / num_levels),
+        lo32=lo32, hi32=hi32)
+    for a in (tables.grid, tables.bin_lo, tables.lo32, tables.hi32):
+        a.flags.writeable = False
+    return tables
+
+
+def _affine(x01, centered):
+    return 2.0 * x01 - 1.0 if centered else x01
+
+
+def inverse_scale(x, num_levels: int, centered: bool, dequantized: bool = False) -> np.ndarray:
+    """Inverse of `scale` (round(x (L - 1))) or of `dequantize` (floor(x L)) -> integer levels.
+
+    Values outside the data range are clipped to {0, ..., L-1}. Returns uint8 when L <= 256
+    (images), int32 otherwise.
+    """
+    x = np.asarray(x, np.float64)
+    x01 = (x + 1.0) / 2.0 if centered else x
+    if dequantized:  # floor, then corrected against the exact bin edges (float rounding near them)
+        k = np.floor(x01 * num_levels)
+        k = k - (x < _affine(k / num_levels, centered)) + (x >= _affine((k + 1) / num_levels, centered))
+    else:
+        k = np.rint(x01 * (num_levels - 1))
+    k = np.clip(k, 0, num_levels - 1)
+    return k.astype(np.uint8 if num_levels <= 256 else np.int32)
+
+
+def bits_per_dim_offset(num_levels: int, centered: bool) -> float:
+    """Bits/dim added to -log2 p / D for dequantised data: log2(L / width), width 2 if centered.
+
+    A level's bin has width (2 if centered else 1) / L in data space, so the probability of the
+    integer data is p(x) (width / L)^D; 8-bit data in [-1, 1] gives log2(256 / 2) = 7.
+    """
+    return math.log2(num_levels) - math.log2(2.0 if centered else 1.0)
+
+
+def shard_for_devices(batch, n_devices: int):
+    """Reshapes every array of a batch (an array or a pytree) from (B, ...) to (n, B // n, ...)."""
+    import jax  # local: the data pipeline itself needs no jax
+
+    def split(x):
+        x = np.asarray(x) if not hasattr(x, "reshape") else x
+        if x.shape[0] % n_devices:
+            raise ValueError(
+                f"batch of {x.shape[0]} examples is not divisible by {n_devices} devices; "
+                f"choose a batch size that is a multiple of {n_devices}")
+        return x.reshape((n_devices, x.shape[0] // n_devices) + tuple(x.shape[1:]))
+
+    return jax.tree.map(split, batch)
+
+
+def pad_batch(batch: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pads a (b, ...) batch with zeros to (size, ...); returns it and a (size,) bool mask of real rows."""
+    b = batch.shape[0]
+    if b > size:
+        raise ValueError(f"batch of {b} examples is larger than the padded size {size}")
+    out = np.zeros((size,) + batch.shape[1:], batch.dtype)
+    out[:b] = batch
+    return out, np.arange(size) < b
+
+
+# --- sources: random access to the raw examples of one split ---------------------------
+class Source(Protocol):
+    """Random access to raw examples: integer levels (images) or float32 points (toy data)."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """A split held in memory, (N, *data_shape)."""
+
+    array: np.ndarray
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        return self.array[indices]
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split of a dataset: its source, example shape and number of grey levels (None: continuous)."""
+
+    source: Source
+    data_shape: tuple[int, ...]
+    num_levels: int | None
+
+
+# --- embedded datasets -----------------------------------------------------------------
+def _digits(config, split: str) -> Split:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+
+    _check_image_config(config, "digits", (8, 8, 1))
+    images = load_digits().images.astype(np.uint8)[..., None]  # (1797, 8, 8, 1), 0..16
+    perm = np.random.default_rng(SPLIT_SEED).permutation(images.shape[0])
+    idx = perm[DIGITS_TEST_SIZE:] if split == "train" else perm[:DIGITS_TEST_SIZE]
+    return Split(ArraySource(images[np.sort(idx)]), (8, 8, 1), 17)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyGMMParams:
+    """The `toy_gmm` mixture: `n_modes` equal-weight isotropic Gaussians on a circle."""
+
+    n_modes: int = 8
+    radius: float = 2.0
+    std: float = 0.2
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.full(self.n_modes, 1.0 / self.n_modes)
+
+    @property
+    def means(self) -> np.ndarray:
+        angle = 2 * np.pi * np.arange(self.n_modes) / self.n_modes
+        return self.radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+
+    @property
+    def stds(self) -> np.ndarray:
+        return np.full(self.n_modes, self.std)
+
+
+TOY_GMM = ToyGMMParams()
+
+
+def toy_gmm_params() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weights (8,), means (8, 2), stds (8,)) of the `toy_gmm` data distribution."""
+    return TOY_GMM.weights, TOY_GMM.means, TOY_GMM.stds
+
+
+def toy_gmm_mixture():
+    """The exact `toy_gmm` distribution as a `score_sde.analytic.GaussianMixture` (an oracle)."""
+    from score_sde.analytic import GaussianMixture
+
+    return GaussianMixture(*toy_gmm_params())
+
+
+def _gmm_points(rng: np.random.Generator, n: int) -> np.ndarray:
+    comp = rng.choice(TOY_GMM.n_modes, size=n, p=TOY_GMM.weights)
+    return TOY_GMM.means[comp] + TOY_GMM.std * rng.standard_normal((n, 2))
+
+
+def _checkerboard_points(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Uniform on the 8 dark squares of a 4x4 board over [-2, 2]^2 (FFJORD's toy, halved)."""
+    x1 = rng.uniform(-2, 2, n)
+    x2 = rng.uniform(0, 1, n) - 2 * rng.integers(0, 2, n) + np.floor(x1) % 2
+    return np.stack([x1, x2], axis=1)
+
+
+def _moons_points(rng: np.random.Generator, n: int) -> np.ndarray:
+    from sklearn.datasets import make_moons
+
+    x, _ = make_moons(n, noise=0.05, random_state=int(rng.integers(2**31)))
+    return 2.0 * x - np.array([1.0, 0.5])  # centred, roughly unit scale
+
+
+def _swiss_roll_points(rng: np.random.Generator, n: int) -> np.ndarray:
+    from sklearn.datasets import make_swiss_roll
+
+    x, _ = make_swiss_roll(n, noise=0.5, random_state=int(rng.integers(2**31)))
+    return x[:, [0, 2]] / 5.0
+
+
+_TOY_GENERATORS: Mapping[str, Callable[[np.random.Generator, int], np.ndarray]] = types.MappingProxyType({
+    "toy_gmm": _gmm_points,
+    "checkerboard": _checkerboard_points,
+    "moons": _moons_points,
+    "swiss_roll": _swiss_roll_points,
+})
+
+
+def _toy(name: str) -> Callable[..., Split]:
+    def load(config, split: str) -> Split:
+        rng = np.random.default_rng([SPLIT_SEED, _SPLIT_CODE[split]])
+        points = _TOY_GENERATORS[name](rng, TOY_SIZES[split]).astype(np.float32)
+        return Split(ArraySource(points), (2,), None)
+
+    return load
+
+
+# --- CIFAR-10 from the standard python archive ------------------------------------------
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+_CIFAR10_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def _cifar10(config, split: str) -> Split:
+    _check_image_config(config, "cifar10", (32, 32, 3))
+    data_dir = os.path.expanduser(config.data.data_dir or "")
+    folders = [data_dir, os.path.join(data_dir, CIFAR10_FOLDER)]
+    archives = [data_dir, os.path.join(data_dir, CIFAR10_ARCHIVE)]
+    for folder in folders:
+        if data_dir and os.path.isfile(os.path.join(folder, _CIFAR10_FILES[split][0])):
+            read = lambda name, folder=folder: _read_file(os.path.join(folder, name))  # noqa: E731
+            return Split(ArraySource(_cifar10_batches(read, split)), (32, 32, 3), 256)
+    for archive in archives:
+        if data_dir and os.path.isfile(archive) and tarfile.is_tarfile(archive):
+            with tarfile.open(archive, "r:*") as tar:
+                read = lambda name: tar.extractfile(f"{CIFAR10_FOLDER}/{name}").read()  # noqa: E731
+                return Split(ArraySource(_cifar10_batches(read, split)), (32, 32, 3), 256)
+    if data_dir and os.path.isdir(os.path.join(data_dir, "cifar10")):
+        return _tfds_split(config, "cifar10", split)
+    raise FileNotFoundError(
+        f"CIFAR-10 not found: looked for {os.path.join(data_dir or '<data_dir>', CIFAR10_ARCHIVE)}, "
+        f"{os.path.join(data_dir or '<data_dir>', CIFAR10_FOLDER)}/ and a TFDS folder "
+        f"{os.path.join(data_dir or '<data_dir>', 'cifar10')}/ (config.data.data_dir={config.data.data_dir!r}). "
+        f"Put {CIFAR10_ARCHIVE} (or its extracted {CIFAR10_FOLDER}/) there and set "
+        f"--config.data.data_dir to that folder; nothing is downloaded.")
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _cifar10_batches(read: Callable[[str], bytes], split: str) -> np.ndarray:
+    """Parses the pickled batches (dicts with b'data' uint8 (N, 3072) in CHW order) -> (N, 32, 32, 3)."""
+    arrays = []
+    for name in _CIFAR10_FILES[split]:
+        batch = pickle.loads(read(name), encoding="bytes")
+        data = np.asarray(batch[b"data"], np.uint8)
+        arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(np.concatenate(arrays))
+
+
+# --- the user's own images ---------------------------------------------------------------
+def _image_folder(config, split: str) -> Split:
+    root = os.path.expanduser(config.data.data_dir or "")
+    if not root or not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"image_folder: config.data.data_dir={config.data.data_dir!r} is not a directory; set "
+            f"--config.data.data_dir to a folder of PNG/JPEG images (searched recursively)")
+    if all(os.path.isdir(os.path.join(root, s)) for s in SPLITS):
+        paths = _image_paths(os.path.join(root, split))
+    else:  # hold out a fixed fraction of the sorted files as the test split
+        paths = _image_paths(root)
+        perm = np.random.default_rng(SPLIT_SEED).permutation(len(paths))
+        n_test = max(1, int(round(len(paths) * config.data.get("test_fraction", 0.1))))
+        chosen = perm[:n_test] if split == "test" else perm[n_test:]
+        paths = [paths[i] for i in np.sort(chosen)]
+    if not paths:
+        raise FileNotFoundError(f"image_folder: no {'/'.join(IMAGE_EXTENSIONS)} files for split {split!r} under {root}")
+    size, channels = config.data.image_size, config.data.num_channels
+    load = lambda p: _load_image(p, size, channels)  # noqa: E731
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        images = np.stack(list(pool.map(load, paths)))
+    return Split(ArraySource(images), (size, size, channels), 256)
+
+
+def _image_paths(root: str) -> list[str]:
+    found = []
+    for dirpath, _, files in os.walk(root):
+        found += [os.path.join(dirpath, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def _load_image(path: str, size: int, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return _resize_center_crop(img, size, channels)
+
+
+def _resize_center_crop(img, size: int, channels: int) -> np.ndarray:
+    """PIL image -> (size, size, channels) uint8: shorter side resized to `size`, then center-cropped."""
+    from PIL import Image
+
+    if channels not in (1, 3):
+        raise ValueError(f"config.data.num_channels must be 1 or 3 for images, got {channels}")
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    s = size / min(w, h)
+    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    arr = np.asarray(img.crop((left, top, left + size, top + size)), np.uint8)
+    return arr.reshape(size, size, channels)
+
+
+# --- TFDS (optional, TensorFlow-free data_source path) -------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TfdsSource:
+    """Random access to a prepared TFDS split; images resized / center-cropped on access."""
+
+    data_source: object
+    image_size: int
+    num_channels: int
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        out = []
+        for i in np.asarray(indices).tolist():
+            image = np.asarray(self.data_source[i]["image"], np.uint8)
+            if image.shape != (self.image_size, self.image_size, self.num_channels):
+                image = _resize_center_crop(Image.fromarray(image.squeeze()), self.image_size, self.num_channels)
+            out.append(image)
+        return np.stack(out)
+
+
+def _tfds_split(config, name: str, split: str) -> Split:
+    data_dir = os.path.expanduser(config.data.data_dir or "")
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(
+            f"dataset {name!r} needs tensorflow_datasets (pip install tensorflow-datasets; TensorFlow is "
+            f"not needed) and the dataset prepared under config.data.data_dir") from e
+    folder = os.path.join(data_dir, name.split("/")[0].split(":")[0])
+    if not data_dir or not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} not found: looked for {folder}/ (config.data.data_dir="
+            f"{config.data.data_dir!r}). Prepare it there with TFDS on a machine with network "
+            f"access and point --config.data.data_dir at that data_dir; nothing is downloaded.")
+    tfds_split = split if split == "train" else _tfds_test_split(tfds, name, data_dir)
+    ds = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False)
+    size, channels = config.data.image_size, config.data.num_channels
+    return Split(TfdsSource(ds, size, channels), (size, size, channels), 256)
+
+
+def _tfds_test_split(tfds, name: str, data_dir: str) -> str:
+    """'test' when the dataset has one, else 'validation' (LSUN has no test split)."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    return "test" if "test" in builder.info.splits else "validation"
+
+
+def _tfds(name: str) -> Callable[..., Split]:
+    return lambda config, split: _tfds_split(config, name, split)
+
+
+# --- the name -> loader table ---------------------------------------------------------------
+LOADERS: Mapping[str, Callable[..., Split]] = types.MappingProxyType({
+    "digits": _digits,
+    **{name: _toy(name) for name in _TOY_GENERATORS},
+    "cifar10": _cifar10,
+    "image_folder": _image_folder,
+    "celeb_a": _tfds("celeb_a"),
+})
+
+
+def dataset_names() -> list[str]:
+    """Every valid `config.data.dataset` (plus 'lsun/<category>' and 'tfds:<name>' patterns)."""
+    return sorted(LOADERS) + ["lsun/<category>", "tfds:<name>"]
+
+
+def load_split(config, split: str = "train") -> Split:
+    """The raw examples of one split of `config.data.dataset` (for iterators and baselines)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    name = config.data.dataset
+    known = name in LOADERS or name.startswith(("lsun/", "tfds:"))
+    if known:  # before any file is read, so a bad config fails fast
+        _check_levels(config, name, None if name in _TOY_GENERATORS else 17 if name == "digits" else 256)
+    if name in LOADERS:
+        out = LOADERS[name](config, split)
+    elif name.startswith("lsun/"):
+        out = _tfds_split(config, name, split)
+    elif name.startswith("tfds:"):
+        out = _tfds_split(config, name[len("tfds:"):], split)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(dataset_names())}")
+    return out
+
+
+def _check_image_config(config, name: str, shape: tuple[int, int, int]) -> None:
+    got = (config.data.image_size, config.data.image_size, config.data.num_channels)
+    if got != shape:
+        raise ValueError(
+            f"{name} images are {shape[0]}x{shape[1]}x{shape[2]} but the config asks for "
+            f"image_size={config.data.image_size}, num_channels={config.data.num_channels}; set "
+            f"--config.data.image_size={shape[0]} --config.data.num_channels={shape[2]}")
+
+
+def _check_levels(config, name: str, num_levels: int | None) -> None:
+    want = config.data.get("num_levels", None)
+    if num_levels is not None and want is not None and want != num_levels:
+        raise ValueError(
+            f"{name} has {num_levels} grey levels but config.data.num_levels={want}; "
+            f"set --config.data.num_levels={num_levels}")
+
+
+# --- iteration ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """Raw levels -> float32 model inputs, with per-example randomness from (seed, split, epoch, id)."""
+
+    num_levels: int | None
+    centered: bool
+    random_flip: bool
+    dequantize: bool
+    seed: int
+    split_code: int
+
+    def _example_rng(self, epoch: int, example_id: int) -> np.random.Generator:
+        """A counter-based (Philox) stream keyed by (seed, split, epoch, id): cheap and independent."""
+        key = np.array([(epoch << 32) | example_id, ((self.seed & (2**61 - 1)) << 2) | self.split_code], np.uint64)
+        return np.random.Generator(np.random.Philox(key=key))
+
+    def __call__(self, raw: np.ndarray, epoch: int, ids: np.ndarray) -> np.ndarray:
+        if self.num_levels is None:  # continuous toy data
+            return np.asarray(raw, np.float32)
+        if not (self.random_flip or self.dequantize):
+            return scale(raw, self.num_levels, self.centered)
+        rngs = [self._example_rng(epoch, i) for i in np.asarray(ids).tolist()]
+        if self.random_flip:  # horizontal: reverse the width axis of (H, W, C)
+            flip = np.array([r.random() < 0.5 for r in rngs], bool)
+            raw = np.array(raw)  # a copy: sources may hand out views of their storage
+            raw[flip] = raw[flip][:, :, ::-1]
+        if not self.dequantize:
+            return scale(raw, self.num_levels, self.centered)
+        u = np.stack([r.random(raw.shape[1:], np.float32) for r in rngs])
+        return dequantize(raw, u, self.num_levels, self.centered)
+
+
+class DataIterator:
+    """Infinite shuffled batches of one split: this process's share of each global batch.
+
+    Attributes:
+      data_shape: shape of one example, e.g. (8, 8, 1) or (2,).
+      num_examples: examples in the split.
+      num_levels: grey levels of the raw data (17 digits, 256 8-bit images, None continuous).
+      batch_size: examples per `next` on this process (global batch // process count).
+      global_batch_size: examples per step over all processes.
+    """
+
+    def __init__(self, split: Split, transform: Transform, global_batch: int, process_index: int,
+                 process_count: int):
+        self._source, self._transform = split.source, transform
+        self.data_shape, self.num_levels = tuple(split.data_shape), split.num_levels
+        self.num_examples = len(split.source)
+        self.global_batch_size = global_batch
+        self.batch_size = _process_batch(global_batch, process_index, process_count)
+        self._offset = process_index * self.batch_size
+        self._epoch, self._index = 0, 0
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            key = [self._transform.seed, self._transform.split_code, epoch]
+            self._orders[epoch] = np.random.default_rng(key).permutation(self.num_examples)
+        return self._orders[epoch]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        n = self.num_examples
+        start = self._epoch * n + self._index + self._offset  # stream position of this share
+        epochs, index = np.divmod(np.arange(start, start + self.batch_size), n)
+        out = []
+        for epoch in np.unique(epochs).tolist():  # a batch may straddle epochs
+            ids = self._order(epoch)[index[epochs == epoch]]
+            out.append(self._transform(self._source.get(ids), epoch, ids))
+        self._epoch, self._index = divmod(self._epoch * n + self._index + self.global_batch_size, n)
+        return np.concatenate(out)
+
+    def get_state(self) -> dict:
+        """The stream position {'epoch', 'index'} (JSON-serialisable; save it with the checkpoint)."""
+        return {"epoch": int(self._epoch), "index": int(self._index)}
+
+    def set_state(self, state: Mapping) -> None:
+        """Moves to a position from `get_state`; the following batches are those that followed it."""
+        epoch, index = int(state["epoch"]), int(state["index"])
+        if epoch < 0 or not 0 <= index < self.num_examples:
+            raise ValueError(f"invalid data state {dict(state)}: need epoch >= 0 and 0 <= index < {self.num_examples}")
+        self._epoch, self._index = epoch, index
+
+
+def _process_batch(global_batch: int, process_index: int, process_count: int) -> int:
+    if global_batch <= 0 or global_batch % process_count:
+        raise ValueError(
+            f"global batch size {global_batch} is not divisible by the process count {process_count}; "
+            f"set --config.training.batch_size to a positive multiple of {process_count}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    return global_batch // process_count
+
+
+def _transform(config, split: Split, split_name: str, dequantize: bool | None = None) -> Transform:
+    data = config.data
+    return Transform(
+        num_levels=split.num_levels,
+        centered=bool(data.centered),
+        random_flip=bool(data.random_flip) and split_name == "train" and len(split.data_shape) == 3,
+        dequantize=bool(data.uniform_dequantization if dequantize is None else dequantize),
+        seed=int(config.seed) & (2**61 - 1),  # non-negative, as SeedSequence and the Philox key need
+        split_code=_SPLIT_CODE[split_name])
+
+
+def get_dataset(config, split: str = "train", process_index: int = 0, process_count: int = 1,
+                batch_size: int | None = None, repeat: bool = True):
+    """An infinite, per-epoch reshuffled `DataIterator` over `split` of `config.data.dataset`.
+
+    Args:
+      config: the experiment config (`config.data`, `config.training.batch_size`, `config.seed`).
+      split: "train" or "test"; random flips apply to "train" only.
+      process_index, process_count: this process's share of each global batch (contiguous rows).
+      batch_size: global batch size; defaults to `config.training.batch_size`.
+      repeat: False gives `iterate_once(config, split, batch_size, ...)` instead (one ordered pass).
+
+    Returns:
+      Batches of shape (global_batch // process_count, *data_shape), float32.
+    """
+    global_batch = int(batch_size or config.training.batch_size)
+    _process_batch(global_batch, process_index, process_count)
+    if not repeat:
+        return iterate_once(config, split, global_batch, process_index, process_count)
+    data = load_split(config, split)
+    return DataIterator(data, _transform(config, data, split), global_batch, process_index, process_count)
+
+
+def iterate_once(config, split: str = "test", batch_size: int | None = None, process_index: int = 0,
+                 process_count: int = 1, dequantize: bool | None = None) -> Iterator[np.ndarray]:
+    """One pass over `split` in its stored order, every example exactly once (e.g. for bits/dim).
+
+    Global batches hold `batch_size` examples except the last, which is smaller (the remainder).
+    Each process gets its contiguous share (np.array_split of the global batch, so the shares of
+    the last batch may differ by one and may be empty). Use `pad_batch` for fixed shapes.
+    Dequantisation follows `config.data.uniform_dequantization` unless `dequantize` is given;
+    its noise is a pure function of (config.seed, split, example), so bits/dim is reproducible.
+    """
+    global_batch = int(batch_size or config.training.batch_size)
+    _process_batch(global_batch, process_index, process_count)
+    data = load_split(config, split)  # errors surface here, not at the first `next`
+    return _one_pass(data, _transform(config, data, split, dequantize), global_batch, process_index, process_count)
+
+
+def _one_pass(data: Split, transform: Transform, global_batch: int, process_index: int,
+              process_count: int) -> Iterator[np.ndarray]:
+    n = len(data.source)
+    for start in range(0, n, global_batch):
+        ids = np.array_split(np.arange(start, min(start + global_batch, n)), process_count)[process_index]
+        if ids.size == 0:
+            yield np.zeros((0,) + data.data_shape, np.float32)
+        else:
+            yield transform(data.source.get(ids), 0, ids)

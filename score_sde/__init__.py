@@ -1,6 +1,6 @@
 """score_sde: score-based generative modeling with SDEs in JAX."""
 
-from score_sde import analytic
+from score_sde import analytic, bpd, likelihood
 from score_sde.analytic import GaussianMixture
 from score_sde.sde import (
     SDE,
@@ -19,6 +19,8 @@ __all__ = [
     "VESDE",
     "GaussianMixture",
     "analytic",
+    "bpd",
+    "likelihood",
     "default_eps",
     "probability_flow_drift",
     "reverse_drift",

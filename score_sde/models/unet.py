@@ -1,0 +1,80 @@
+"""A small U-Net for tiny images (8x8 digits, 16x16 toys): tests and CPU demos.
+
+Lighter than NCSN++: DDPM residual blocks, average-pool downsampling and nearest
+upsampling without convolutions, one skip connection per resolution level, and
+attention only where `attn_resolutions` asks for it. Same interface as every network:
+x (B, H, W, C), c_noise (B,) -> noise prediction like x.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from score_sde.models import layers, resample
+from score_sde.models.embeddings import gaussian_fourier_projection, positional_embedding
+
+
+class UNet(nn.Module):
+    """Small noise-prediction U-Net: x (B, H, W, C), c_noise (B,) -> (B, H, W, C).
+
+    Level l has nf * ch_mult[l] channels and num_res_blocks DDPM blocks on each side;
+    H and W must be divisible by 2^(len(ch_mult) - 1).
+    """
+
+    nf: int = 32
+    ch_mult: Sequence[int] = (1, 2)
+    num_res_blocks: int = 1
+    attn_resolutions: Sequence[int] = ()
+    dropout: float = 0.0
+    embedding_type: str = "fourier"
+    fourier_scale: float = 16.0
+    conditional: bool = True
+    skip_rescale: bool = True
+    init_scale: float = 0.0
+
+    def _embed(self, c_noise):
+        if not self.conditional:
+            return None
+        if self.embedding_type == "fourier":
+            temb = gaussian_fourier_projection(c_noise, self.nf, self.fourier_scale)
+        elif self.embedding_type == "positional":
+            temb = positional_embedding(c_noise, self.nf)
+        else:
+            raise ValueError(f"embedding_type must be 'fourier' or 'positional', got {self.embedding_type!r}")
+        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(temb)
+        return nn.Dense(4 * self.nf, kernel_init=layers.default_init())(layers.act(temb))
+
+    def _blocks(self, h, out_ch, temb, train):
+        for _ in range(self.num_res_blocks):
+            h = layers.ResnetBlockDDPM(out_ch, dropout=self.dropout, skip_rescale=self.skip_rescale,
+                                       init_scale=self.init_scale)(h, temb, train)
+            if h.shape[1] in self.attn_resolutions:
+                h = layers.AttnBlock(skip_rescale=self.skip_rescale, init_scale=self.init_scale)(h)
+        return h
+
+    @nn.compact
+    def __call__(self, x, c_noise, train: bool = False):
+        factor = 2 ** (len(self.ch_mult) - 1)
+        if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
+            raise ValueError(f"x must have shape (B, H, W, C) with H, W divisible by {factor}, got {x.shape}")
+        temb = self._embed(c_noise)
+        h = layers.conv3x3(self.nf)(x)
+        skips = []
+        for level, mult in enumerate(self.ch_mult):
+            if level:
+                h = resample.downsample_mean(h)
+            h = self._blocks(h, self.nf * mult, temb, train)
+            skips.append(h)
+        h = self._blocks(h, h.shape[-1], temb, train)  # bottleneck
+        for level in reversed(range(len(self.ch_mult))):
+            h = self._blocks(jnp.concatenate([h, skips.pop()], -1), self.nf * self.ch_mult[level], temb, train)
+            if level:
+                h = resample.upsample_nearest(h)
+        h = layers.act(layers.group_norm(h.shape[-1])(h))
+        return layers.conv3x3(x.shape[-1], init_scale=self.init_scale)(h)
+
+
+__all__ = ["UNet"]

@@ -1,6 +1,6 @@
 """score_sde: score-based generative modeling with SDEs in JAX."""
 
-from score_sde import analytic, bpd, likelihood
+from score_sde import analytic, bpd, likelihood, solvers
 from score_sde.analytic import GaussianMixture
 from score_sde.sde import (
     SDE,
@@ -21,6 +21,7 @@ __all__ = [
     "analytic",
     "bpd",
     "likelihood",
+    "solvers",
     "default_eps",
     "probability_flow_drift",
     "reverse_drift",

@@ -6,9 +6,20 @@ import dataclasses
 import types
 
 from score_sde.solvers.base import Sampler
+from score_sde.solvers.ddim import DDIMSampler
+from score_sde.solvers.dpm_solver import DPMSolverSampler
+from score_sde.solvers.edm import EDMHeunSampler
+from score_sde.solvers.ode import ODESampler
+from score_sde.solvers.pc import EulerMaruyamaSampler, PCSampler
 
 # name -> Sampler subclass. Add an entry here when a sampler lands; nothing registers itself.
 SAMPLERS: types.MappingProxyType = types.MappingProxyType({
+    "euler_maruyama": EulerMaruyamaSampler,
+    "pc": PCSampler,
+    "ode": ODESampler,
+    "ddim": DDIMSampler,
+    "dpm_solver": DPMSolverSampler,
+    "edm_heun": EDMHeunSampler,
 })
 
 

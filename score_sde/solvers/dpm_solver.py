@@ -1,0 +1,259 @@
+"""DPM-Solver (Lu et al., NeurIPS 2022) and DPM-Solver++ (Lu et al., 2022b), orders 1-3.
+
+Both are exponential integrators of the probability-flow ODE in lambda = log(alpha / std).
+DPM-Solver integrates the noise prediction eps_hat, DPM-Solver++ the data prediction x0_hat;
+with the "frame" (a, w, l) = (alpha, std, lambda) for eps_hat and (std, alpha, -lambda) for
+x0_hat, the two families share one set of formulas (Lu et al. 2022a eq. 3.7, Alg. 1-2;
+2022b Alg. 1-2, "dpmsolver" solver type). With h = l(t) - l(s) and m the prediction,
+
+    order 1:  x_t = a_t / a_s x_s - w_t phi1(h) m_s                           (= DDIM)
+    order 2:  ... - w_t phi1(h) (m_s1 - m_s) / (2 r1),         s1 at l_s + r1 h, r1 = 1/2
+    order 3:  ... - w_t phi2(h) (m_s2 - m_s) / r2,    s1, s2 at r1 = 1/3, r2 = 2/3
+
+phi1(h) = e^h - 1, phi2(h) = phi1(h) / h - 1, phi3(h) = phi2(h) / h - 1/2. Multistep
+variants reuse the previous predictions instead of intermediate evaluations (one NFE per step).
+Everything comes from the SDE's alpha(t), std(t), lambda(t): VP, sub-VP and VE all work.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde.sde import SDE, Array, ScoreFn
+from score_sde.solvers.base import SampleInfo, Sampler, resolve_eps
+from score_sde.solvers.data_prediction import data_prediction, noise_prediction
+from score_sde.solvers.timesteps import check_skip, inverse_log_snr, time_steps
+
+ALGORITHMS = ("dpmsolver", "dpmsolver++")
+METHODS = ("singlestep", "multistep")
+
+
+def _phi1(h):
+    return jnp.expm1(h)
+
+
+def _phi2(h):
+    return jnp.expm1(h) / h - 1.0
+
+
+def _phi3(h):
+    return _phi2(h) / h - 0.5
+
+
+def frame(sde: SDE, t: Array, algorithm: str) -> tuple[Array, Array, Array]:
+    """(a, w, l) at t: (alpha, std, lambda) for "dpmsolver", (std, alpha, -lambda) for "dpmsolver++"."""
+    if algorithm == "dpmsolver":
+        return sde.alpha(t), sde.std(t), sde.log_snr(t)
+    return sde.std(t), sde.alpha(t), -sde.log_snr(t)
+
+
+def prediction(sde: SDE, score_fn: ScoreFn, x: Array, t: Array, algorithm: str) -> Array:
+    """eps_hat for "dpmsolver", x0_hat for "dpmsolver++"; one score evaluation."""
+    fn = noise_prediction if algorithm == "dpmsolver" else data_prediction
+    return fn(sde, score_fn, x, t)
+
+
+def _time_at_fraction(sde: SDE, s: Array, t: Array, r: float) -> Array:
+    """The time whose lambda is lambda(s) + r (lambda(t) - lambda(s))."""
+    ls, lt = sde.log_snr(s), sde.log_snr(t)
+    return inverse_log_snr(sde, ls + r * (lt - ls), sde.T)
+
+
+def singlestep_update(sde: SDE, score_fn: ScoreFn, x: Array, s: Array, t: Array, order: int,
+                      algorithm: str) -> Array:
+    """One singlestep DPM-Solver(++)-`order` step x_s -> x_t; `order` score evaluations."""
+    pred = lambda y, u: prediction(sde, score_fn, y, u, algorithm)  # noqa: E731
+    a_s, _, l_s = frame(sde, s, algorithm)
+    a_t, w_t, l_t = frame(sde, t, algorithm)
+    h = l_t - l_s
+    m_s = pred(x, s)
+    x_t = a_t / a_s * x - w_t * _phi1(h) * m_s
+    if order == 1:
+        return x_t
+    r1 = 0.5 if order == 2 else 1.0 / 3.0
+    s1 = _time_at_fraction(sde, s, t, r1)
+    a_1, w_1, _ = frame(sde, s1, algorithm)
+    m_1 = pred(a_1 / a_s * x - w_1 * _phi1(r1 * h) * m_s, s1)
+    if order == 2:
+        return x_t - w_t * _phi1(h) * (m_1 - m_s) / (2.0 * r1)
+    r2 = 2.0 / 3.0
+    s2 = _time_at_fraction(sde, s, t, r2)
+    a_2, w_2, _ = frame(sde, s2, algorithm)
+    u_2 = a_2 / a_s * x - w_2 * _phi1(r2 * h) * m_s - r2 / r1 * w_2 * _phi2(r2 * h) * (m_1 - m_s)
+    m_2 = pred(u_2, s2)
+    return x_t - w_t * _phi2(h) * (m_2 - m_s) / r2
+
+
+def multistep_update(sde: SDE, x: Array, ms: Array, ts: Array, t: Array, order: int, algorithm: str) -> Array:
+    """One multistep DPM-Solver(++)-`order` step from ts[0] to t; no score evaluation.
+
+    Args:
+      x: the state at ts[0], (B, *dims).
+      ms: (K, B, *dims) predictions at the previous times ts (K >= order), most recent first.
+      ts: (K,) previous times, most recent first.
+      t: the new time.
+    """
+    a_p, _, l_0 = frame(sde, ts[0], algorithm)
+    a_t, w_t, l_t = frame(sde, t, algorithm)
+    h = l_t - l_0
+    x_t = a_t / a_p * x - w_t * _phi1(h) * ms[0]
+    if order == 1:
+        return x_t
+    r0 = (l_0 - frame(sde, ts[1], algorithm)[2]) / h
+    d1_0 = (ms[0] - ms[1]) / r0
+    if order == 2:
+        return x_t - 0.5 * w_t * _phi1(h) * d1_0
+    r1 = (frame(sde, ts[1], algorithm)[2] - frame(sde, ts[2], algorithm)[2]) / h
+    d1_1 = (ms[1] - ms[2]) / r1
+    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    return x_t - w_t * _phi2(h) * d1 - w_t * _phi3(h) * d2
+
+
+def budget_orders(nfe: int, order: int) -> list[int]:
+    """Splits an NFE budget into singlestep orders as Lu et al. (2022a, Sec. 3.4) do.
+
+    order 3: [3, ..., 3] then [2, 1], [1] or [2] as nfe % 3 is 0, 1, 2; order 2: [2, ..., 2]
+    (+ [1] if nfe is odd); order 1: [1] * nfe. The orders sum to nfe.
+    """
+    if order == 3:
+        k = nfe // 3 + 1
+        tail = {0: [2, 1], 1: [1], 2: [2]}[nfe % 3]
+        return [3] * (k - 1 - (nfe % 3 == 0)) + tail
+    if order == 2:
+        return [2] * (nfe // 2) + [1] * (nfe % 2)
+    return [1] * nfe
+
+
+def multistep_orders(n_steps: int, order: int, lower_order_final: bool) -> list[int]:
+    """Order of each multistep step: warm-up min(order, i); with lower_order_final and fewer than
+    10 steps, also min(order, n_steps + 1 - i) at the end (Lu et al. 2022b, Alg. 2 and App.)."""
+    orders = [min(order, i) for i in range(1, n_steps + 1)]
+    if lower_order_final and n_steps < 10:
+        orders = [min(o, n_steps + 1 - i) for i, o in zip(range(1, n_steps + 1), orders)]
+    return orders
+
+
+def runs(orders: list[int]) -> list[tuple[int, int, int]]:
+    """Maximal runs of equal order as (order, start, length); each run is one lax.scan."""
+    out = []
+    for i, o in enumerate(orders):
+        if out and out[-1][0] == o:
+            out[-1] = (o, out[-1][1], out[-1][2] + 1)
+        else:
+            out.append((o, i, 1))
+    return out
+
+
+def _singlestep_solve(sde, score_fn, x, ts, orders, algorithm):
+    """Runs singlestep steps ts[i] -> ts[i + 1] with orders[i]; each run of equal order is one scan."""
+    for order, start, length in runs(orders):
+        def body(x, st, order=order):
+            return singlestep_update(sde, score_fn, x, st[0], st[1], order, algorithm), None
+
+        x, _ = jax.lax.scan(body, x, (ts[start:start + length], ts[start + 1:start + length + 1]))
+    return x
+
+
+def _multistep_solve(sde, score_fn, x, ts, orders, algorithm):
+    """Runs multistep steps ts[i] -> ts[i + 1]; the history holds the last max(orders) predictions."""
+    k = max(orders)
+    pred = lambda y, u: prediction(sde, score_fn, y, u, algorithm)  # noqa: E731
+    ms = jnp.zeros((k,) + x.shape, x.dtype).at[0].set(pred(x, ts[0]))
+    hist = jnp.full((k,), ts[0])
+
+    def body(carry, t, order):
+        x, ms, hist = carry
+        x = multistep_update(sde, x, ms, hist, t, order, algorithm)
+        ms = jnp.concatenate([pred(x, t)[None], ms[:-1]])
+        return (x, ms, jnp.concatenate([t[None], hist[:-1]])), None
+
+    carry = (x, ms, hist)
+    for order, start, length in runs(orders[:-1]):
+        carry, _ = jax.lax.scan(lambda c, t, o=order: body(c, t, o), carry, ts[start + 1:start + length + 1])
+    x, ms, hist = carry
+    return multistep_update(sde, x, ms, hist, ts[-1], orders[-1], algorithm)  # last step: no evaluation
+
+
+class DPMSolverSampler(Sampler):
+    """DPM-Solver / DPM-Solver++ of order 1-3, singlestep or multistep.
+
+    Attributes:
+      order: 1, 2 or 3.
+      method: "singlestep" (order - 1 intermediate evaluations per step) or "multistep"
+        (one evaluation per step; the first steps warm up with lower orders).
+      algorithm: "dpmsolver" (noise prediction) or "dpmsolver++" (data prediction).
+      n_steps: number of steps N from T to eps (default 20 when `nfe` is not given either).
+        NFE = order * N (singlestep) or N (multistep), + 1 with denoise_to_zero.
+      nfe: alternatively, a budget of score evaluations (Lu et al.'s `steps`): singlestep splits it
+        into steps of decreasing order (`budget_orders`) placed on the `skip` grid of nfe
+        intervals; multistep uses nfe steps (nfe - 1 with denoise_to_zero). Give n_steps or nfe.
+      skip: time spacing "logSNR", "time_uniform" or "time_quadratic".
+      eps: smallest time; None -> the SDE's convention.
+      denoise_to_zero: finish with Tweedie's x0_hat at eps (one more evaluation).
+      lower_order_final: multistep with fewer than 10 steps lowers the order of the last steps,
+        which stabilises very small budgets (Lu et al. 2022b).
+    """
+
+    order: int = eqx.field(default=3, static=True)
+    method: str = eqx.field(default="multistep", static=True)
+    algorithm: str = eqx.field(default="dpmsolver++", static=True)
+    n_steps: int | None = eqx.field(default=None, static=True)
+    nfe: int | None = eqx.field(default=None, static=True)
+    skip: str = eqx.field(default="logSNR", static=True)
+    eps: float | None = eqx.field(default=None, static=True)
+    denoise_to_zero: bool = eqx.field(default=False, static=True)
+    lower_order_final: bool = eqx.field(default=True, static=True)
+
+    def __check_init__(self):
+        if self.order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {self.order!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid values: {', '.join(METHODS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; valid values: {', '.join(ALGORITHMS)}")
+        check_skip(self.skip)
+        if self.n_steps is not None and self.nfe is not None:
+            raise ValueError("give either n_steps or nfe (an evaluation budget), not both")
+        for name in ("n_steps", "nfe"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.nfe is not None and self.method == "multistep" and self.nfe < 1 + self.denoise_to_zero:
+            raise ValueError(f"nfe = {self.nfe} leaves no step after denoise_to_zero; use nfe >= 2")
+
+    def step_orders(self) -> list[int]:
+        """The order of each step (static); len = number of steps."""
+        if self.method == "singlestep":
+            if self.nfe is not None:
+                return budget_orders(self.nfe - self.denoise_to_zero, self.order)
+            return [self.order] * (self.n_steps or 20)
+        n = self.nfe - self.denoise_to_zero if self.nfe is not None else (self.n_steps or 20)
+        return multistep_orders(n, self.order, self.lower_order_final)
+
+    def total_nfe(self) -> int:
+        """Score evaluations per call (static)."""
+        orders = self.step_orders()
+        return (sum(orders) if self.method == "singlestep" else len(orders)) + int(self.denoise_to_zero)
+
+    def sample(self, key, sde, score_fn, shape, dtype):
+        eps = resolve_eps(self.eps, sde)
+        x = sde.prior_sampling(jax.random.split(key)[0], shape, dtype)
+        orders = self.step_orders()
+        if self.method == "singlestep" and self.nfe is not None:
+            fine = time_steps(sde, self.skip, sde.T, eps, sum(orders), dtype)
+            ts = fine[np.cumsum([0] + orders)]
+            x = _singlestep_solve(sde, score_fn, x, ts, orders, self.algorithm)
+        else:
+            ts = time_steps(sde, self.skip, sde.T, eps, len(orders), dtype)
+            solve = _singlestep_solve if self.method == "singlestep" else _multistep_solve
+            x = solve(sde, score_fn, x, ts, orders, self.algorithm)
+        if self.denoise_to_zero:
+            x = data_prediction(sde, score_fn, x, jnp.asarray(eps, dtype))
+        return x, SampleInfo(nfe=jnp.asarray(self.total_nfe(), jnp.int32))
+
+
+__all__ = ["DPMSolverSampler", "singlestep_update", "multistep_update", "budget_orders", "multistep_orders"]

@@ -1,0 +1,164 @@
+"""Denoising score matching losses (Song et al., ICLR 2021, eq. 7; DDPM; SMLD).
+
+All losses perturb clean data with the SDE's Gaussian kernel,
+
+    x_t = alpha(t) x_0 + std(t) z,   z ~ N(0, I),
+
+whose conditional score is -z / std(t), and regress the model score on it:
+
+    continuous:  E_t E_{x0, z} [ lambda(t) || s(x_t, t) + z / std(t) ||^2 ],   t ~ U(eps, T)
+                 lambda(t) = std(t)^2 (default: || std s + z ||^2, the noise-prediction MSE)
+                 lambda(t) = g(t)^2   (likelihood weighting; Song, Durkan et al. 2021)
+    DDPM (VP):   t on the grid t_i = (i + 1) T / N, i ~ U{0..N-1}, lambda = std^2
+    SMLD (VE):   t on the grid t_i = i T / (N - 1), i.e. sigma_i = sigma(t_i) geometric from
+                 sigma_min to sigma_max, lambda = sigma_i^2 (NCSN's weighting)
+
+The discrete schedules come from `sde.alpha` / `sde.std` on the grid, so any N works.
+Per example the squared norm is summed over the data dimensions (`reduce_mean=False`,
+the paper's choice) or averaged (`reduce_mean=True`); the batch is then averaged.
+
+Randomness is drawn per example from a key of its own (`example_keys`), so the loss of a
+batch does not depend on how the batch is split over devices or hosts.
+
+A loss needs a `score_apply(params, x, t, rng) -> score` callable; `score_apply_from_model`
+builds one from a Flax network through the one parameterisation in `score_sde.models`.
+No parallelism lives here: the training driver wraps these functions in `pmap`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from score_sde.models.parameterization import model_score
+from score_sde.sde import SDE, Array, expand_to
+
+ScoreApply = Callable[[Any, Array, Array, Array], Array]
+LossFn = Callable[[Any, Array, Array], Array]
+
+
+def score_apply_from_model(model: nn.Module, sde: SDE, *, train: bool = True) -> ScoreApply:
+    """score_apply(params, x, t, rng) = -net(x, c_noise(t)) / std(t), with `rng` as dropout key."""
+
+    def score_apply(params, x, t, rng):
+        rngs = None if rng is None else {"dropout": rng}
+        return model_score(model, {"params": params}, sde, x, t, train=train, rngs=rngs)
+
+    return score_apply
+
+
+def example_keys(key: Array, n: int, offset=0) -> Array:
+    """Keys (n, 2) for examples offset .. offset + n - 1: fold_in(key, global example index)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(n))
+
+
+def _draw(keys: Array, x0: Array, draw_t: Callable[[Array], Array]) -> tuple[Array, Array]:
+    """Per-example time (B,) and noise like x0 from per-example keys (B, 2)."""
+
+    def one(k):
+        kt, kz = jax.random.split(k)
+        return draw_t(kt), jax.random.normal(kz, x0.shape[1:], x0.dtype)
+
+    return jax.vmap(one)(keys)
+
+
+def _reduce(sq: Array, reduce_mean: bool) -> Array:
+    """Sum (or mean) of a per-element array over all non-batch dims: (B,)."""
+    sq = sq.reshape(sq.shape[0], -1)
+    return jnp.mean(sq, axis=1) if reduce_mean else jnp.sum(sq, axis=1)
+
+
+def dsm_per_example(score_apply: ScoreApply, sde: SDE, params, x0: Array, t: Array, z: Array,
+                    rng: Array, *, reduce_mean: bool = True, likelihood_weighting: bool = False) -> Array:
+    """lambda(t) || s(x_t, t) + z / std(t) ||^2 for given t (B,) and z (like x0): (B,).
+
+    lambda = std^2 computes || std s + z ||^2 directly (no division by a tiny std);
+    lambda = g^2 (likelihood weighting) computes g^2 || s + z / std ||^2.
+    """
+    mean, std = sde.marginal_prob(x0, t)
+    x_t = mean + expand_to(std, x0) * z
+    score = score_apply(params, x_t, t, rng)
+    if likelihood_weighting:
+        err = score + z / expand_to(std, x0)
+        return _reduce(err**2, reduce_mean) * sde.diffusion_sq(t)
+    return _reduce((expand_to(std, x0) * score + z) ** 2, reduce_mean)
+
+
+def dsm_loss(score_apply: ScoreApply, sde: SDE, params, x0: Array, keys: Array, *, reduce_mean: bool = True,
+             likelihood_weighting: bool = False, eps: float = 1e-5) -> Array:
+    """Continuous DSM loss (Song et al. 2021, eq. 7) with t ~ U(eps, T): a scalar.
+
+    Args:
+      score_apply: score_apply(params, x, t, rng) -> score like x.
+      sde: the forward SDE.
+      params: network parameters (differentiated).
+      x0: clean data (B, *dims).
+      keys: per-example keys (B, 2), e.g. `example_keys(key, B)`.
+      reduce_mean: mean (True) or sum (False) over data dims.
+      likelihood_weighting: g(t)^2 weighting instead of std(t)^2.
+      eps: smallest time.
+    """
+    t, z = _draw(keys, x0, lambda k: jax.random.uniform(k, (), x0.dtype, eps, sde.T))
+    per = dsm_per_example(score_apply, sde, params, x0, t, z, jax.random.fold_in(keys[0], 1),
+                          reduce_mean=reduce_mean, likelihood_weighting=likelihood_weighting)
+    return jnp.mean(per)
+
+
+def _grid_loss(score_apply, sde, params, x0, keys, grid: Array, reduce_mean: bool) -> Array:
+    """std^2-weighted DSM with t drawn uniformly from a discrete grid (N,)."""
+    t, z = _draw(keys, x0, lambda k: grid[jax.random.randint(k, (), 0, grid.shape[0])].astype(x0.dtype))
+    per = dsm_per_example(score_apply, sde, params, x0, t, z, jax.random.fold_in(keys[0], 1),
+                          reduce_mean=reduce_mean)
+    return jnp.mean(per)
+
+
+def ddpm_grid(sde: SDE, n_levels: int) -> Array:
+    """DDPM's N time steps t_i = (i + 1) T / N, i = 0..N-1 (alpha_bar_i = sde.alpha(t_i)^2)."""
+    return sde.T * jnp.arange(1, n_levels + 1) / n_levels
+
+
+def smld_grid(sde: SDE, n_levels: int) -> Array:
+    """SMLD's N noise levels as times t_i = i T / (N - 1): sigma_i = sde.std(t_i), sigma_min..sigma_max."""
+    return sde.T * jnp.arange(n_levels) / (n_levels - 1)
+
+
+def ddpm_loss(score_apply: ScoreApply, sde: SDE, params, x0: Array, keys: Array, *, n_levels: int = 1000,
+              reduce_mean: bool = True) -> Array:
+    """DDPM's loss (Ho et al. 2020): E_i || eps_theta(x_i, i) - z ||^2 = E_i || std_i s + z ||^2."""
+    return _grid_loss(score_apply, sde, params, x0, keys, ddpm_grid(sde, n_levels), reduce_mean)
+
+
+def smld_loss(score_apply: ScoreApply, sde: SDE, params, x0: Array, keys: Array, *, n_levels: int = 1000,
+              reduce_mean: bool = True) -> Array:
+    """SMLD's loss (Song & Ermon 2019): E_i sigma_i^2 || s(x0 + sigma_i z, sigma_i) + z / sigma_i ||^2."""
+    return _grid_loss(score_apply, sde, params, x0, keys, smld_grid(sde, n_levels), reduce_mean)
+
+
+def get_loss_fn(score_apply: ScoreApply, sde: SDE, *, continuous: bool = True, discrete: str = "ddpm",
+                reduce_mean: bool = True, likelihood_weighting: bool = False, eps: float = 1e-5,
+                n_levels: int = 1000) -> LossFn:
+    """loss_fn(params, x0, keys) -> scalar for the chosen objective.
+
+    Args:
+      continuous: the continuous DSM loss; otherwise the discrete one named by `discrete`.
+      discrete: "ddpm" (for VP) or "smld" (for VE); only used when continuous is False.
+      Other arguments as in `dsm_loss`, `ddpm_loss` and `smld_loss`.
+    """
+    if continuous:
+        return lambda params, x0, keys: dsm_loss(score_apply, sde, params, x0, keys, reduce_mean=reduce_mean,
+                                                  likelihood_weighting=likelihood_weighting, eps=eps)
+    if likelihood_weighting:
+        raise ValueError("likelihood_weighting needs continuous training (training.continuous=True)")
+    table = {"ddpm": ddpm_loss, "smld": smld_loss}
+    if discrete not in table:
+        raise ValueError(f"unknown discrete loss {discrete!r}; valid: {sorted(table)}")
+    fn = table[discrete]
+    return lambda params, x0, keys: fn(score_apply, sde, params, x0, keys, n_levels=n_levels,
+                                       reduce_mean=reduce_mean)
+
+
+__all__ = ["ScoreApply", "LossFn", "score_apply_from_model", "example_keys", "dsm_per_example", "dsm_loss",
+           "ddpm_grid", "smld_grid", "ddpm_loss", "smld_loss", "get_loss_fn"]

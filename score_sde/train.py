@@ -1,0 +1,354 @@
+"""Data-parallel DSM training: TrainState, the pmapped step, EMA, checkpoints and the loop.
+
+    state = create_train_state(key, model, optimizer, data_shape)
+    step = make_train_step(loss_fn, optimizer, ema_rate, axis_name="batch")   # pure; pmap it
+    state = train_and_evaluate(config, workdir)                               # the whole loop
+
+Parallelism lives here only: `jax.pmap(axis_name="batch")` over the local devices, gradients
+and loss averaged with `lax.pmean`; across hosts the same pmap spans every process's devices
+after `jax.distributed.initialize`. Randomness: the key of step n is fold_in(rng, n) and each
+example draws from fold_in(step key, its global index in the batch), so a step gives the same
+result however the global batch is split over devices and hosts (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from typing import Any, Callable, Iterator
+
+import flax
+import flax.jax_utils
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from score_sde import checkpoint, config_utils, losses
+from score_sde.logging_utils import MetricLogger
+
+Array = jax.Array
+AXIS = "batch"
+# apply_if_finite must never fall back to applying a non-finite update; the host loop stops first.
+_NEVER = 2**30
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when `training.max_nonfinite` consecutive steps had a non-finite loss or gradient."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that determines the rest of a run (the data position is saved beside it).
+
+    Attributes:
+      step: int32 scalar, number of steps taken (skipped non-finite steps included).
+      params: network parameters.
+      opt_state: optax state; its outer `ApplyIfFiniteState` counts non-finite steps.
+      ema_params: exponential moving average of params (used for sampling).
+      rng: uint32 (2,) base key; step n uses fold_in(rng, n).
+    """
+
+    step: Array
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    rng: Array
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+    """`config.optim` -> apply_if_finite(clip_by_global_norm -> AdamW with linear warmup).
+
+    Non-finite gradients leave params and Adam moments untouched and are counted in
+    `opt_state.notfinite_count` (consecutive) and `opt_state.total_notfinite`.
+    """
+    lr = optax.linear_schedule(0.0, optim.lr, optim.warmup) if optim.warmup > 0 else optim.lr
+    clip = optax.clip_by_global_norm(optim.grad_clip) if optim.grad_clip > 0 else optax.identity()
+    adam = optax.adamw(lr, b1=optim.beta1, eps=optim.eps, weight_decay=optim.weight_decay)
+    return optax.apply_if_finite(optax.chain(clip, adam), max_consecutive_errors=_NEVER)
+
+
+def create_train_state(key: Array, model: nn.Module, optimizer: optax.GradientTransformation,
+                       data_shape: tuple[int, ...]) -> TrainState:
+    """Initialises params (from `key`), optimizer state and EMA; the step rng is fold_in(key, 1)."""
+    x = jnp.zeros((1, *data_shape), jnp.float32)
+    params = model.init(jax.random.fold_in(key, 0), x, jnp.zeros((1,), jnp.float32))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      ema_params=params, rng=jax.random.fold_in(key, 1))
+
+
+def make_train_step(loss_fn: losses.LossFn, optimizer: optax.GradientTransformation, ema_rate: float,
+                    axis_name: str | None = None) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
+    """A pure step(state, batch) -> (state, metrics) on this device's batch (B_local, *dims).
+
+    With `axis_name` (inside pmap) the loss and gradients are averaged over the named axis
+    with `lax.pmean`, and the device's examples get global indices d * B_local + i.
+    EMA: ema <- rate ema + (1 - rate) params, skipped together with non-finite updates.
+    """
+
+    def step(state: TrainState, batch: Array):
+        n = batch.shape[0]
+        device = lax.axis_index(axis_name) if axis_name else 0
+        keys = losses.example_keys(jax.random.fold_in(state.rng, state.step), n, offset=device * n)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, keys)
+        if axis_name:
+            loss, grads = lax.pmean((loss, grads), axis_name)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = opt_state.last_finite
+        ema = jax.tree.map(lambda e, p: jnp.where(finite, ema_rate * e + (1 - ema_rate) * p, e),
+                           state.ema_params, params)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+        return new, {"loss": loss, "nonfinite_run": opt_state.notfinite_count,
+                     "nonfinite_total": opt_state.total_notfinite}
+
+    return step
+
+
+def make_multi_step(step: Callable) -> Callable:
+    """k steps in one call: batches (k, B_local, *dims) scanned with `lax.scan`; metrics stacked (k,)."""
+    return lambda state, batches: lax.scan(step, state, batches)
+
+
+def make_pmapped_step(loss_fn, optimizer, ema_rate: float) -> Callable:
+    """pmap over all devices (of all processes) of k scanned steps; state is donated."""
+    step = make_train_step(loss_fn, optimizer, ema_rate, axis_name=AXIS)
+    return jax.pmap(make_multi_step(step), axis_name=AXIS, donate_argnums=0)
+
+
+# --------------------------------------------------------------------------- host side
+def maybe_initialize_distributed(dist) -> None:
+    """jax.distributed.initialize(...) when `config.distributed.coordinator_address` is set."""
+    if dist.coordinator_address and not jax.distributed.is_initialized():
+        jax.distributed.initialize(coordinator_address=dist.coordinator_address,
+                                   num_processes=dist.num_processes, process_id=dist.process_id)
+
+
+def check_batch_config(training) -> int:
+    """Validates batch and step settings; returns the per-device batch. Raises ValueError."""
+    n_dev, k = jax.device_count(), training.steps_per_call
+    if training.batch_size % n_dev:
+        raise ValueError(f"training.batch_size={training.batch_size} is not divisible by the {n_dev} devices "
+                         f"({jax.process_count()} process(es)); use a multiple of {n_dev}")
+    if k < 1 or training.n_iters % k or training.snapshot_freq % k or training.log_freq % k:
+        raise ValueError(f"training.steps_per_call={k} must be >= 1 and divide n_iters={training.n_iters}, "
+                         f"snapshot_freq={training.snapshot_freq} and log_freq={training.log_freq}")
+    return training.batch_size // n_dev
+
+
+def shard_to_devices(x: np.ndarray) -> Array:
+    """Puts (n_local_devices, ...) on the local devices, one slice each (pmap's input layout)."""
+    devices = jax.local_devices()
+    # The mesh axis is named like pmap's axis: pmap's cache keys on it (no recompilation).
+    mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.P(AXIS)))
+
+
+def device_batches(it, k: int, per_device: int, depth: int = 2) -> Iterator[tuple[Array, dict]]:
+    """Background prefetch of (k steps of batches laid out (n_local, k, per_device, ...), data state).
+
+    The data state is the iterator's position after these k batches: saved with a checkpoint,
+    it resumes exactly where the consumed batches end (prefetched ones are read again).
+    """
+    n_local = jax.local_device_count()
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        try:
+            while not stop.is_set():
+                xs = np.stack([np.asarray(next(it), np.float32) for _ in range(k)])
+                if xs.shape[1] != n_local * per_device:
+                    raise ValueError(f"data iterator gave batches of {xs.shape[1]} examples; this process needs "
+                                     f"{n_local * per_device} (global batch / process count)")
+                xs = xs.reshape(k, n_local, per_device, *xs.shape[2:]).swapaxes(0, 1)
+                q.put((shard_to_devices(xs), it.get_state()))
+        except StopIteration:
+            q.put(RuntimeError("the training data iterator ran out; training needs an infinite iterator "
+                               "(score_sde.data.get_dataset(..., repeat=True))"))
+        except BaseException as e:  # handed to the consumer, re-raised there
+            q.put(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not q.empty():
+            q.get_nowait()
+
+
+def loss_fn_from_config(config, model: nn.Module, sde) -> losses.LossFn:
+    """The training objective named by `config.training` (continuous DSM or DDPM/SMLD)."""
+    return _loss_fn(model, sde, config.training, config.sde)
+
+
+def _loss_fn(model, sde, tc, sde_config) -> losses.LossFn:
+    apply = losses.score_apply_from_model(model, sde, train=True)
+    discrete = "ddpm" if tc.continuous else config_utils.discrete_loss_name(sde_config)
+    return losses.get_loss_fn(apply, sde, continuous=tc.continuous, discrete=discrete, reduce_mean=tc.reduce_mean,
+                              likelihood_weighting=tc.likelihood_weighting, eps=tc.eps,
+                              n_levels=tc.get("num_scales", 1000))
+
+
+class _Frozen(tuple):
+    """A hashable snapshot of a ConfigDict section (sorted items) with attribute access."""
+
+    def __getattr__(self, name):
+        for key, value in tuple.__iter__(self):
+            if key == name:
+                return value
+        raise AttributeError(name)
+
+    def get(self, name, default=None):
+        return getattr(self, name, default)
+
+
+def _frozen(section) -> _Frozen:
+    return _Frozen(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in section.items()))
+
+
+@functools.lru_cache(maxsize=8)
+def _step_for_config(model, sde, tc: _Frozen, optim: _Frozen, sde_config: _Frozen, ema_rate: float):
+    """(optimizer, pmapped step), cached so that a resumed run in the same process does not recompile."""
+    optimizer = make_optimizer(optim)
+    return optimizer, make_pmapped_step(_loss_fn(model, sde, tc, sde_config), optimizer, ema_rate)
+
+
+def step_for_config(config, model: nn.Module, sde) -> tuple[optax.GradientTransformation, Callable]:
+    """(optimizer, pmapped step) for `config`; the same settings give the same compiled step."""
+    loss_keys = ("continuous", "reduce_mean", "likelihood_weighting", "eps", "num_scales")
+    loss_config = _frozen({k: config.training[k] for k in loss_keys if k in config.training})
+    return _step_for_config(model, sde, loss_config, _frozen(config.optim), _frozen(config.sde),
+                            config.model.ema_rate)
+
+
+def _local(x: Array) -> np.ndarray:
+    """This process's first device copy of a pmapped (replicated) output, as numpy."""
+    return np.asarray(x.addressable_data(0))[0]
+
+
+def replicate(tree):
+    """One copy of a host pytree per local device, laid out as pmap's outputs are (no recompilation)."""
+    return flax.jax_utils.replicate(tree, axis_name=AXIS)
+
+
+def unreplicate(tree):
+    """Host-local numpy copy of a replicated pmapped pytree."""
+    return jax.tree.map(_local, tree)
+
+
+def _maybe_resume(manager, state: TrainState, train_iter, logger: Callable[[str], None]) -> tuple[TrainState, int]:
+    """Restores the latest checkpoint (state and data position) if there is one."""
+    restored = checkpoint.restore_latest(manager, state)
+    if restored is None:
+        return state, 0
+    state, data_state, step = restored
+    train_iter.set_state(data_state)
+    logger(f"Resumed from checkpoint at step {step} ({manager.directory})")
+    return state, step
+
+
+class _Monitor:
+    """Reads step metrics (one call late, so the host never waits on the running call),
+    stops on too many consecutive non-finite steps, and logs averages every log_freq steps."""
+
+    def __init__(self, tc, logger: MetricLogger, manager):
+        self.tc, self.logger, self.manager = tc, logger, manager
+        self.pending: list = []
+        self.losses: list = []
+        self.nonfinite_total = 0
+
+    def add(self, metrics, sync: bool) -> None:
+        self.pending.append(metrics)
+        ready, self.pending = (self.pending, []) if sync else (self.pending[:-1], self.pending[-1:])
+        for m in ready:
+            self._check(jax.tree.map(_local, m))
+
+    def _check(self, m: dict) -> None:
+        loss = m["loss"]
+        self.losses.extend(loss[np.isfinite(loss)].tolist())
+        self.nonfinite_total = int(m["nonfinite_total"][-1])
+        run = int(np.max(m["nonfinite_run"]))
+        if run >= self.tc.max_nonfinite:
+            self.manager.wait_until_finished()
+            raise NonFiniteLossError(
+                f"training stopped: {run} consecutive steps with a non-finite loss or gradient "
+                f"(training.max_nonfinite={self.tc.max_nonfinite}); those updates were skipped and the last "
+                f"checkpoint (step {self.manager.latest_step()}) in {self.manager.directory} is intact. "
+                "Check the data for NaN/Inf, or lower optim.lr / set optim.grad_clip.")
+
+    def log(self, step: int) -> None:
+        scalars = {"loss": float(np.mean(self.losses)) if self.losses else float("nan"),
+                   **self.logger.rates(step, self.tc.batch_size), "nonfinite_total": float(self.nonfinite_total)}
+        self.losses = []
+        self.logger.write(step, scalars)
+
+
+def _loop(p_step, pstate, batches, start: int, tc, manager, logger: MetricLogger):
+    """Runs steps start+1 .. n_iters in calls of steps_per_call; checkpoints every snapshot_freq."""
+    monitor, step, k = _Monitor(tc, logger, manager), start, tc.steps_per_call
+    while step < tc.n_iters:
+        xs, data_state = next(batches)
+        pstate, metrics = p_step(pstate, xs)
+        step += k
+        save = step % tc.snapshot_freq == 0 or step == tc.n_iters
+        log = step % tc.log_freq == 0
+        monitor.add(metrics, sync=save or log)
+        logger.advance(k)
+        if log:
+            monitor.log(step)
+        if save:
+            checkpoint.save(manager, step, unreplicate(pstate), data_state)
+    return pstate
+
+
+def train_and_evaluate(config, workdir: str, train_iter=None) -> TrainState:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
+
+    Args:
+      config: the experiment config (configs/default.py keys).
+      workdir: checkpoints/, tensorboard/ and metrics.jsonl go here.
+      train_iter: optional data iterator (the `score_sde.data.get_dataset` protocol: `next` gives this
+        process's share of the global batch, `get_state`/`set_state`, `data_shape`).
+
+    Raises:
+      ValueError: bad batch / step settings (before anything is written).
+      NonFiniteLossError: too many consecutive non-finite steps (the last checkpoint stays intact).
+    """
+    maybe_initialize_distributed(config.distributed)
+    tc = config.training
+    per_device = check_batch_config(tc)
+    if train_iter is None:
+        from score_sde import data
+
+        train_iter = data.get_dataset(config, "train", jax.process_index(), jax.process_count())
+    model, sde = config_utils.model_from_config(config.model), config_utils.sde_from_config(config.sde)
+    optimizer, p_step = step_for_config(config, model, sde)
+    state = create_train_state(jax.random.PRNGKey(config.seed), model, optimizer, tuple(train_iter.data_shape))
+    manager = checkpoint.make_manager(workdir, tc.keep_checkpoints)
+    primary = jax.process_index() == 0
+    state, start = _maybe_resume(manager, state, train_iter, print if primary else (lambda s: None))
+    logger = MetricLogger(workdir, tc.n_iters, start, enabled=primary)
+    batches = device_batches(train_iter, tc.steps_per_call, per_device)
+    try:
+        pstate = _loop(p_step, replicate(state), batches, start, tc, manager, logger)
+    finally:
+        batches.close()
+        manager.wait_until_finished()
+        manager.close()
+        logger.close()
+    return jax.tree.map(jnp.asarray, unreplicate(pstate))
+
+
+__all__ = ["TrainState", "NonFiniteLossError", "make_optimizer", "create_train_state", "make_train_step",
+           "make_multi_step", "make_pmapped_step", "loss_fn_from_config", "step_for_config",
+           "check_batch_config", "maybe_initialize_distributed", "device_batches", "shard_to_devices",
+           "replicate", "unreplicate", "train_and_evaluate"]

@@ -74,7 +74,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"           # any name in score_sde.solvers.names()
-    sampling.n_steps = 1000
+    # Sampler options: each sampler takes the keys it knows and ignores the rest.
+    # 0 / "" mean "the sampler's own default" (e.g. n_steps=0: 1000 for pc, adaptive for ode).
+    sampling.n_steps = 0
+    sampling.eps = 0.0
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
     sampling.snr = 0.16
@@ -83,6 +86,14 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.rtol = 1e-5
     sampling.atol = 1e-5
     sampling.denoise = True
+    sampling.max_steps = 4096        # ode: adaptive step budget
+    sampling.eta = 0.0               # ddim
+    sampling.order = 3               # dpm_solver
+    sampling.dpm_method = "multistep"   # dpm_solver's `method`: singlestep | multistep
+    sampling.algorithm = "dpmsolver++"  # dpm_solver: dpmsolver | dpmsolver++
+    sampling.skip = ""               # ddim / dpm_solver time spacing: logSNR | time_uniform | time_quadratic
+    sampling.rho = 7.0               # edm_heun
+    sampling.s_churn = 0.0           # edm_heun
     sampling.num_samples = 64
     sampling.batch_size = 64
 

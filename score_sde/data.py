@@ -180,14 +180,25 @@ class Split:
 
 
 # --- embedded datasets -----------------------------------------------------------------
+def _digits_indices(n: int, split: str) -> np.ndarray:
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    return np.sort(perm[DIGITS_TEST_SIZE:] if split == "train" else perm[:DIGITS_TEST_SIZE])
+
+
 def _digits(config, split: str) -> Split:
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
     _check_image_config(config, "digits", (8, 8, 1))
     images = load_digits().images.astype(np.uint8)[..., None]  # (1797, 8, 8, 1), 0..16
-    perm = np.random.default_rng(SPLIT_SEED).permutation(images.shape[0])
-    idx = perm[DIGITS_TEST_SIZE:] if split == "train" else perm[:DIGITS_TEST_SIZE]
-    return Split(ArraySource(images[np.sort(idx)]), (8, 8, 1), 17)
+    return Split(ArraySource(images[_digits_indices(images.shape[0], split)]), (8, 8, 1), 17)
+
+
+def digits_labels(split: str) -> np.ndarray:
+    """Class labels (0..9) of the digits `split`, in the order of its images."""
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target
+    return target[_digits_indices(target.shape[0], split)]
 
 
 @dataclasses.dataclass(frozen=True)

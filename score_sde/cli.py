@@ -1,0 +1,91 @@
+"""What main.py runs: validate the config, dispatch the mode, turn user errors into one line.
+
+Everything a user can get wrong (unknown sampler / dataset / SDE / model, bad sampler
+options, missing data files or checkpoints, a batch the devices cannot split) is checked
+before the workdir is touched, printed as one `error: ...` line, and exits with status 2.
+Set SCORE_SDE_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+
+from score_sde import config_utils, data, evaluate, train
+
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError)
+LIKELIHOOD_DIVERGENCES = ("exact", "hutchinson")
+
+
+def validate(config, mode: str) -> None:
+    """Raises a ValueError / FileNotFoundError naming the problem; writes nothing."""
+    config_utils.sde_from_config(config.sde)
+    config_utils.model_from_config(config.model)
+    evaluate.sampler_from_config(config.sampling)
+    if config.likelihood.divergence not in LIKELIHOOD_DIVERGENCES:
+        raise ValueError(f"unknown likelihood.divergence {config.likelihood.divergence!r}; "
+                         f"valid: {', '.join(LIKELIHOOD_DIVERGENCES)}")
+    data.load_split(config, "train" if mode == "train" else "test")
+    if mode == "train":
+        train.check_batch_config(config.training)
+    for name in ("num_samples", "batch_size"):
+        if config.sampling[name] <= 0:
+            raise ValueError(f"sampling.{name} must be positive, got {config.sampling[name]}")
+
+
+def checkpoint_steps(workdir: str, which: str) -> list[int | None]:
+    """'latest' -> [None]; 'all' -> every saved step; '1000,2000' -> those steps."""
+    if which == "latest":
+        return [None]
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    saved = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+    if not saved:
+        raise evaluate.CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
+    if which == "all":
+        return saved
+    try:
+        steps = [int(s) for s in which.split(",")]
+    except ValueError:
+        raise ValueError(f"--checkpoints must be 'latest', 'all' or steps like 1000,2000; got {which!r}") from None
+    missing = [s for s in steps if s not in saved]
+    if missing:
+        raise evaluate.CheckpointNotFoundError(f"no checkpoint at step(s) {missing} in {ckpt_dir}; saved: {saved}")
+    return steps
+
+
+def _dispatch(config, workdir: str, mode: str, which: str) -> None:
+    if mode == "train":
+        train.train_and_evaluate(config, workdir)
+        return
+    steps = checkpoint_steps(workdir, which)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise evaluate.CheckpointNotFoundError(f"no checkpoints in {os.path.join(workdir, 'checkpoints')}; "
+                                               "train first with --mode=train")
+    run_one = {"sample": evaluate.sample, "likelihood": evaluate.likelihood_bpd,
+               "eval": evaluate.evaluate_checkpoint}[mode]
+    for step in steps:
+        result = run_one(config, workdir, step)
+        if jax.process_index() == 0:
+            print(json.dumps(_brief(result), indent=2))
+
+
+def _brief(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not isinstance(v, dict)} | {
+        k: _brief(v) for k, v in result.items() if isinstance(v, dict)}
+
+
+def run(config, workdir: str, mode: str, which: str = "latest") -> int:
+    """Runs `mode`; returns the process exit status (0 ok, 2 user error)."""
+    debug = os.environ.get("SCORE_SDE_DEBUG", "") not in ("", "0")
+    try:
+        validate(config, mode)
+        _dispatch(config, workdir, mode, which)
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

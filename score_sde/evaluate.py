@@ -1,0 +1,244 @@
+"""Sample / likelihood / eval drivers used by main.py (parallelism at this edge only).
+
+Each driver loads the EMA parameters of a checkpoint in `workdir`, turns them into a
+`score_fn(x, t)`, and splits its work over the local devices with `jax.pmap`. Outputs go
+to `workdir/<mode>/` as .npz / .png / .json; nothing already written is modified.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from score_sde import checkpoint, config_utils, data, likelihood, models, solvers, train
+from score_sde.bpd import bits_per_dim
+
+# config.sampling keys that are not sampler options.
+_NOT_SAMPLER_OPTIONS = {"method", "num_samples", "batch_size"}
+# config.sampling keys whose sampler option has another name (the config's "method" is the sampler).
+_ALIASES = {"dpm_method": "method"}
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """No checkpoint in the workdir (train first, or point --workdir at a trained run)."""
+
+
+def sampler_from_config(sampling) -> solvers.Sampler:
+    """`config.sampling` -> a sampler: `method` names it, matching keys become its options.
+
+    Keys the sampler does not take are ignored (e.g. `snr` for "ode"); `n_steps = 0`,
+    `eps = 0` and `skip = ""` mean the sampler's own default (e.g. adaptive steps for "ode").
+    """
+    name = sampling.method
+    valid = set(solvers.registry.options(name))  # raises ValueError listing samplers if unknown
+    opts = {}
+    for key, value in sampling.items():
+        option = _ALIASES.get(key, key)
+        if key in _NOT_SAMPLER_OPTIONS or option not in valid:
+            continue
+        if key in ("n_steps", "eps", "skip") and not value:
+            continue  # 0 / "": the sampler's own default
+        opts[option] = tuple(value) if isinstance(value, list) else value
+    return solvers.get(name, **opts)
+
+
+def load_score_fn(config, workdir: str, step: int | None = None):
+    """(score_fn of the EMA params, sde, data_shape, step) of the latest (or given) checkpoint."""
+    model = config_utils.model_from_config(config.model)
+    sde = config_utils.sde_from_config(config.sde)
+    shape = data.load_split(config, "test").data_shape
+    optimizer = train.make_optimizer(config.optim)
+    template = train.create_train_state(jax.random.PRNGKey(0), model, optimizer, tuple(shape))
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
+    manager = checkpoint.make_manager(workdir, config.training.keep_checkpoints)
+    try:
+        if step is not None and step not in manager.all_steps():
+            raise CheckpointNotFoundError(f"no checkpoint at step {step} in {ckpt_dir}; "
+                                          f"available steps: {sorted(manager.all_steps())}")
+        restored = checkpoint.restore_latest(manager, template, step)
+    finally:
+        manager.close()
+    if restored is None:
+        raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
+    state, _, step = restored
+    return models.score_fn(model, {"params": state.ema_params}, sde), sde, tuple(shape), step
+
+
+def _per_device(total: int, n_dev: int) -> int:
+    return max(1, math.ceil(total / n_dev))
+
+
+def sample(config, workdir: str, step: int | None = None, out_dir: str | None = None) -> dict:
+    """Draws `sampling.num_samples` samples; writes samples.npz, samples.png and samples.json."""
+    score_fn, sde, shape, step = load_score_fn(config, workdir, step)
+    sampler = sampler_from_config(config.sampling)
+    n_dev = jax.local_device_count()
+    per_dev = _per_device(min(config.sampling.batch_size, config.sampling.num_samples), n_dev)
+    batch = (per_dev,) + shape
+
+    def draw(key, sf):
+        return sampler(key, sde, sf, batch)
+
+    p_draw = jax.pmap(draw, in_axes=(0, None))
+    key = jax.random.PRNGKey(config.seed)
+    outs, nfes, t0, done, i = [], [], time.perf_counter(), 0, 0
+    with tqdm(total=config.sampling.num_samples, desc=f"sampling ({config.sampling.method})", unit="img") as bar:
+        while done < config.sampling.num_samples:
+            keys = jax.random.split(jax.random.fold_in(key, i), n_dev)
+            x, info = p_draw(keys, score_fn)
+            x = np.asarray(x).reshape((-1,) + shape)
+            outs.append(x)
+            nfes.append(int(np.max(info.nfe)))
+            done += len(x)
+            i += 1
+            bar.update(len(x))
+    elapsed = time.perf_counter() - t0
+    samples = np.concatenate(outs)[: config.sampling.num_samples]
+    out_dir = out_dir or os.path.join(workdir, "samples")
+    return write_samples(config, samples, out_dir, step, {"nfe": int(np.mean(nfes)), "seconds": elapsed})
+
+
+def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: dict) -> dict:
+    """samples_<step>.npz (model scale), a PNG grid (images only) and a JSON summary."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"samples_{step}")
+    np.savez(stem + ".npz", samples=samples)
+    summary = {"step": int(step), "method": config.sampling.method, "num_samples": int(len(samples)),
+               "shape": list(samples.shape[1:]), **extra}
+    if samples.ndim == 4:
+        save_grid(samples, config.data.centered, stem + ".png")
+        summary["grid"] = stem + ".png"
+    summary["npz"] = stem + ".npz"
+    with open(stem + ".json", "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4) -> None:
+    """Writes images (N, H, W, C) in model scale as a square PNG grid."""
+    from PIL import Image
+
+    x = (samples + 1.0) / 2.0 if centered else samples
+    x = np.clip(x, 0.0, 1.0)
+    n, h, w, c = x.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
+    img = (grid * 255).round().astype(np.uint8)
+    img = img[..., 0] if c == 1 else img
+    Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.NEAREST).save(path)
+
+
+def likelihood_bpd(config, workdir: str, step: int | None = None, out_dir: str | None = None) -> dict:
+    """Bits/dim on the test split with uniform dequantisation; writes likelihood_<step>.json."""
+    score_fn, sde, shape, step = load_score_fn(config, workdir, step)
+    lc = config.likelihood
+    n_dev = jax.local_device_count()
+    per_dev = _per_device(lc.batch_size, n_dev)
+    split = data.load_split(config, "test")
+    levels = split.num_levels  # None: continuous data (toys), no dequantisation and no offset
+    it = data.iterate_once(config, "test", batch_size=per_dev * n_dev, dequantize=levels is not None)
+    data_range = (-1.0, 1.0) if config.data.centered else (0.0, 1.0)
+
+    def solve(key, x, sf):
+        res = likelihood.log_likelihood(key, sde, sf, x, divergence=lc.divergence, solver=lc.solver,
+                                        rtol=lc.rtol, atol=lc.atol)
+        return res.logp, res.nfe
+
+    p_solve = jax.pmap(solve, in_axes=(0, 0, None))
+    bpds, nfes, key, t0 = [], [], jax.random.PRNGKey(config.seed + 1), time.perf_counter()
+    total = min(lc.num_examples, len(split.source))
+    with tqdm(total=total, desc="likelihood", unit="img") as bar:
+        for i, x in enumerate(it):
+            x = x[: total - len(bpds)]
+            if len(x) == 0:
+                break
+            padded, mask = data.pad_batch(x, per_dev * n_dev)
+            keys = jax.random.split(jax.random.fold_in(key, i), n_dev)
+            logp, nfe = p_solve(keys, padded.reshape((n_dev, per_dev) + shape), score_fn)
+            logp = np.asarray(logp).reshape(-1)[np.asarray(mask, bool)]
+            if levels is None:
+                bpds.extend(-logp / (math.prod(shape) * math.log(2.0)))
+            else:
+                bpds.extend(np.asarray(bits_per_dim(logp, shape, num_levels=levels, data_range=data_range)))
+            nfes.append(float(np.mean(nfe)))
+            bar.update(len(logp))
+            if len(bpds) >= total:
+                break
+    bpds = np.asarray(bpds, np.float64)
+    result = {"step": int(step), "bits_per_dim": float(bpds.mean()),
+              "standard_error": float(bpds.std(ddof=1) / math.sqrt(len(bpds))) if len(bpds) > 1 else float("nan"),
+              "num_examples": int(len(bpds)), "nfe_mean": float(np.mean(nfes)), "divergence": lc.divergence,
+              "seconds": time.perf_counter() - t0}
+    out_dir = out_dir or os.path.join(workdir, "likelihood")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"likelihood_{step}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+__all__ = ["sampler_from_config", "load_score_fn", "sample", "write_samples", "save_grid", "likelihood_bpd",
+           "CheckpointNotFoundError"]
+
+
+def test_loss(config, score_fn, sde, max_examples: int = 2048) -> float:
+    """The training objective on the test split (EMA params, eval mode), averaged over examples."""
+    from score_sde import losses
+
+    apply = losses.score_apply_from_model(score_fn.model, sde, train=False)
+    tc = config.training
+    discrete = "ddpm" if tc.continuous else config_utils.discrete_loss_name(config.sde)
+    loss_fn = jax.jit(losses.get_loss_fn(apply, sde, continuous=tc.continuous, discrete=discrete,
+                                         reduce_mean=tc.reduce_mean, likelihood_weighting=tc.likelihood_weighting,
+                                         eps=tc.eps))
+    key, total, count = jax.random.PRNGKey(config.seed + 2), 0.0, 0
+    bs = config.sampling.batch_size
+    for i, x in enumerate(data.iterate_once(config, "test", batch_size=bs)):
+        if count >= max_examples or len(x) == 0:
+            break
+        keys = losses.example_keys(jax.random.fold_in(key, i), len(x))
+        total += float(loss_fn(score_fn.variables["params"], jnp.asarray(x), keys)) * len(x)
+        count += len(x)
+    return total / max(count, 1)
+
+
+def evaluate_checkpoint(config, workdir: str, step: int) -> dict:
+    """Test loss, bits/dim, a sample grid and (digits) the weight-free quality figures for one checkpoint."""
+    out_dir = os.path.join(workdir, "eval")
+    score_fn, sde, _, step = load_score_fn(config, workdir, step)
+    result = {"step": int(step), "test_loss": test_loss(config, score_fn, sde)}
+    result["likelihood"] = likelihood_bpd(config, workdir, step, out_dir)
+    samples_summary = sample(config, workdir, step, out_dir)
+    result["samples"] = samples_summary
+    if config.data.dataset == "digits":
+        result["quality"] = digits_quality_of(config, workdir, np.load(samples_summary["npz"])["samples"])
+    with open(os.path.join(out_dir, f"eval_{step}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def digits_quality_of(config, workdir: str, samples: np.ndarray) -> dict:
+    """Weight-free quality of digits samples (model scale) with the cached classifier."""
+    from score_sde import quality
+
+    def to01(x):
+        return (x + 1.0) / 2.0 if config.data.centered else x
+
+    raw = {s: data.load_split(config, s) for s in ("train", "test")}
+    train01 = raw["train"].source.get(np.arange(len(raw["train"].source))) / (raw["train"].num_levels - 1)
+    test01 = raw["test"].source.get(np.arange(len(raw["test"].source))) / (raw["test"].num_levels - 1)
+    labels = data.digits_labels("train")
+    clf = quality.load_or_train_classifier(os.path.join(workdir, "digits_classifier.npz"), train01, labels)
+    return quality.digits_quality(clf, to01(samples)[..., 0], train01[..., 0], test01[..., 0])

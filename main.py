@@ -5,8 +5,9 @@
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=likelihood
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=eval --checkpoints=all
 
-Any config key can be overridden with --config.<key>=<value>. Errors a user can cause print one
-line naming the problem and exit with status 2, before anything is written to the workdir.
+Any config key can be overridden with --config.<key>=<value>. Errors a user can cause (bad flags
+or overrides included) print one line `error: ...` and exit with status 2, before anything is
+written to the workdir.
 """
 
 import sys
@@ -14,7 +15,33 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", "configs/digits_vp.py", "Experiment config file.", lock_config=True)
+# What loading a config file and applying `--config.<key>=<value>` overrides raises on bad input.
+_CONFIG_ERRORS = (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError)
+
+
+def _fail(message: str):
+    """One `error: ...` line on stderr (whitespace collapsed), exit status 2."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_error(e: BaseException, argv: list[str]) -> str:
+    """A readable line for a config-loading error; unknown keys name the offending override."""
+    if not isinstance(e, (AttributeError, KeyError)):
+        return str(e)
+    inner = e
+    while isinstance(inner, BaseException) and inner.args:  # AttributeError(KeyError("'k'\nDid you mean ..."))
+        inner = inner.args[0]
+    key = str(inner).split("\n")[0].strip("'\"")
+    bad = [a.split("=", 1)[0] for a in argv if a.lstrip("-").startswith("config.") and
+           a.split("=", 1)[0].split(".")[-1] == key]
+    return f"unknown config key {key!r} in {', '.join(bad) or 'the overrides'}. {str(inner)[len(key) + 2:]}".strip()
+
+
+try:  # the default config file is loaded, with the overrides applied, when the flag is defined
+    config_flags.DEFINE_config_file("config", "configs/digits_vp.py", "Experiment config file.", lock_config=True)
+except _CONFIG_ERRORS as err:
+    _fail(_config_error(err, sys.argv))
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and results.")
 flags.DEFINE_enum("mode", "train", ["train", "sample", "likelihood", "eval"], "What to run.")
 flags.DEFINE_string("checkpoints", "latest", "eval/sample/likelihood: 'latest', 'all', or steps like 1000,2000.")
@@ -22,14 +49,27 @@ flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with bad flags and overrides reported as one `error:` line."""
+    try:
+        return FLAGS(argv)
+    except _CONFIG_ERRORS as e:
+        _fail(_config_error(e, argv))
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = FLAGS.config
+        config.keys()  # a config file that failed to load raises here
+    except _CONFIG_ERRORS as e:
+        _fail(_config_error(e, sys.argv))
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     from score_sde import cli
 
-    sys.exit(cli.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoints))
+    sys.exit(cli.run(config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoints))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

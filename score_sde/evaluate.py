@@ -108,9 +108,13 @@ def sample(config, workdir: str, step: int | None = None, out_dir: str | None = 
 
 
 def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: dict) -> dict:
-    """samples_<step>.npz (model scale), a PNG grid (images only) and a JSON summary."""
+    """samples_<step>_<method>.npz (model scale), a PNG grid (images only) and a JSON summary.
+
+    The sampler's name is part of the file name, so sampling one checkpoint with several
+    methods keeps every result.
+    """
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"samples_{step}")
+    stem = os.path.join(out_dir, f"samples_{step}_{config.sampling.method}")
     np.savez(stem + ".npz", samples=samples)
     summary = {"step": int(step), "method": config.sampling.method, "num_samples": int(len(samples)),
                "shape": list(samples.shape[1:]), **extra}

@@ -1,0 +1,193 @@
+"""End-to-end command line: main.py train -> resume -> sample (ode, pc) -> likelihood -> eval, and user errors.
+
+Every run is `python main.py ...` in a subprocess on 2 forced CPU devices, with the digits data and a
+tiny MLP score network (compilation dominates the run time; the UNet path is covered by test_train).
+One trained workdir is shared by the end-to-end tests (module-scoped fixture).
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--config.model.name=mlp", "--config.model.hidden=(32,32)", "--config.training.n_iters=4",
+        "--config.training.snapshot_freq=2", "--config.training.log_freq=2", "--config.training.batch_size=8"]
+FEW_SAMPLES = ["--config.sampling.num_samples=16", "--config.sampling.batch_size=8"]
+ODE = ["--config.sampling.method=ode", "--config.sampling.solver=euler", "--config.sampling.n_steps=5"]
+PC = ["--config.sampling.method=pc", "--config.sampling.n_steps=5"]
+LIKELIHOOD = ["--config.likelihood.num_examples=10", "--config.likelihood.batch_size=4",
+              "--config.likelihood.rtol=1e-2", "--config.likelihood.atol=1e-2"]
+
+
+def run_cli(workdir, mode, *args, timeout=180):
+    """`python main.py --workdir=... --mode=... TINY args` on 2 CPU devices; returns the CompletedProcess."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env.pop("SCORE_SDE_DEBUG", None)
+    cmd = [sys.executable, "main.py", f"--workdir={workdir}", f"--mode={mode}", *TINY, *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def steps_saved(workdir):
+    return sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+
+
+def tree(path):
+    """{relative path: (size, mtime_ns)} of everything under `path` (None if it does not exist)."""
+    if not path.exists():
+        return None
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workdir trained for 4 steps, then resumed to 6 (checkpoints every 2 steps)."""
+    workdir = tmp_path_factory.mktemp("cli") / "run"
+    first = ok(run_cli(workdir, "train"))
+    first_steps = steps_saved(workdir)
+    second = ok(run_cli(workdir, "train", "--config.training.n_iters=6"))
+    return workdir, first, first_steps, second
+
+
+@pytest.mark.slow
+def test_train_then_resume(trained):
+    workdir, first, first_steps, second = trained
+    assert "Resumed" not in first.stdout
+    assert first_steps == [2, 4]
+    assert "Resumed from checkpoint at step 4" in second.stdout
+    assert steps_saved(workdir) == [2, 4, 6]
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert logged and all(math.isfinite(m["loss"]) for m in logged if "loss" in m)
+
+
+def check_samples(workdir, method, step=6, n=16, out="samples"):
+    stem = workdir / out / f"samples_{step}_{method}"
+    samples = np.load(f"{stem}.npz")["samples"]
+    assert samples.shape == (n, 8, 8, 1)
+    assert np.all(np.isfinite(samples))
+    from PIL import Image
+
+    grid = Image.open(f"{stem}.png")
+    # 4x4 grid of 8x8 images with 1-pixel borders, upscaled 4x: (4 * 9 + 1) * 4 = 148 pixels a side.
+    assert grid.size == (148, 148)
+    summary = json.loads(pathlib.Path(f"{stem}.json").read_text())
+    assert summary["method"] == method and summary["step"] == step and summary["num_samples"] == n
+    assert summary["shape"] == [8, 8, 1]
+    assert summary["nfe"] >= 5 and summary["seconds"] > 0
+    return summary
+
+
+@pytest.mark.slow
+def test_sample_ode(trained):
+    workdir = trained[0]
+    ok(run_cli(workdir, "sample", *ODE, *FEW_SAMPLES))
+    summary = check_samples(workdir, "ode")
+    assert summary["nfe"] <= 6  # 5 Euler steps (+ at most one denoising evaluation)
+
+
+@pytest.mark.slow
+def test_sample_pc(trained):
+    workdir = trained[0]
+    ok(run_cli(workdir, "sample", *PC, *FEW_SAMPLES))
+    summary = check_samples(workdir, "pc")
+    assert summary["nfe"] >= 10  # 5 predictor + 5 corrector steps
+
+
+@pytest.mark.slow
+def test_likelihood(trained):
+    workdir = trained[0]
+    proc = ok(run_cli(workdir, "likelihood", *LIKELIHOOD))
+    result = json.loads((workdir / "likelihood" / "likelihood_6.json").read_text())
+    assert result["step"] == 6 and result["num_examples"] == 10
+    # A proper density's bits/dim of dequantised data is >= 0; a 6-step model is far from good but finite.
+    assert 0.0 < result["bits_per_dim"] < 30.0
+    assert math.isfinite(result["standard_error"]) and result["standard_error"] >= 0.0
+    assert result["nfe_mean"] > 0 and result["divergence"] == "hutchinson"
+    assert '"bits_per_dim"' in proc.stdout
+
+
+@pytest.mark.slow
+def test_eval_one_checkpoint(trained):
+    workdir = trained[0]
+    ok(run_cli(workdir, "eval", "--checkpoints=4", *ODE, *FEW_SAMPLES, *LIKELIHOOD))
+    result = json.loads((workdir / "eval" / "eval_4.json").read_text())
+    assert result["step"] == 4 and math.isfinite(result["test_loss"]) and result["test_loss"] > 0
+    assert math.isfinite(result["likelihood"]["bits_per_dim"])
+    check_samples(workdir, "ode", step=4, out="eval")
+    assert result["quality"]["num_samples"] == 16
+    assert not (workdir / "eval" / "eval_6.json").exists()  # only the requested checkpoint
+
+
+@pytest.mark.slow
+def test_missing_checkpoint_step_is_an_error(trained):
+    workdir = trained[0]
+    before = tree(workdir)
+    proc = run_cli(workdir, "sample", "--checkpoints=3", *ODE)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no checkpoint at step(s) [3]")
+    assert "saved: [2, 4, 6]" in proc.stderr
+    assert tree(workdir) == before
+
+
+# --- user errors: one `error:` line, non-zero exit, workdir untouched -----------------------------
+ERRORS = {
+    "unknown_sampler": (["--mode=sample", "--config.sampling.method=nope"],
+                        ["unknown sampler 'nope'", "euler_maruyama", "ode", "pc"]),
+    "unknown_dataset": (["--mode=train", "--config.data.dataset=nope"],
+                        ["unknown dataset 'nope'", "digits", "cifar10", "toy_gmm"]),
+    "no_checkpoint_sample": (["--mode=sample"], ["no checkpoints in {workdir}/checkpoints", "--mode=train"]),
+    "no_checkpoint_likelihood": (["--mode=likelihood"], ["no checkpoints in {workdir}/checkpoints"]),
+    "no_cifar10_files": (["--mode=train", "--config.data.dataset=cifar10", "--config.data.image_size=32",
+                          "--config.data.num_channels=3", "--config.data.num_levels=256",
+                          "--config.data.data_dir={workdir}_no_data"],
+                         ["CIFAR-10 not found", "{workdir}_no_data/cifar-10-python.tar.gz"]),
+    "override_bad_value": (["--mode=train", "--config.training.n_iters=abc"],
+                           ["--config.training.n_iters=abc", "invalid literal for int()"]),
+    "override_unknown_key": (["--mode=train", "--config.training.n_iter=3"],
+                             ["unknown config key 'n_iter'", "--config.training.n_iter", "n_iters"]),
+    "override_unknown_key_with_config": (["--mode=train", "--config=configs/digits_vp.py", "--config.training.nokey=3"],
+                                         ["unknown config key 'nokey'", "--config.training.nokey"]),
+    "batch_not_divisible": (["--mode=train", "--config.training.batch_size=7"],
+                            ["training.batch_size=7", "not divisible by the 2 devices"]),
+}
+
+
+# Every error with a workdir that does not exist (it must not be created), and a few representative
+# ones with an existing workdir (it must stay unchanged).
+ERROR_CASES = [(c, False) for c in sorted(ERRORS)] + [
+    (c, True) for c in ("unknown_sampler", "no_checkpoint_sample", "override_unknown_key", "batch_not_divisible")]
+
+
+@pytest.mark.parametrize("case,existing", ERROR_CASES,
+                         ids=[f"{c}-{'existing' if e else 'new'}_workdir" for c, e in ERROR_CASES])
+def test_user_error(case, existing, tmp_path):
+    args, expected = ERRORS[case]
+    workdir = tmp_path / "run"
+    if existing:
+        workdir.mkdir()
+        (workdir / "notes.txt").write_text("keep me")
+    before = tree(workdir)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env.pop("SCORE_SDE_DEBUG", None)
+    args = [a.replace("{workdir}", str(workdir)) for a in args]
+    config_first = [a for a in args if a.startswith("--config=")]  # --config must precede its overrides
+    rest = [a for a in args if not a.startswith("--config=")]
+    cmd = [sys.executable, "main.py", *config_first, f"--workdir={workdir}", *TINY, *rest]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for text in expected:
+        assert text.replace("{workdir}", str(workdir)) in lines[0], lines[0]
+    assert tree(workdir) == before  # not created, or unchanged

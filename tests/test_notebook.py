@@ -4,11 +4,10 @@ import json
 import os
 import pathlib
 
+import ipykernel  # noqa: F401  (the kernel nbclient starts; a dev dependency, never skipped)
+import nbclient
+import nbformat
 import pytest
-
-nbclient = pytest.importorskip("nbclient")
-nbformat = pytest.importorskip("nbformat")
-pytest.importorskip("ipykernel")
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import pathlib
 
 import diffrax
 import jax
@@ -24,10 +23,10 @@ import jax.numpy as jnp
 jax.config.update("jax_enable_x64", True)
 
 import score_sde as ss  # noqa: E402
+from benchmarks.common import RESULTS, write_result  # noqa: E402
 import score_sde.solvers as solvers  # noqa: E402
 from score_sde.solvers.data_prediction import data_prediction  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).parent / "results"
 MIX = ss.GaussianMixture(jnp.array([0.4, 0.3, 0.2, 0.1]),
                          jnp.array([[1.5, 1.5], [-1.5, 1.5], [-1.5, -1.5], [1.5, -1.5]]),
                          jnp.array([0.1, 0.05, 0.1, 0.05]))
@@ -99,12 +98,15 @@ def run(quick: bool):
 
 def markdown(rows, floor, n, budgets) -> str:
     head = "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |\n|---|" + "---|" * len(budgets) + "\n"
-    sw = "".join(f"| {k} | " + " | ".join(f"{s:.4f} ({m})" for _, m, s, _ in v) + " |\n" for k, v in rows.items())
+    sw = "".join(f"| {k} | " + " | ".join(f"{s:.4f} ({m}) {s / floor:.1f}x" for _, m, s, _ in v) + " |\n"
+                 for k, v in rows.items())
     ep = "".join(f"| {k} | " + " | ".join("—" if math.isnan(e) else f"{e:.2e} ({m})" for _, m, _, e in v) + " |\n"
                  for k, v in rows.items())
-    return (f"# Accuracy vs NFE (VP SDE, 4-component 2-D Gaussian mixture, exact score, float64, n = {n})\n\n"
-            f"Sliced W1 to an exact data sample (actual NFE in brackets); Monte-Carlo floor "
-            f"(mean over 4 pairs of exact samples): {floor:.4f}\n\n" + head + sw +
+    return (f"VP SDE, 4-component 2-D Gaussian mixture, exact score, float64, n = {n}. Accuracy only: no "
+            "timings (the cost of each sampler is NFE x one score evaluation; see samplers.md).\n\n"
+            f"Sliced W1 to an exact data sample (actual NFE in brackets), then its ratio to the baseline, the "
+            f"Monte-Carlo floor measured in the same run (mean over 4 pairs of exact samples): {floor:.4f}\n\n"
+            + head + sw +
             "\nRMS endpoint error against a Tsit5 (rtol = atol = 1e-8) probability-flow solve from the same x_T "
             "(deterministic samplers only)\n\n" + head + ep)
 
@@ -135,7 +137,9 @@ def main():
     rows, floor, n, budgets = run(args.quick)
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = markdown(rows, floor, n, budgets)
-    (RESULTS / "accuracy_vs_nfe.md").write_text(text)
+    write_result("accuracy_vs_nfe", text + "\n![accuracy vs NFE](accuracy_vs_nfe.png)\n",
+                 "python -m benchmarks.accuracy_vs_nfe" + (" --quick" if args.quick else ""),
+                 title="Accuracy vs NFE")
     plot(rows, floor, RESULTS / "accuracy_vs_nfe.png")
     print(text)
 

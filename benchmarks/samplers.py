@@ -20,7 +20,6 @@ Writes the table as Markdown to benchmarks/results/samplers.md.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import time
 
 import equinox as eqx
@@ -30,6 +29,7 @@ import numpy as np
 import scipy.integrate
 
 import score_sde as ss
+from benchmarks.common import write_result
 from score_sde import solvers
 from score_sde.sde import batch_times
 
@@ -206,13 +206,12 @@ def main():
         f"| Euler–Maruyama N={n_steps} vs minimal lax.scan loop | {t_em:.3f} | {t_base:.3f} "
         f"| {t_em / t_base:.3f} (library / minimal) |",
         f"| PF-ODE Tsit5 on device (NFE {int(nfe_dev)}) vs scipy RK45 host loop (NFE {nfe_host}), rtol=atol=1e-5 "
-        f"| {t_dev:.3f} | {t_host:.3f} | {t_host / t_dev:.1f}x faster on device (max |dx| {diff:.1e}) |",
+        f"| {t_dev:.3f} | {t_host:.3f} | {t_host / t_dev:.1f}x faster on device (max abs dx {diff:.1e}) |",
     ]
     text = "\n".join(lines)
     print(text)
-    out = pathlib.Path(__file__).parent / "results" / "samplers.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    write_result("samplers", text, "python -m benchmarks.samplers" + (" --quick" if args.quick else ""),
+                 title="Samplers: overhead, compile time, accuracy")
 
 
 if __name__ == "__main__":

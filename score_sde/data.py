@@ -30,7 +30,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import math
 import os
 import pickle
 import tarfile
@@ -120,7 +119,9 @@ def bits_per_dim_offset(num_levels: int, centered: bool) -> float:
     A level's bin has width (2 if centered else 1) / L in data space, so the probability of the
     integer data is p(x) (width / L)^D; 8-bit data in [-1, 1] gives log2(256 / 2) = 7.
     """
-    return math.log2(num_levels) - math.log2(2.0 if centered else 1.0)
+    from score_sde.bpd import bpd_offset  # the one implementation of the rule
+
+    return bpd_offset(num_levels, (-1.0, 1.0) if centered else (0.0, 1.0))
 
 
 def shard_for_devices(batch, n_devices: int):

@@ -29,7 +29,7 @@ def get_config():
     config.sde.name = "vpsde"
     training = config.training
     training.batch_size = 128
-    training.n_iters = 6000
+    training.n_iters = 8000
     training.snapshot_freq = 1000
     training.log_freq = 100
     training.steps_per_call = 1       # XLA:CPU runs scanned convolutions ~7x slower

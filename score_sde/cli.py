@@ -60,21 +60,13 @@ def _dispatch(config, workdir: str, mode: str, which: str) -> None:
     if mode == "train":
         train.train_and_evaluate(config, workdir)
         return
-    steps = checkpoint_steps(workdir, which)
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise evaluate.CheckpointNotFoundError(f"no checkpoints in {os.path.join(workdir, 'checkpoints')}; "
-                                               "train first with --mode=train")
+    steps = checkpoint_steps(workdir, which)  # load_score_fn checks the folder before touching it
     run_one = {"sample": evaluate.sample, "likelihood": evaluate.likelihood_bpd,
                "eval": evaluate.evaluate_checkpoint}[mode]
     for step in steps:
         result = run_one(config, workdir, step)
         if jax.process_index() == 0:
-            print(json.dumps(_brief(result), indent=2))
-
-
-def _brief(result: dict) -> dict:
-    return {k: v for k, v in result.items() if not isinstance(v, dict)} | {
-        k: _brief(v) for k, v in result.items() if isinstance(v, dict)}
+            print(json.dumps(result, indent=2))
 
 
 def run(config, workdir: str, mode: str, which: str = "latest") -> int:

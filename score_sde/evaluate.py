@@ -77,9 +77,12 @@ def _per_device(total: int, n_dev: int) -> int:
     return max(1, math.ceil(total / n_dev))
 
 
-def sample(config, workdir: str, step: int | None = None, out_dir: str | None = None) -> dict:
-    """Draws `sampling.num_samples` samples; writes samples.npz, samples.png and samples.json."""
-    score_fn, sde, shape, step = load_score_fn(config, workdir, step)
+def sample(config, workdir: str, step: int | None = None, out_dir: str | None = None, loaded=None) -> dict:
+    """Draws `sampling.num_samples` samples; writes samples.npz, samples.png and samples.json.
+
+    `loaded`: the output of `load_score_fn`, when the caller already restored the checkpoint.
+    """
+    score_fn, sde, shape, step = loaded or load_score_fn(config, workdir, step)
     sampler = sampler_from_config(config.sampling)
     n_dev = jax.local_device_count()
     per_dev = _per_device(min(config.sampling.batch_size, config.sampling.num_samples), n_dev)
@@ -145,9 +148,13 @@ def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4) 
     Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.NEAREST).save(path)
 
 
-def likelihood_bpd(config, workdir: str, step: int | None = None, out_dir: str | None = None) -> dict:
-    """Bits/dim on the test split with uniform dequantisation; writes likelihood_<step>.json."""
-    score_fn, sde, shape, step = load_score_fn(config, workdir, step)
+def likelihood_bpd(config, workdir: str, step: int | None = None, out_dir: str | None = None,
+                   loaded=None) -> dict:
+    """Bits/dim on the test split with uniform dequantisation; writes likelihood_<step>.json.
+
+    `loaded`: the output of `load_score_fn`, when the caller already restored the checkpoint.
+    """
+    score_fn, sde, shape, step = loaded or load_score_fn(config, workdir, step)
     lc = config.likelihood
     n_dev = jax.local_device_count()
     per_dev = _per_device(lc.batch_size, n_dev)
@@ -193,23 +200,15 @@ def likelihood_bpd(config, workdir: str, step: int | None = None, out_dir: str |
     return result
 
 
-__all__ = ["sampler_from_config", "load_score_fn", "sample", "write_samples", "save_grid", "likelihood_bpd",
-           "CheckpointNotFoundError"]
 
 
 def test_loss(config, score_fn, sde, max_examples: int = 2048) -> float:
     """The training objective on the test split (EMA params, eval mode), averaged over examples."""
     from score_sde import losses
 
-    apply = losses.score_apply_from_model(score_fn.model, sde, train=False)
-    tc = config.training
-    discrete = "ddpm" if tc.continuous else config_utils.discrete_loss_name(config.sde)
-    loss_fn = jax.jit(losses.get_loss_fn(apply, sde, continuous=tc.continuous, discrete=discrete,
-                                         reduce_mean=tc.reduce_mean, likelihood_weighting=tc.likelihood_weighting,
-                                         eps=tc.eps))
+    loss_fn = jax.jit(train.loss_fn_from_config(config, score_fn.model, sde, train=False))
     key, total, count = jax.random.PRNGKey(config.seed + 2), 0.0, 0
-    bs = config.sampling.batch_size
-    for i, x in enumerate(data.iterate_once(config, "test", batch_size=bs)):
+    for i, x in enumerate(data.iterate_once(config, "test", batch_size=config.sampling.batch_size)):
         if count >= max_examples or len(x) == 0:
             break
         keys = losses.example_keys(jax.random.fold_in(key, i), len(x))
@@ -221,10 +220,11 @@ def test_loss(config, score_fn, sde, max_examples: int = 2048) -> float:
 def evaluate_checkpoint(config, workdir: str, step: int) -> dict:
     """Test loss, bits/dim, a sample grid and (digits) the weight-free quality figures for one checkpoint."""
     out_dir = os.path.join(workdir, "eval")
-    score_fn, sde, _, step = load_score_fn(config, workdir, step)
+    loaded = load_score_fn(config, workdir, step)  # restored once, used by every figure below
+    score_fn, sde, _, step = loaded
     result = {"step": int(step), "test_loss": test_loss(config, score_fn, sde)}
-    result["likelihood"] = likelihood_bpd(config, workdir, step, out_dir)
-    samples_summary = sample(config, workdir, step, out_dir)
+    result["likelihood"] = likelihood_bpd(config, workdir, step, out_dir, loaded=loaded)
+    samples_summary = sample(config, workdir, step, out_dir, loaded=loaded)
     result["samples"] = samples_summary
     if config.data.dataset == "digits":
         result["quality"] = digits_quality_of(config, workdir, np.load(samples_summary["npz"])["samples"])
@@ -246,3 +246,7 @@ def digits_quality_of(config, workdir: str, samples: np.ndarray) -> dict:
     labels = data.digits_labels("train")
     clf = quality.load_or_train_classifier(os.path.join(workdir, "digits_classifier.npz"), train01, labels)
     return quality.digits_quality(clf, to01(samples)[..., 0], train01[..., 0], test01[..., 0])
+
+
+__all__ = ["sampler_from_config", "load_score_fn", "sample", "write_samples", "save_grid", "likelihood_bpd",
+           "test_loss", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError"]

@@ -15,7 +15,6 @@ probe per example, fixed over the solve. Bits/dim and dequantisation live in
 
 from __future__ import annotations
 
-import types
 from typing import NamedTuple
 
 import diffrax
@@ -26,19 +25,9 @@ import jax.numpy as jnp
 from score_sde.bpd import bits_per_dim, bpd_offset, dequantize_scaled, scale_levels, uniform_dequantize
 from score_sde.divergence import PROBES, exact_divergence, hutchinson_divergence, sample_probe
 from score_sde.sde import SDE, Array, ScoreFn, default_eps, probability_flow_drift
+from score_sde.solvers.ode import ODE_SOLVERS, get_ode_solver, solve_nfe
 
 DIVERGENCES = ("exact", "hutchinson")
-
-# Explicit adaptive Runge-Kutta solvers, by name. Any other `diffrax.AbstractERK` instance
-# with an embedded error estimate may be passed directly.
-SOLVERS = types.MappingProxyType({
-    "tsit5": diffrax.Tsit5,
-    "dopri5": diffrax.Dopri5,
-    "dopri8": diffrax.Dopri8,
-    "bosh3": diffrax.Bosh3,
-    "heun": diffrax.Heun,
-})
-
 
 class LikelihoodResult(NamedTuple):
     """What `log_likelihood` returns (all per example, nats).
@@ -59,30 +48,13 @@ class LikelihoodResult(NamedTuple):
     nfe: Array
 
 
-def resolve_solver(solver: str | diffrax.AbstractERK) -> diffrax.AbstractERK:
-    """A diffrax explicit Runge-Kutta solver from its name (see `SOLVERS`) or an instance."""
-    if isinstance(solver, str):
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(sorted(SOLVERS))}"
-                             " (or pass a diffrax.AbstractERK instance)")
-        return SOLVERS[solver]()
-    if not isinstance(solver, diffrax.AbstractERK) or solver.tableau.b_error is None:
-        raise ValueError(f"solver must be a name in {sorted(SOLVERS)} or an adaptive explicit Runge-Kutta "
-                         f"diffrax solver (diffrax.AbstractERK with an error estimate), got {solver!r}")
+def resolve_solver(solver) -> diffrax.AbstractAdaptiveSolver:
+    """An adaptive diffrax solver from a name in `score_sde.solvers.ode.ODE_SOLVERS` or an instance."""
+    solver = get_ode_solver(solver)
+    if not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+        raise ValueError(f"the likelihood solve is adaptive: solver must have an error estimate "
+                         f"({', '.join(n for n in ODE_SOLVERS if n != 'euler')}), got {solver!r}")
     return solver
-
-
-def solver_nfe(solver: diffrax.AbstractERK, num_steps: Array) -> Array:
-    """Vector-field evaluations of an adaptive ERK solve with `num_steps` attempted steps.
-
-    Per attempted step (accepted or rejected): one per stage, less one when the tableau is
-    first-same-as-last (FSAL), plus 1 for the first stage of the first FSAL step. (diffrax
-    0.7 picks the initial step of a wrapped ODE term without evaluating it: dt0 = 0.01.)
-    Checked against a counting score function in tests/test_likelihood.py.
-    """
-    stages = len(solver.tableau.c) + 1
-    fsal = bool(solver.tableau.fsal)
-    return num_steps * (stages - fsal) + fsal
 
 
 def _vector_field(t, state, args):
@@ -112,13 +84,13 @@ def _solve(key, sde, score_fn, x, solver, divergence, probe, fused, rtol, atol, 
     z = eqx.error_if(z, failed, f"log_likelihood: the ODE solve did not reach T within max_steps={max_steps} "
                                 "steps; increase max_steps or loosen rtol/atol")
     prior = sde.prior_logp(z)
-    nfe = solver_nfe(solver, sol.stats["num_steps"]).astype(jnp.int32)
+    nfe = jnp.asarray(solve_nfe(solver, sol.stats["num_steps"]), jnp.int32)
     return LikelihoodResult(prior + delta, z, prior, delta, nfe)
 
 
 def log_likelihood(key: Array | None, sde: SDE, score_fn: ScoreFn, x: Array, *,
                    divergence: str = "exact", probe: str = "rademacher", fused: bool = True,
-                   solver: str | diffrax.AbstractERK = "tsit5", rtol: float = 1e-5, atol: float = 1e-5,
+                   solver: str | diffrax.AbstractSolver = "tsit5", rtol: float = 1e-5, atol: float = 1e-5,
                    eps: float | None = None, max_steps: int = 4096) -> LikelihoodResult:
     """log p_eps(x) under the model defined by `score_fn`, through the probability-flow ODE.
 
@@ -138,7 +110,8 @@ def log_likelihood(key: Array | None, sde: SDE, score_fn: ScoreFn, x: Array, *,
       probe: Hutchinson probe distribution, "rademacher" or "gaussian".
       fused: drift and Jacobian-vector product from one `jax.jvp` (True) or from a separate
         drift call plus a jvp (False; same values, for comparison).
-      solver: a name in `SOLVERS` or a diffrax adaptive ERK solver instance.
+      solver: a name in `score_sde.solvers.ode.ODE_SOLVERS` other than euler, or an adaptive
+        diffrax solver instance.
       rtol, atol: tolerances of the PID step-size controller.
       eps: start time; default `default_eps(sde, "likelihood")` = 1e-5.
       max_steps: step budget; exceeding it raises at run time.
@@ -168,6 +141,6 @@ def log_likelihood(key: Array | None, sde: SDE, score_fn: ScoreFn, x: Array, *,
 
 
 __all__ = [
-    "DIVERGENCES", "SOLVERS", "LikelihoodResult", "log_likelihood", "resolve_solver", "solver_nfe",
+    "DIVERGENCES", "LikelihoodResult", "log_likelihood", "resolve_solver",
     "bits_per_dim", "bpd_offset", "scale_levels", "uniform_dequantize", "dequantize_scaled",
 ]

@@ -197,13 +197,16 @@ def device_batches(it, k: int, per_device: int, depth: int = 2) -> Iterator[tupl
             q.get_nowait()
 
 
-def loss_fn_from_config(config, model: nn.Module, sde) -> losses.LossFn:
-    """The training objective named by `config.training` (continuous DSM or DDPM/SMLD)."""
-    return _loss_fn(model, sde, config.training, config.sde)
+def loss_fn_from_config(config, model: nn.Module, sde, *, train: bool = True) -> losses.LossFn:
+    """The training objective named by `config.training` (continuous DSM or DDPM/SMLD).
+
+    `train=False` evaluates the network in eval mode (no dropout), e.g. for a test loss.
+    """
+    return _loss_fn(model, sde, config.training, config.sde, train)
 
 
-def _loss_fn(model, sde, tc, sde_config) -> losses.LossFn:
-    apply = losses.score_apply_from_model(model, sde, train=True)
+def _loss_fn(model, sde, tc, sde_config, train: bool = True) -> losses.LossFn:
+    apply = losses.score_apply_from_model(model, sde, train=train)
     discrete = "ddpm" if tc.continuous else config_utils.discrete_loss_name(sde_config)
     return losses.get_loss_fn(apply, sde, continuous=tc.continuous, discrete=discrete, reduce_mean=tc.reduce_mean,
                               likelihood_weighting=tc.likelihood_weighting, eps=tc.eps,

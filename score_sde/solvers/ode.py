@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from score_sde.sde import probability_flow_drift
 from score_sde.solvers.base import SampleInfo, Sampler, resolve_eps
-from score_sde.solvers.denoise import tweedie_denoise
+from score_sde.solvers.data_prediction import data_prediction
 from score_sde.solvers.pc import time_grid
 
 # name -> diffrax explicit ODE solver class (read-only).
@@ -58,6 +58,17 @@ def stages_and_fsal(solver: diffrax.AbstractSolver) -> tuple[int, bool]:
     if isinstance(solver, diffrax.Euler):
         return 1, False
     return len(solver.tableau.c) + 1, bool(solver.tableau.fsal)
+
+
+def solve_nfe(solver: diffrax.AbstractSolver, attempts):
+    """Vector-field evaluations of a solve with `attempts` attempted steps (rejected ones included).
+
+    s per step, or s - 1 per step plus the initial f(t0, y0) for first-same-as-last tableaus.
+    Used by this sampler and by `score_sde.likelihood`; both are checked against counted
+    evaluations in the tests.
+    """
+    stages, fsal = stages_and_fsal(solver)
+    return attempts * (stages - 1) + 1 if fsal else attempts * stages
 
 
 class ODESampler(Sampler):
@@ -100,7 +111,7 @@ class ODESampler(Sampler):
           (x_eps like x, nfe int32 scalar, diffrax step statistics dict).
         """
         solver = get_ode_solver(self.solver)
-        stages, fsal = stages_and_fsal(solver)
+        _, fsal = stages_and_fsal(solver)
         term = diffrax.ODETerm(lambda t, y, args: probability_flow_drift(sde, score_fn, y, t))
         t0, t1 = jnp.asarray(sde.T, x.dtype), jnp.asarray(eps, x.dtype)
         if self.n_steps is None:
@@ -116,16 +127,14 @@ class ODESampler(Sampler):
         sol = diffrax.diffeqsolve(term, solver, t0, t1, dt0, x, stepsize_controller=controller,
                                   max_steps=max_steps, throw=False, solver_state=solver_state)
         x_eps = _raise_if_failed(sol, max_steps)
-        attempts = sol.stats["num_steps"]
-        nfe = attempts * (stages - 1) + 1 if fsal else attempts * stages
-        return x_eps, jnp.asarray(nfe, jnp.int32), sol.stats
+        return x_eps, jnp.asarray(solve_nfe(solver, sol.stats["num_steps"]), jnp.int32), sol.stats
 
     def sample(self, key, sde, score_fn, shape, dtype):
         eps = resolve_eps(self.eps, sde)
         x = sde.prior_sampling(key, shape, dtype)
         x, nfe, _ = self.solve(sde, score_fn, x, eps)
         if self.denoise:
-            x = tweedie_denoise(sde, score_fn, x, jnp.asarray(eps, dtype))
+            x = data_prediction(sde, score_fn, x, jnp.asarray(eps, dtype))
             nfe = nfe + 1
         return x, SampleInfo(nfe=nfe)
 
@@ -143,4 +152,4 @@ def _raise_if_failed(sol: diffrax.Solution, max_steps: int):
     return eqx.branched_error_if(x, index != 0, index, msgs)
 
 
-__all__ = ["ODESampler", "ODE_SOLVERS", "get_ode_solver", "stages_and_fsal"]
+__all__ = ["ODESampler", "ODE_SOLVERS", "get_ode_solver", "stages_and_fsal", "solve_nfe"]

@@ -2,7 +2,7 @@
 
 One `lax.scan` over the time grid T = t_0 > t_1 > ... > t_N = eps. At each grid time t_i
 the corrector runs its Langevin steps targeting p_{t_i}, then the predictor moves x to
-t_{i+1}. With `denoise`, Tweedie's formula (`denoise.tweedie_denoise`) is applied at eps.
+t_{i+1}. With `denoise`, Tweedie's formula (`data_prediction.data_prediction`) is applied at eps.
 
 NFE = N (predictor.nfe + corrector.nfe_per_call) + denoise, known statically.
 """
@@ -16,7 +16,7 @@ from jax import lax
 
 from score_sde.solvers.base import SampleInfo, Sampler, resolve_eps
 from score_sde.solvers.correctors import CORRECTORS, Corrector, get_corrector
-from score_sde.solvers.denoise import tweedie_denoise
+from score_sde.solvers.data_prediction import data_prediction
 from score_sde.solvers.predictors import PREDICTORS, Predictor, get_predictor
 
 
@@ -91,7 +91,7 @@ class PCSampler(Sampler):
         x = sde.prior_sampling(k_prior, shape, dtype)
         x = pc_loop(k_loop, sde, score_fn, x, time_grid(sde.T, eps, self.n_steps, dtype), predictor, corrector)
         if self.denoise:
-            x = tweedie_denoise(sde, score_fn, x, jnp.asarray(eps, dtype))
+            x = data_prediction(sde, score_fn, x, jnp.asarray(eps, dtype))
         return x, SampleInfo(nfe=jnp.asarray(self.nfe(), jnp.int32))
 
 

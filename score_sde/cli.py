@@ -24,7 +24,7 @@ def validate(config, mode: str) -> None:
     """Raises a ValueError / FileNotFoundError naming the problem; writes nothing."""
     config_utils.sde_from_config(config.sde)
     config_utils.model_from_config(config.model)
-    evaluate.sampler_from_config(config.sampling)
+    config_utils.sampler_from_config(config.sampling)
     if config.likelihood.divergence not in LIKELIHOOD_DIVERGENCES:
         raise ValueError(f"unknown likelihood.divergence {config.likelihood.divergence!r}; "
                          f"valid: {', '.join(LIKELIHOOD_DIVERGENCES)}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from score_sde import models
+from score_sde import models, solvers
 from score_sde.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 _SDES = {
@@ -50,4 +50,29 @@ def discrete_loss_name(sde_config) -> str:
     return DISCRETE_LOSS[name]
 
 
-__all__ = ["sde_from_config", "model_from_config", "discrete_loss_name"]
+# config.sampling keys that are not sampler options.
+_NOT_SAMPLER_OPTIONS = {"method", "num_samples", "batch_size"}
+# config.sampling keys whose sampler option has another name (the config's "method" is the sampler).
+_ALIASES = {"dpm_method": "method"}
+
+
+def sampler_from_config(sampling) -> solvers.Sampler:
+    """`config.sampling` -> a sampler: `method` names it, matching keys become its options.
+
+    Keys the sampler does not take are ignored (e.g. `snr` for "ode"); `n_steps = 0`,
+    `eps = 0` and `skip = ""` mean the sampler's own default (e.g. adaptive steps for "ode").
+    """
+    name = sampling.method
+    valid = set(solvers.registry.options(name))  # raises ValueError listing samplers if unknown
+    opts = {}
+    for key, value in sampling.items():
+        option = _ALIASES.get(key, key)
+        if key in _NOT_SAMPLER_OPTIONS or option not in valid:
+            continue
+        if key in ("n_steps", "eps", "skip") and not value:
+            continue  # 0 / "": the sampler's own default
+        opts[option] = tuple(value) if isinstance(value, list) else value
+    return solvers.get(name, **opts)
+
+
+__all__ = ["sampler_from_config", "sde_from_config", "model_from_config", "discrete_loss_name"]

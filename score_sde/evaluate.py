@@ -20,33 +20,8 @@ from tqdm import tqdm
 from score_sde import checkpoint, config_utils, data, likelihood, models, solvers, train
 from score_sde.bpd import bits_per_dim
 
-# config.sampling keys that are not sampler options.
-_NOT_SAMPLER_OPTIONS = {"method", "num_samples", "batch_size"}
-# config.sampling keys whose sampler option has another name (the config's "method" is the sampler).
-_ALIASES = {"dpm_method": "method"}
-
-
 class CheckpointNotFoundError(FileNotFoundError):
     """No checkpoint in the workdir (train first, or point --workdir at a trained run)."""
-
-
-def sampler_from_config(sampling) -> solvers.Sampler:
-    """`config.sampling` -> a sampler: `method` names it, matching keys become its options.
-
-    Keys the sampler does not take are ignored (e.g. `snr` for "ode"); `n_steps = 0`,
-    `eps = 0` and `skip = ""` mean the sampler's own default (e.g. adaptive steps for "ode").
-    """
-    name = sampling.method
-    valid = set(solvers.registry.options(name))  # raises ValueError listing samplers if unknown
-    opts = {}
-    for key, value in sampling.items():
-        option = _ALIASES.get(key, key)
-        if key in _NOT_SAMPLER_OPTIONS or option not in valid:
-            continue
-        if key in ("n_steps", "eps", "skip") and not value:
-            continue  # 0 / "": the sampler's own default
-        opts[option] = tuple(value) if isinstance(value, list) else value
-    return solvers.get(name, **opts)
 
 
 def load_score_fn(config, workdir: str, step: int | None = None):
@@ -83,7 +58,7 @@ def sample(config, workdir: str, step: int | None = None, out_dir: str | None = 
     `loaded`: the output of `load_score_fn`, when the caller already restored the checkpoint.
     """
     score_fn, sde, shape, step = loaded or load_score_fn(config, workdir, step)
-    sampler = sampler_from_config(config.sampling)
+    sampler = config_utils.sampler_from_config(config.sampling)
     n_dev = jax.local_device_count()
     per_dev = _per_device(min(config.sampling.batch_size, config.sampling.num_samples), n_dev)
     batch = (per_dev,) + shape
@@ -248,5 +223,5 @@ def digits_quality_of(config, workdir: str, samples: np.ndarray) -> dict:
     return quality.digits_quality(clf, to01(samples)[..., 0], train01[..., 0], test01[..., 0])
 
 
-__all__ = ["sampler_from_config", "load_score_fn", "sample", "write_samples", "save_grid", "likelihood_bpd",
+__all__ = ["load_score_fn", "sample", "write_samples", "save_grid", "likelihood_bpd",
            "test_loss", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError"]

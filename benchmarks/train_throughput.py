@@ -8,7 +8,7 @@ random 32x32x3 data at a CPU-sized batch (paper size; --quick: nf=32, one res bl
 For each configuration the same compiled pmapped step is timed twice, after compilation
 (compile time, first call minus a warm step, reported apart):
   1. alone: `n` calls on a batch already on the devices (the device-bound step time), best of 3;
-  2. inside `train_and_evaluate` (data iterator, prefetch, metric reads, logging, checkpoints),
+  2. inside `train.train` (data iterator, prefetch, metric reads, logging, checkpoints),
      the best log interval of the rate the loop itself logs to metrics.jsonl (the first interval,
      which holds the compilation, dropped).
 outside = 1 - (step time alone) / (step time in the loop). Uses every local device (set
@@ -102,11 +102,11 @@ def time_step_alone(c, data_shape, n: int) -> tuple[float, float]:
 
 
 def time_loop(c, it, n: int, log_freq: int) -> float:
-    """Seconds per step inside train_and_evaluate: the best log interval of its metrics.jsonl
+    """Seconds per step inside train.train: the best log interval of its metrics.jsonl
     (the first, which holds the compilation, dropped)."""
     c.training.update(n_iters=n, log_freq=log_freq, snapshot_freq=n)
     with tempfile.TemporaryDirectory() as wd:
-        train.train_and_evaluate(c, wd, train_iter=it)
+        train.train(c, wd, train_iter=it)
         rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
     return float(np.min([1.0 / r["steps_per_sec"] for r in rows[1:]]))
 

@@ -34,7 +34,6 @@ def cifar10_data(config):
     config.training.n_iters = 1_300_001
     config.training.snapshot_freq = 50_000
     config.training.log_freq = 50
-    config.training.eval_freq = 10_000
     config.optim.lr = 2e-4
     config.optim.warmup = 5000
     config.optim.grad_clip = 1.0

@@ -54,14 +54,12 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.n_iters = 1000
     training.snapshot_freq = 500     # checkpoint every this many steps
     training.log_freq = 50
-    training.eval_freq = 500
     training.steps_per_call = 1      # steps fused into one jitted call with lax.scan
     training.keep_checkpoints = 3
     training.max_nonfinite = 10      # consecutive non-finite losses before training stops
     training.continuous = True
     training.reduce_mean = True
     training.likelihood_weighting = False
-    training.snapshot_sampling = True
     training.eps = 1e-5              # smallest training time
 
     config.optim = optim = ml_collections.ConfigDict()

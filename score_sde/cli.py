@@ -3,7 +3,8 @@
 Everything a user can get wrong (unknown sampler / dataset / SDE / model, bad sampler
 options, missing data files or checkpoints, a batch the devices cannot split) is checked
 before the workdir is touched, printed as one `error: ...` line, and exits with status 2.
-Set SCORE_SDE_DEBUG=1 to see the traceback instead.
+Set SCORE_SDE_DEBUG=1 to see the traceback instead. Each data split a command needs is read
+once and handed to the drivers.
 """
 
 from __future__ import annotations
@@ -14,26 +15,28 @@ import sys
 
 import jax
 
-from score_sde import config_utils, data, evaluate, train
+from score_sde import config_utils, data, evaluate, likelihood, train
+from score_sde.lookup import check_choice
 
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError)
-LIKELIHOOD_DIVERGENCES = ("exact", "hutchinson")
 
 
-def validate(config, mode: str) -> None:
-    """Raises a ValueError / FileNotFoundError naming the problem; writes nothing."""
+def validate(config, mode: str) -> data.Split:
+    """Raises a ValueError / FileNotFoundError naming the problem; writes nothing.
+
+    Returns the split `mode` reads (train for training, else test), loaded while checking it.
+    """
     config_utils.sde_from_config(config.sde)
     config_utils.model_from_config(config.model)
     config_utils.sampler_from_config(config.sampling)
-    if config.likelihood.divergence not in LIKELIHOOD_DIVERGENCES:
-        raise ValueError(f"unknown likelihood.divergence {config.likelihood.divergence!r}; "
-                         f"valid: {', '.join(LIKELIHOOD_DIVERGENCES)}")
-    data.load_split(config, "train" if mode == "train" else "test")
+    check_choice(config.likelihood.divergence, likelihood.DIVERGENCES, "likelihood.divergence", "divergences")
+    split = data.load_split(config, "train" if mode == "train" else "test")
     if mode == "train":
         train.check_batch_config(config.training)
     for name in ("num_samples", "batch_size"):
         if config.sampling[name] <= 0:
             raise ValueError(f"sampling.{name} must be positive, got {config.sampling[name]}")
+    return split
 
 
 def checkpoint_steps(workdir: str, which: str) -> list[int | None]:
@@ -56,15 +59,20 @@ def checkpoint_steps(workdir: str, which: str) -> list[int | None]:
     return steps
 
 
-def _dispatch(config, workdir: str, mode: str, which: str) -> None:
+def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) -> None:
     if mode == "train":
-        train.train_and_evaluate(config, workdir)
+        it = data.get_dataset(config, "train", jax.process_index(), jax.process_count(), loaded=split)
+        train.train(config, workdir, train_iter=it)
         return
     steps = checkpoint_steps(workdir, which)  # load_score_fn checks the folder before touching it
-    run_one = {"sample": evaluate.sample, "likelihood": evaluate.likelihood_bpd,
-               "eval": evaluate.evaluate_checkpoint}[mode]
+    train_split = data.load_split(config, "train") if evaluate.needs_train_split(config, mode) else None
+    run_one = {
+        "sample": lambda step: evaluate.sample(config, workdir, split.data_shape, step),
+        "likelihood": lambda step: evaluate.likelihood_bpd(config, workdir, split, step),
+        "eval": lambda step: evaluate.evaluate_checkpoint(config, workdir, step, split, train_split),
+    }[mode]
     for step in steps:
-        result = run_one(config, workdir, step)
+        result = run_one(step)
         if jax.process_index() == 0:
             print(json.dumps(result, indent=2))
 
@@ -73,8 +81,9 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
     """Runs `mode`; returns the process exit status (0 ok, 2 user error)."""
     debug = os.environ.get("SCORE_SDE_DEBUG", "") not in ("", "0")
     try:
-        validate(config, mode)
-        _dispatch(config, workdir, mode, which)
+        train.maybe_initialize_distributed(config.distributed)  # before any JAX backend is used
+        split = validate(config, mode)
+        _dispatch(config, workdir, mode, which, split)
     except USER_ERRORS as e:
         if debug:
             raise

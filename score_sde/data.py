@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import os
 import pickle
 import tarfile
@@ -37,6 +36,9 @@ import types
 from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
+
+from score_sde import bpd
+from score_sde.lookup import check_choice
 
 SPLIT_SEED = 0  # fixes the digits train/test split and the generated toy sets
 DIGITS_TEST_SIZE = 300
@@ -46,50 +48,25 @@ SPLITS = ("train", "test")
 _SPLIT_CODE = {"train": 0, "test": 1}
 
 
-# --- scaling ---------------------------------------------------------------------------
+# --- scaling (the rules live in score_sde.bpd; these are the data range of `centered`) ---------
+def data_range(centered: bool) -> tuple[float, float]:
+    """(-1, 1) for centered data, else (0, 1)."""
+    return (-1.0, 1.0) if centered else (0.0, 1.0)
+
+
 def scale(x_uint, num_levels: int, centered: bool) -> np.ndarray:
     """Integer levels k in {0, ..., L-1} -> float32 k / (L - 1) in [0, 1], or 2 k / (L - 1) - 1."""
-    return _tables(num_levels, centered).grid[np.asarray(x_uint)]
+    return bpd.scale_levels(np.asarray(x_uint), num_levels, data_range(centered))
 
 
 def dequantize(x_uint, u, num_levels: int, centered: bool) -> np.ndarray:
     """Uniform dequantisation: level k and u in [0, 1) -> float32 (k + u) / L (centered: 2 (.) - 1).
 
-    The float32 result is clamped into the level's bin [k / L, (k + 1) / L) (scaled, compared in
-    float64), so ``inverse_scale(..., dequantized=True)`` recovers k exactly despite rounding.
+    `score_sde.bpd.dequantize` on numpy arrays: the float32 result is clamped into the level's
+    bin [k / L, (k + 1) / L) (scaled, exact edges), so ``inverse_scale(..., dequantized=True)``
+    recovers k exactly despite rounding.
     """
-    t, k = _tables(num_levels, centered), np.asarray(x_uint)
-    x = t.bin_lo[k] + np.asarray(u, np.float32) * t.bin_width
-    np.maximum(x, t.lo32[k], out=x)
-    return np.minimum(x, t.hi32[k], out=x)
-
-
-@dataclasses.dataclass(frozen=True)
-class _ScaleTables:
-    grid: np.ndarray  # (L,) float32 values of the levels without dequantisation
-    bin_lo: np.ndarray  # (L,) float32 lower bin edges (nearest)
-    bin_width: np.float32
-    lo32: np.ndarray  # (L,) smallest float32 >= the exact lower edge
-    hi32: np.ndarray  # (L,) largest float32 < the exact upper edge
-
-
-@functools.lru_cache(maxsize=16)
-def _tables(num_levels: int, centered: bool) -> _ScaleTables:
-    """Per-level lookup tables, exact to float32 rounding (computed in float64 once)."""
-    if num_levels < 2:
-        raise ValueError(f"num_levels must be >= 2, got {num_levels}")
-    k = np.arange(num_levels, dtype=np.float64)
-    lo, hi = _affine(k / num_levels, centered), _affine((k + 1) / num_levels, centered)
-    lo32, hi32 = lo.astype(np.float32), hi.astype(np.float32)
-    lo32 = np.where(lo32 < lo, np.nextafter(lo32, np.float32(np.inf)), lo32)
-    hi32 = np.where(hi32 >= hi, np.nextafter(hi32, np.float32(-np.inf)), hi32)
-    tables = _ScaleTables(
-        grid=_affine(k / (num_levels - 1), centered).astype(np.float32),
-        bin_lo=lo.astype(np.float32), bin_width=np.float32((2.0 if centered else 1.0) / num_levels),
-        lo32=lo32, hi32=hi32)
-    for a in (tables.grid, tables.bin_lo, tables.lo32, tables.hi32):
-        a.flags.writeable = False
-    return tables
+    return bpd.dequantize(np.asarray(x_uint), np.asarray(u, np.float32), num_levels, data_range(centered))
 
 
 def _affine(x01, centered):
@@ -119,9 +96,7 @@ def bits_per_dim_offset(num_levels: int, centered: bool) -> float:
     A level's bin has width (2 if centered else 1) / L in data space, so the probability of the
     integer data is p(x) (width / L)^D; 8-bit data in [-1, 1] gives log2(256 / 2) = 7.
     """
-    from score_sde.bpd import bpd_offset  # the one implementation of the rule
-
-    return bpd_offset(num_levels, (-1.0, 1.0) if centered else (0.0, 1.0))
+    return bpd.bpd_offset(num_levels, data_range(centered))
 
 
 def shard_for_devices(batch, n_devices: int):
@@ -173,11 +148,15 @@ class ArraySource:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split of a dataset: its source, example shape and number of grey levels (None: continuous)."""
+    """One split of a dataset: its source, example shape and number of grey levels (None: continuous).
+
+    `labels`: class labels in the order of the source's examples, when the dataset has them (digits).
+    """
 
     source: Source
     data_shape: tuple[int, ...]
     num_levels: int | None
+    labels: np.ndarray | None = None
 
 
 # --- embedded datasets -----------------------------------------------------------------
@@ -190,16 +169,10 @@ def _digits(config, split: str) -> Split:
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
     _check_image_config(config, "digits", (8, 8, 1))
-    images = load_digits().images.astype(np.uint8)[..., None]  # (1797, 8, 8, 1), 0..16
-    return Split(ArraySource(images[_digits_indices(images.shape[0], split)]), (8, 8, 1), 17)
-
-
-def digits_labels(split: str) -> np.ndarray:
-    """Class labels (0..9) of the digits `split`, in the order of its images."""
-    from sklearn.datasets import load_digits
-
-    target = load_digits().target
-    return target[_digits_indices(target.shape[0], split)]
+    digits = load_digits()
+    images = digits.images.astype(np.uint8)[..., None]  # (1797, 8, 8, 1), 0..16
+    chosen = _digits_indices(images.shape[0], split)
+    return Split(ArraySource(images[chosen]), (8, 8, 1), 17, labels=digits.target[chosen])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,22 +424,19 @@ def dataset_names() -> list[str]:
 
 
 def load_split(config, split: str = "train") -> Split:
-    """The raw examples of one split of `config.data.dataset` (for iterators and baselines)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    """The raw examples of one split of `config.data.dataset` (for iterators and baselines).
+
+    Reads the files (or generates the data) on every call: load a split once per command and
+    pass it on (`get_dataset(..., loaded=...)`, `iterate_once(..., loaded=...)`).
+    """
+    check_choice(split, SPLITS, "split", "splits")
     name = config.data.dataset
-    known = name in LOADERS or name.startswith(("lsun/", "tfds:"))
-    if known:  # before any file is read, so a bad config fails fast
-        _check_levels(config, name, None if name in _TOY_GENERATORS else 17 if name == "digits" else 256)
-    if name in LOADERS:
-        out = LOADERS[name](config, split)
-    elif name.startswith("lsun/"):
-        out = _tfds_split(config, name, split)
-    elif name.startswith("tfds:"):
-        out = _tfds_split(config, name[len("tfds:"):], split)
-    else:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(dataset_names())}")
-    return out
+    tfds_name = name[len("tfds:"):] if name.startswith("tfds:") else name if name.startswith("lsun/") else None
+    if tfds_name is None:
+        check_choice(name, dataset_names(), "dataset", "datasets")
+    # before any file is read, so a bad config fails fast
+    _check_levels(config, name, None if name in _TOY_GENERATORS else 17 if name == "digits" else 256)
+    return _tfds_split(config, tfds_name, split) if tfds_name else LOADERS[name](config, split)
 
 
 def _check_image_config(config, name: str, shape: tuple[int, int, int]) -> None:
@@ -596,7 +566,7 @@ def _transform(config, split: Split, split_name: str, dequantize: bool | None = 
 
 
 def get_dataset(config, split: str = "train", process_index: int = 0, process_count: int = 1,
-                batch_size: int | None = None, repeat: bool = True):
+                batch_size: int | None = None, repeat: bool = True, loaded: Split | None = None):
     """An infinite, per-epoch reshuffled `DataIterator` over `split` of `config.data.dataset`.
 
     Args:
@@ -605,6 +575,7 @@ def get_dataset(config, split: str = "train", process_index: int = 0, process_co
       process_index, process_count: this process's share of each global batch (contiguous rows).
       batch_size: global batch size; defaults to `config.training.batch_size`.
       repeat: False gives `iterate_once(config, split, batch_size, ...)` instead (one ordered pass).
+      loaded: `load_split(config, split)` when the caller has it already (it is not read again).
 
     Returns:
       Batches of shape (global_batch // process_count, *data_shape), float32.
@@ -612,13 +583,14 @@ def get_dataset(config, split: str = "train", process_index: int = 0, process_co
     global_batch = int(batch_size or config.training.batch_size)
     _process_batch(global_batch, process_index, process_count)
     if not repeat:
-        return iterate_once(config, split, global_batch, process_index, process_count)
-    data = load_split(config, split)
+        return iterate_once(config, split, global_batch, process_index, process_count, loaded=loaded)
+    data = loaded if loaded is not None else load_split(config, split)
     return DataIterator(data, _transform(config, data, split), global_batch, process_index, process_count)
 
 
 def iterate_once(config, split: str = "test", batch_size: int | None = None, process_index: int = 0,
-                 process_count: int = 1, dequantize: bool | None = None) -> Iterator[np.ndarray]:
+                 process_count: int = 1, dequantize: bool | None = None,
+                 loaded: Split | None = None) -> Iterator[np.ndarray]:
     """One pass over `split` in its stored order, every example exactly once (e.g. for bits/dim).
 
     Global batches hold `batch_size` examples except the last, which is smaller (the remainder).
@@ -626,10 +598,11 @@ def iterate_once(config, split: str = "test", batch_size: int | None = None, pro
     the last batch may differ by one and may be empty). Use `pad_batch` for fixed shapes.
     Dequantisation follows `config.data.uniform_dequantization` unless `dequantize` is given;
     its noise is a pure function of (config.seed, split, example), so bits/dim is reproducible.
+    `loaded`: `load_split(config, split)` when the caller has it already (it is not read again).
     """
     global_batch = int(batch_size or config.training.batch_size)
     _process_batch(global_batch, process_index, process_count)
-    data = load_split(config, split)  # errors surface here, not at the first `next`
+    data = loaded if loaded is not None else load_split(config, split)  # errors surface here, not at the first `next`
     return _one_pass(data, _transform(config, data, split, dequantize), global_batch, process_index, process_count)
 
 

@@ -1,8 +1,10 @@
 """Sample / likelihood / eval drivers used by main.py (parallelism at this edge only).
 
-Each driver loads the EMA parameters of a checkpoint in `workdir`, turns them into a
-`score_fn(x, t)`, and splits its work over the local devices with `jax.pmap`. Outputs go
-to `workdir/<mode>/` as .npz / .png / .json; nothing already written is modified.
+Each driver loads the EMA parameters of a checkpoint in `workdir` (nothing else: no optimizer
+is built, so changed `config.optim` settings never make a checkpoint unreadable), turns them into
+a `score_fn(x, t)`, and splits its work over the local devices with `jax.pmap`. The data splits
+are read once by the caller (`score_sde.data.load_split`) and passed in. Outputs go to
+`workdir/<mode>/` as .npz / .png / .json; nothing already written is modified.
 """
 
 from __future__ import annotations
@@ -11,53 +13,76 @@ import json
 import math
 import os
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from score_sde import checkpoint, config_utils, data, likelihood, models, solvers, train
+from score_sde import checkpoint, config_utils, data, likelihood, models, train
 from score_sde.bpd import bits_per_dim
+
+# Datasets whose --mode=eval adds the weight-free quality figures (they need the training split).
+QUALITY_DATASETS = ("digits",)
+
 
 class CheckpointNotFoundError(FileNotFoundError):
     """No checkpoint in the workdir (train first, or point --workdir at a trained run)."""
 
 
-def load_score_fn(config, workdir: str, step: int | None = None):
-    """(score_fn of the EMA params, sde, data_shape, step) of the latest (or given) checkpoint."""
+class Loaded(NamedTuple):
+    """A restored checkpoint, ready to sample from: `load_score_fn`'s result."""
+
+    score_fn: Callable
+    sde: Any
+    data_shape: tuple[int, ...]
+    step: int
+
+
+def load_score_fn(config, workdir: str, data_shape: tuple[int, ...], step: int | None = None) -> Loaded:
+    """The score_fn of the EMA params of the latest (or given) checkpoint, with its sde and step.
+
+    Only the EMA params are read (`checkpoint.restore_ema_params`); `config.model` and
+    `config.sde` must be those of the run, `config.optim` and `config.training` may differ.
+
+    Args:
+      data_shape: the shape of one example, e.g. `data.load_split(config, "test").data_shape`.
+      step: a saved step instead of the latest.
+    """
     model = config_utils.model_from_config(config.model)
     sde = config_utils.sde_from_config(config.sde)
-    shape = data.load_split(config, "test").data_shape
-    optimizer = train.make_optimizer(config.optim)
-    template = train.create_train_state(jax.random.PRNGKey(0), model, optimizer, tuple(shape))
+    shape = tuple(data_shape)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
+    template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape), jnp.float32),
+                                                 jnp.zeros((1,), jnp.float32))["params"])
     manager = checkpoint.make_manager(workdir, config.training.keep_checkpoints)
     try:
         if step is not None and step not in manager.all_steps():
             raise CheckpointNotFoundError(f"no checkpoint at step {step} in {ckpt_dir}; "
                                           f"available steps: {sorted(manager.all_steps())}")
-        restored = checkpoint.restore_latest(manager, template, step)
+        restored = checkpoint.restore_ema_params(manager, template, step)
     finally:
         manager.close()
     if restored is None:
         raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
-    state, _, step = restored
-    return models.score_fn(model, {"params": state.ema_params}, sde), sde, tuple(shape), step
+    params, step = restored
+    return Loaded(models.score_fn(model, {"params": params}, sde), sde, shape, step)
 
 
 def _per_device(total: int, n_dev: int) -> int:
     return max(1, math.ceil(total / n_dev))
 
 
-def sample(config, workdir: str, step: int | None = None, out_dir: str | None = None, loaded=None) -> dict:
+def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None = None,
+           out_dir: str | None = None, loaded: Loaded | None = None) -> dict:
     """Draws `sampling.num_samples` samples; writes samples.npz, samples.png and samples.json.
 
     `loaded`: the output of `load_score_fn`, when the caller already restored the checkpoint.
     """
-    score_fn, sde, shape, step = loaded or load_score_fn(config, workdir, step)
+    score_fn, sde, shape, step = loaded or load_score_fn(config, workdir, data_shape, step)
     sampler = config_utils.sampler_from_config(config.sampling)
     n_dev = jax.local_device_count()
     per_dev = _per_device(min(config.sampling.batch_size, config.sampling.num_samples), n_dev)
@@ -123,20 +148,20 @@ def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4) 
     Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.NEAREST).save(path)
 
 
-def likelihood_bpd(config, workdir: str, step: int | None = None, out_dir: str | None = None,
-                   loaded=None) -> dict:
+def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = None,
+                   out_dir: str | None = None, loaded: Loaded | None = None) -> dict:
     """Bits/dim on the test split with uniform dequantisation; writes likelihood_<step>.json.
 
-    `loaded`: the output of `load_score_fn`, when the caller already restored the checkpoint.
+    Args:
+      test: `data.load_split(config, "test")`.
+      loaded: the output of `load_score_fn`, when the caller already restored the checkpoint.
     """
-    score_fn, sde, shape, step = loaded or load_score_fn(config, workdir, step)
+    score_fn, sde, shape, step = loaded or load_score_fn(config, workdir, test.data_shape, step)
     lc = config.likelihood
     n_dev = jax.local_device_count()
     per_dev = _per_device(lc.batch_size, n_dev)
-    split = data.load_split(config, "test")
-    levels = split.num_levels  # None: continuous data (toys), no dequantisation and no offset
-    it = data.iterate_once(config, "test", batch_size=per_dev * n_dev, dequantize=levels is not None)
-    data_range = (-1.0, 1.0) if config.data.centered else (0.0, 1.0)
+    levels = test.num_levels  # None: continuous data (toys), no dequantisation and no offset
+    it = data.iterate_once(config, "test", batch_size=per_dev * n_dev, dequantize=levels is not None, loaded=test)
 
     def solve(key, x, sf):
         res = likelihood.log_likelihood(key, sde, sf, x, divergence=lc.divergence, solver=lc.solver,
@@ -145,7 +170,7 @@ def likelihood_bpd(config, workdir: str, step: int | None = None, out_dir: str |
 
     p_solve = jax.pmap(solve, in_axes=(0, 0, None))
     bpds, nfes, key, t0 = [], [], jax.random.PRNGKey(config.seed + 1), time.perf_counter()
-    total = min(lc.num_examples, len(split.source))
+    total = min(lc.num_examples, len(test.source))
     with tqdm(total=total, desc="likelihood", unit="img") as bar:
         for i, x in enumerate(it):
             x = x[: total - len(bpds)]
@@ -155,10 +180,8 @@ def likelihood_bpd(config, workdir: str, step: int | None = None, out_dir: str |
             keys = jax.random.split(jax.random.fold_in(key, i), n_dev)
             logp, nfe = p_solve(keys, padded.reshape((n_dev, per_dev) + shape), score_fn)
             logp = np.asarray(logp).reshape(-1)[np.asarray(mask, bool)]
-            if levels is None:
-                bpds.extend(-logp / (math.prod(shape) * math.log(2.0)))
-            else:
-                bpds.extend(np.asarray(bits_per_dim(logp, shape, num_levels=levels, data_range=data_range)))
+            bpds.extend(np.asarray(bits_per_dim(logp, shape, num_levels=levels,
+                                                data_range=data.data_range(config.data.centered))))
             nfes.append(float(np.mean(nfe)))
             bar.update(len(logp))
             if len(bpds) >= total:
@@ -175,15 +198,13 @@ def likelihood_bpd(config, workdir: str, step: int | None = None, out_dir: str |
     return result
 
 
-
-
-def test_loss(config, score_fn, sde, max_examples: int = 2048) -> float:
+def test_loss(config, score_fn, sde, test: data.Split, max_examples: int = 2048) -> float:
     """The training objective on the test split (EMA params, eval mode), averaged over examples."""
     from score_sde import losses
 
     loss_fn = jax.jit(train.loss_fn_from_config(config, score_fn.model, sde, train=False))
     key, total, count = jax.random.PRNGKey(config.seed + 2), 0.0, 0
-    for i, x in enumerate(data.iterate_once(config, "test", batch_size=config.sampling.batch_size)):
+    for i, x in enumerate(data.iterate_once(config, "test", batch_size=config.sampling.batch_size, loaded=test)):
         if count >= max_examples or len(x) == 0:
             break
         keys = losses.example_keys(jax.random.fold_in(key, i), len(x))
@@ -192,36 +213,52 @@ def test_loss(config, score_fn, sde, max_examples: int = 2048) -> float:
     return total / max(count, 1)
 
 
-def evaluate_checkpoint(config, workdir: str, step: int) -> dict:
-    """Test loss, bits/dim, a sample grid and (digits) the weight-free quality figures for one checkpoint."""
+def needs_train_split(config, mode: str) -> bool:
+    """Whether `mode` reads the training split: eval of a dataset with quality figures (digits)."""
+    return mode == "eval" and config.data.dataset in QUALITY_DATASETS
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None, test: data.Split,
+                        train_split: data.Split | None = None) -> dict:
+    """Test loss, bits/dim, a sample grid and (digits) the weight-free quality figures for one checkpoint.
+
+    Args:
+      test: `data.load_split(config, "test")`.
+      train_split: `data.load_split(config, "train")`, needed when `needs_train_split(config, "eval")`.
+    """
     out_dir = os.path.join(workdir, "eval")
-    loaded = load_score_fn(config, workdir, step)  # restored once, used by every figure below
+    loaded = load_score_fn(config, workdir, test.data_shape, step)  # restored once, used by every figure below
     score_fn, sde, _, step = loaded
-    result = {"step": int(step), "test_loss": test_loss(config, score_fn, sde)}
-    result["likelihood"] = likelihood_bpd(config, workdir, step, out_dir, loaded=loaded)
-    samples_summary = sample(config, workdir, step, out_dir, loaded=loaded)
+    result = {"step": int(step), "test_loss": test_loss(config, score_fn, sde, test)}
+    result["likelihood"] = likelihood_bpd(config, workdir, test, step, out_dir, loaded=loaded)
+    samples_summary = sample(config, workdir, test.data_shape, step, out_dir, loaded=loaded)
     result["samples"] = samples_summary
-    if config.data.dataset == "digits":
-        result["quality"] = digits_quality_of(config, workdir, np.load(samples_summary["npz"])["samples"])
+    if needs_train_split(config, "eval"):
+        if train_split is None:
+            raise ValueError(f"evaluating {config.data.dataset} needs its training split (train_split=...)")
+        samples = np.load(samples_summary["npz"])["samples"]
+        result["quality"] = digits_quality_of(config, workdir, samples, train_split, test)
     with open(os.path.join(out_dir, f"eval_{step}.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
 
 
-def digits_quality_of(config, workdir: str, samples: np.ndarray) -> dict:
+def digits_quality_of(config, workdir: str, samples: np.ndarray, train_split: data.Split,
+                      test: data.Split) -> dict:
     """Weight-free quality of digits samples (model scale) with the cached classifier."""
     from score_sde import quality
 
     def to01(x):
         return (x + 1.0) / 2.0 if config.data.centered else x
 
-    raw = {s: data.load_split(config, s) for s in ("train", "test")}
-    train01 = raw["train"].source.get(np.arange(len(raw["train"].source))) / (raw["train"].num_levels - 1)
-    test01 = raw["test"].source.get(np.arange(len(raw["test"].source))) / (raw["test"].num_levels - 1)
-    labels = data.digits_labels("train")
-    clf = quality.load_or_train_classifier(os.path.join(workdir, "digits_classifier.npz"), train01, labels)
+    def levels01(split):
+        return split.source.get(np.arange(len(split.source))) / (split.num_levels - 1)
+
+    train01, test01 = levels01(train_split), levels01(test)
+    clf = quality.load_or_train_classifier(os.path.join(workdir, "digits_classifier.npz"), train01,
+                                           train_split.labels)
     return quality.digits_quality(clf, to01(samples)[..., 0], train01[..., 0], test01[..., 0])
 
 
-__all__ = ["load_score_fn", "sample", "write_samples", "save_grid", "likelihood_bpd",
-           "test_loss", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError"]
+__all__ = ["Loaded", "load_score_fn", "sample", "write_samples", "save_grid", "likelihood_bpd", "test_loss",
+           "needs_train_split", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError"]

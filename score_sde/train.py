@@ -2,7 +2,7 @@
 
     state = create_train_state(key, model, optimizer, data_shape)
     step = make_train_step(loss_fn, optimizer, ema_rate, axis_name="batch")   # pure; pmap it
-    state = train_and_evaluate(config, workdir)                               # the whole loop
+    state = train(config, workdir)                                            # the whole loop
 
 Parallelism lives here only: `jax.pmap(axis_name="batch")` over the local devices, gradients
 and loss averaged with `lax.pmean`; across hosts the same pmap spans every process's devices
@@ -325,7 +325,7 @@ def _loop(p_step, pstate, batches, start: int, tc, manager, logger: MetricLogger
     return pstate
 
 
-def train_and_evaluate(config, workdir: str, train_iter=None) -> TrainState:
+def train(config, workdir: str, train_iter=None) -> TrainState:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
     Args:
@@ -366,4 +366,4 @@ def train_and_evaluate(config, workdir: str, train_iter=None) -> TrainState:
 __all__ = ["TrainState", "NonFiniteLossError", "make_optimizer", "create_train_state", "make_train_step",
            "make_multi_step", "make_pmapped_step", "loss_fn_from_config", "step_for_config",
            "check_batch_config", "maybe_initialize_distributed", "device_batches", "shard_to_devices",
-           "replicate", "unreplicate", "train_and_evaluate"]
+           "replicate", "unreplicate", "train"]

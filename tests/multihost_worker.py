@@ -59,7 +59,7 @@ def main(process_id: int, port: int, workdir: str, out: str):
     c.distributed.update(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
     train.maybe_initialize_distributed(c.distributed)
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 2, 1)
-    state = train.train_and_evaluate(c, workdir, train_iter=ShardIter(process_id, 2))
+    state = train.train(c, workdir, train_iter=ShardIter(process_id, 2))
     leaves = jax.tree.leaves(state.params)
     np.savez(out, step=int(state.step), *[np.asarray(x) for x in leaves])
 

@@ -98,7 +98,7 @@ def test_loss_decreases_and_logs(tmp_path):
     """120 steps (2 per pmap call): the mean loss of the last 20 steps is < 0.6 x that of the first 20.
     metrics.jsonl, TensorBoard events and keep-N checkpoints are written."""
     c = tiny_config(n_iters=120, snapshot_freq=20, log_freq=20, steps_per_call=2)
-    state = train.train_and_evaluate(c, str(tmp_path), train_iter=GaussIter(16))
+    state = train.train(c, str(tmp_path), train_iter=GaussIter(16))
     assert int(state.step) == 120
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(20, 121, 20))
@@ -112,11 +112,11 @@ def test_exact_resume_bit_for_bit(tmp_path):
     """8 steps straight == 8 steps crashed during step 6 (data iterator raises) and resumed from
     the step-4 checkpoint: params, EMA, optimizer state, rng, step and data position identical."""
     c = tiny_config(steps_per_call=2)
-    ref = train.train_and_evaluate(c, str(tmp_path / "a"), train_iter=GaussIter(16))
+    ref = train.train(c, str(tmp_path / "a"), train_iter=GaussIter(16))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train.train_and_evaluate(c, str(tmp_path / "b"), train_iter=GaussIter(16, fail_at=5))
+        train.train(c, str(tmp_path / "b"), train_iter=GaussIter(16, fail_at=5))
     resumed_iter = GaussIter(16)
-    got = train.train_and_evaluate(c, str(tmp_path / "b"), train_iter=resumed_iter)
+    got = train.train(c, str(tmp_path / "b"), train_iter=resumed_iter)
     assert resumed_iter.i >= 8  # resumed at batch 4; the prefetcher may have read a few batches ahead
     assert_trees_equal(ref, got)
     manager = checkpoint.make_manager(str(tmp_path / "b"), 3)
@@ -145,7 +145,7 @@ def test_too_many_nonfinite_steps_stop_with_intact_checkpoint(tmp_path):
     (steps 4 and 6; step 6 = step 4 plus 2 skipped updates) hold finite, identical params."""
     c = tiny_config(n_iters=20, snapshot_freq=2, max_nonfinite=3)
     with pytest.raises(train.NonFiniteLossError, match="3 consecutive steps with a non-finite loss"):
-        train.train_and_evaluate(c, str(tmp_path), train_iter=GaussIter(16, nan_from=4))
+        train.train(c, str(tmp_path), train_iter=GaussIter(16, nan_from=4))
     manager = checkpoint.make_manager(str(tmp_path), 3)
     assert manager.all_steps() == [2, 4, 6]
     template = train.create_train_state(jax.random.PRNGKey(0), *parts(c)[::2], (2,))
@@ -160,10 +160,10 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
     """batch 15 on 2 devices -> ValueError naming both numbers, before anything is written."""
     c = tiny_config(batch_size=15)
     with pytest.raises(ValueError, match=r"batch_size=15 is not divisible by the 2 devices"):
-        train.train_and_evaluate(c, str(tmp_path / "w"), train_iter=GaussIter(15))
+        train.train(c, str(tmp_path / "w"), train_iter=GaussIter(15))
     assert not (tmp_path / "w").exists()
     with pytest.raises(ValueError, match="steps_per_call=3"):
-        train.train_and_evaluate(tiny_config(steps_per_call=3), str(tmp_path / "w"), train_iter=GaussIter(16))
+        train.train(tiny_config(steps_per_call=3), str(tmp_path / "w"), train_iter=GaussIter(16))
 
 
 def test_discrete_losses_from_config():
@@ -205,7 +205,7 @@ def test_two_process_training(tmp_path):
         for p in procs:
             p.kill()
     assert all(p.returncode == 0 for p in procs), outs
-    ref = train.train_and_evaluate(tiny_config(n_iters=4, snapshot_freq=2), str(tmp_path / "ref"),
+    ref = train.train(tiny_config(n_iters=4, snapshot_freq=2), str(tmp_path / "ref"),
                                    train_iter=GaussIter(16))
     want = [np.asarray(x) for x in jax.tree.leaves(ref.params)]
     for p in (0, 1):

@@ -1,12 +1,16 @@
 """Samplers: every solver is called as `x, info = sampler(key, sde, score_fn, shape)`.
 
     sampler = score_sde.solvers.get("pc", predictor="reverse_diffusion", corrector="langevin")
+    x, info = sampler(key, sde, score_fn, (64, 2))
+    x, info = sampler(key, sde, score_fn, x_init=x_t, t_init=0.5)   # start anywhere
     score_sde.solvers.names()
 
-The name -> class table is one read-only mapping (`registry.SAMPLERS`), used by the CLI.
+Fixed-grid samplers are `StepSampler`s (grid / init / step) run by one driver loop,
+`base.run_steps`. The name -> class table is one read-only mapping (`registry.SAMPLERS`).
 """
 
-from score_sde.solvers.base import SampleInfo, Sampler
-from score_sde.solvers.registry import SAMPLERS, get, names
+from score_sde.solvers.base import Hook, SampleInfo, Sampler, StepSampler, run_steps
+from score_sde.solvers.registry import SAMPLERS, get, names, option_defaults, options
 
-__all__ = ["SAMPLERS", "SampleInfo", "Sampler", "get", "names"]
+__all__ = ["SAMPLERS", "Hook", "SampleInfo", "Sampler", "StepSampler", "get", "names", "option_defaults",
+           "options", "run_steps"]

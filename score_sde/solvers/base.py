@@ -1,25 +1,40 @@
-"""The sampler interface shared by every solver.
+"""The sampler interface and the one driver loop every fixed-grid sampler runs in.
 
 A sampler is an immutable equinox Module holding its options (number of steps, eps,
 tolerances...). It is called as
 
-    x, info = sampler(key, sde, score_fn, shape)
+    x, info = sampler(key, sde, score_fn, shape)                       # from the prior at T
+    x, info = sampler(key, sde, score_fn, x_init=x_t, t_init=0.5)      # from x_t at t = 0.5
 
 and owns its time grid; the SDE only describes the process. The whole solve runs inside
 one `eqx.filter_jit`: options that are Python ints/strings/bools are static, arrays
-(and the arrays inside score_fn / sde pytrees) are traced, so a second call with the same
-sampler and shape does not recompile.
+(x_init, t_init and the arrays inside score_fn / sde pytrees) are traced, so a second call
+with the same sampler and shapes does not recompile.
+
+Fixed-grid samplers (`StepSampler`) split like diffrax's solvers: the sampler gives its grid
+(`grid`), its extra state (`init`) and one step (`step`); `run_steps` is the single
+`lax.scan` that drives all of them, with per-step keys fold_in(key, i) and an optional
+hook(x, t_next, key) -> x applied after every step (inpainting projections, guidance
+resets...). `start` is the one place the starting point is drawn: x_T from split(key)[0],
+so every sampler called with the same key starts from the same x_T.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 from score_sde.sde import SDE, Array, ScoreFn
+from score_sde.solvers.data_prediction import data_prediction
+
+# hook(x, t_next, key) -> x, applied after every step of a fixed-grid sampler.
+Hook = Callable[[Array, Array, Array], Array]
 
 
 class SampleInfo(NamedTuple):
@@ -33,29 +48,164 @@ class SampleInfo(NamedTuple):
     nfe: Array
 
 
+def check_n_steps(value, name: str = "n_steps", allow_none: bool = False) -> None:
+    """Raises ValueError unless value is a positive int (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        none = "None or " if allow_none else ""
+        raise ValueError(f"{name} must be {none}a positive int, got {value!r}")
+
+
 class Sampler(eqx.Module):
-    """Base class: subclasses implement `sample` (traced inside jit)."""
+    """Base class: subclasses implement `sample` (traced inside jit) and declare `eps`."""
 
     @abc.abstractmethod
-    def sample(self, key: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...],
-               dtype) -> tuple[Array, SampleInfo]:
-        """Draws samples of shape `shape` = (B, *dims) from the model p_eps."""
+    def sample(self, key: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], dtype,
+               x_init: Array | None = None, t_init: Array | None = None,
+               hook: Hook | None = None) -> tuple[Array, SampleInfo]:
+        """Draws samples of shape `shape` = (B, *dims) from the model p_eps (traced)."""
 
-    def __call__(self, key: Array, sde: SDE, score_fn: ScoreFn, shape, dtype=jnp.float32):
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 2:
-            raise ValueError(f"shape must be (B, *dims) with at least one data dim, got {shape}")
-        return _sample_jit(self, key, sde, score_fn, shape, jnp.dtype(dtype))
+    def resolved_eps(self, sde: SDE) -> float:
+        """The smallest time: the sampler's `eps` option if set, else the SDE's convention
+        (1e-3 VP / sub-VP, 1e-5 VE)."""
+        eps = getattr(self, "eps", None)
+        return sde.sampling_eps if eps is None else float(eps)
+
+    def __call__(self, key: Array, sde: SDE, score_fn: ScoreFn, shape=None, dtype=None, *,
+                 x_init: Array | None = None, t_init=None, hook: Hook | None = None):
+        """Runs the sampler.
+
+        Args:
+          key: PRNG key. The starting noise x_T comes from split(key)[0] for every sampler.
+          sde: the forward SDE.
+          score_fn: score_fn(x, t) -> like x, x: (B, *dims), t: (B,).
+          shape: (B, *dims); may be omitted when x_init is given.
+          dtype: float dtype (default float32, or x_init's dtype).
+          x_init: start the reverse process from this (B, *dims) state instead of a prior draw.
+          t_init: the time of x_init, eps < t_init <= T (default T). SDEdit's entry point.
+          hook: hook(x, t_next, key) -> x applied after each step (fixed-grid samplers). A hook
+            that is a jax pytree (e.g. an equinox Module) is traced; a plain function is static,
+            so a new function object recompiles.
+
+        Returns:
+          (x (B, *dims), SampleInfo).
+        """
+        shape, dtype = _check_start(self, sde, shape, dtype, x_init, t_init)
+        if x_init is not None:
+            x_init = jnp.asarray(x_init, dtype)
+        if t_init is not None:
+            t_init = jnp.asarray(t_init, dtype)
+        return _sample_jit(self, key, sde, score_fn, shape, dtype, x_init, t_init, hook)
+
+    def start(self, key: Array, sde: SDE, shape: tuple[int, ...], dtype, x_init: Array | None,
+              t_init: Array | None) -> tuple[Array, Array, Array]:
+        """(x at the first time, the first time, the key for the loop).
+
+        x is a prior draw from split(key)[0] at T unless x_init is given (at t_init, default T).
+        """
+        k_prior, k_loop = jax.random.split(key)
+        x = sde.prior_sampling(k_prior, shape, dtype) if x_init is None else x_init
+        t_start = jnp.asarray(sde.T if t_init is None else t_init, dtype)
+        return x, t_start, k_loop
+
+
+def _check_start(sampler, sde, shape, dtype, x_init, t_init):
+    """Validates shape / x_init / t_init before tracing; returns (shape, dtype)."""
+    if x_init is not None:
+        x_shape = tuple(int(s) for s in jnp.shape(x_init))
+        if shape is not None and tuple(int(s) for s in shape) != x_shape:
+            raise ValueError(f"shape {tuple(shape)} differs from x_init's shape {x_shape}; pass one of them")
+        shape = x_shape
+        dtype = dtype or (x_init.dtype if jnp.issubdtype(jnp.result_type(x_init), jnp.floating) else None)
+    elif t_init is not None:
+        raise ValueError("t_init needs x_init: the state to start from at that time")
+    if shape is None:
+        raise ValueError("give the sample shape (B, *dims), or x_init to start from")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2:
+        raise ValueError(f"shape must be (B, *dims) with at least one data dim, got {shape}")
+    if t_init is not None and not isinstance(t_init, jax.core.Tracer):
+        t, eps = float(jnp.asarray(t_init)), sampler.resolved_eps(sde)
+        if not eps < t <= sde.T:
+            raise ValueError(f"t_init must lie in (eps, T] = ({eps}, {sde.T}], got {t}")
+    return shape, jnp.dtype(dtype or jnp.float32)
 
 
 @eqx.filter_jit
-def _sample_jit(sampler, key, sde, score_fn, shape, dtype):
-    return sampler.sample(key, sde, score_fn, shape, dtype)
+def _sample_jit(sampler, key, sde, score_fn, shape, dtype, x_init, t_init, hook):
+    return sampler.sample(key, sde, score_fn, shape, dtype, x_init, t_init, hook)
 
 
-def resolve_eps(eps: float | None, sde: SDE) -> float:
-    """The sampler's smallest time: the option if given, else the SDE's convention."""
-    return sde.sampling_eps if eps is None else float(eps)
+class StepSampler(Sampler):
+    """A sampler on a fixed time grid, written as grid / init / step and run by `run_steps`.
+
+    Subclasses implement `grid`, `step` and `total_nfe`, and `init` when a step needs state
+    beyond x (multistep history, a solver's cached evaluation). `final_denoise` says whether
+    Tweedie's x0_hat at eps ends the solve. Adding such a sampler is one file: these methods
+    and a row in `registry.SAMPLERS`.
+    """
+
+    @abc.abstractmethod
+    def grid(self, sde: SDE, t_start: Array, t_end: float, dtype) -> tuple[Array, Any]:
+        """(ts, inputs): ts the (N + 1,) decreasing times from t_start to the end of the solve
+        (x after step i lives at ts[i + 1]); inputs a pytree of per-step values with leading
+        dimension N (e.g. the order of each step), or None."""
+
+    def init(self, sde: SDE, score_fn: ScoreFn, x: Array, ts: Array) -> Any:
+        """The state carried between steps besides x (default: none)."""
+        return None
+
+    @abc.abstractmethod
+    def step(self, sde: SDE, score_fn: ScoreFn, x: Array, state: Any, t: Array, t_next: Array,
+             inputs: Any, key: Array, hooked: bool) -> tuple[Array, Any]:
+        """One step x at t -> x at t_next (< t); returns (x_next, state).
+
+        `hooked` is True when a hook may change x between steps, so values cached at x
+        (e.g. a first-same-as-last stage) must not be reused.
+        """
+
+    @abc.abstractmethod
+    def total_nfe(self, hooked: bool = False) -> int:
+        """Score evaluations per call, final denoising included (static)."""
+
+    @property
+    def final_denoise(self) -> bool:
+        """Whether the solve ends with Tweedie's x0_hat at eps (one more evaluation)."""
+        return False
+
+    def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None):
+        x, t_start, k_loop = self.start(key, sde, shape, dtype, x_init, t_init)
+        eps = self.resolved_eps(sde)
+        ts, inputs = self.grid(sde, t_start, eps, dtype)
+        x = run_steps(self, k_loop, sde, score_fn, x, ts, inputs, hook)
+        if self.final_denoise:
+            x = data_prediction(sde, score_fn, x, jnp.asarray(eps, dtype))
+        return x, SampleInfo(nfe=jnp.asarray(self.total_nfe(hook is not None), jnp.int32))
 
 
-__all__ = ["Sampler", "SampleInfo", "resolve_eps"]
+def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: Array, ts: Array,
+              inputs: Any = None, hook: Hook | None = None) -> Array:
+    """The driver: one `lax.scan` of sampler.step over the grid ts, then the hook; returns x at ts[-1].
+
+    Step i gets the keys split(fold_in(key, i)) (step, hook), so every step's randomness is
+    reproducible and independent of how many steps came before.
+    """
+    state = sampler.init(sde, score_fn, x, ts)
+    hooked = hook is not None
+
+    def body(carry, xs):
+        x, state = carry
+        i, t, t_next, inp = xs
+        k_step, k_hook = jax.random.split(jax.random.fold_in(key, i))
+        x, state = sampler.step(sde, score_fn, x, state, t, t_next, inp, k_step, hooked)
+        if hooked:
+            x = hook(x, t_next, k_hook)
+        return (x, state), None
+
+    steps = jnp.arange(ts.shape[0] - 1)
+    (x, _), _ = lax.scan(body, (x, state), (steps, ts[:-1], ts[1:], inputs))
+    return x
+
+
+__all__ = ["Hook", "Sampler", "SampleInfo", "StepSampler", "check_n_steps", "run_steps"]

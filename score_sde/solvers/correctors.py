@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from score_sde.lookup import lookup
 from score_sde.sde import SDE, Array, ScoreFn, batch_times, expand_to
 
 
@@ -36,6 +37,12 @@ class Corrector(eqx.Module):
 
     snr: float = eqx.field(default=0.16, static=True)
     n_steps: int = eqx.field(default=1, static=True)
+
+    def __check_init__(self):
+        if not self.snr > 0:
+            raise ValueError(f"snr must be positive, got {self.snr!r}")
+        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 0:
+            raise ValueError(f"n_corrector_steps must be a non-negative int, got {self.n_steps!r}")
 
     @property
     def nfe_per_call(self) -> int:
@@ -108,11 +115,19 @@ CORRECTORS: types.MappingProxyType = types.MappingProxyType({
 })
 
 
-def get_corrector(name: str, snr: float = 0.16, n_steps: int = 1) -> Corrector:
-    """The corrector called `name`; an unknown name raises ValueError listing the valid ones."""
-    if name not in CORRECTORS:
-        raise ValueError(f"unknown corrector {name!r}; valid correctors: {', '.join(CORRECTORS)}")
-    return CORRECTORS[name](snr=snr, n_steps=n_steps)
+def get_corrector(corrector: str | Corrector, snr: float | None = None, n_steps: int | None = None) -> Corrector:
+    """The corrector called `corrector` with its options, or a Corrector object as it is.
+
+    snr and n_steps default to the corrector's own (0.16, 1); they cannot be given with an object,
+    which carries its own. An unknown name raises ValueError listing the valid ones.
+    """
+    opts = {k: v for k, v in (("snr", snr), ("n_steps", n_steps)) if v is not None}
+    if isinstance(corrector, Corrector):
+        if opts:
+            raise ValueError(f"{', '.join(opts)} configure a corrector given by name; the corrector object "
+                             f"{corrector!r} carries its own (e.g. LangevinCorrector(snr=0.16, n_steps=1))")
+        return corrector
+    return lookup(CORRECTORS, corrector, "corrector")(**opts)
 
 
 __all__ = ["Corrector", "LangevinCorrector", "AnnealedLangevinCorrector", "NoneCorrector", "CORRECTORS",

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from score_sde.sde import SDE, Array, ScoreFn
-from score_sde.solvers.base import SampleInfo, Sampler, resolve_eps
+from score_sde.solvers.base import StepSampler, check_n_steps
 from score_sde.solvers.data_prediction import noise_prediction
 from score_sde.solvers.timesteps import check_skip, time_steps
 
@@ -35,11 +35,11 @@ def ddim_step(sde: SDE, score_fn: ScoreFn, x: Array, s: Array, t: Array, eta: fl
     return sde.alpha(t) * x0 + jnp.sqrt(sde.std(t) ** 2 - c**2) * e + c * z
 
 
-class DDIMSampler(Sampler):
+class DDIMSampler(StepSampler):
     """DDIM: deterministic (eta = 0) or stochastic (0 < eta <= 1) implicit sampler.
 
     Attributes:
-      n_steps: number of steps N from T to eps; NFE = N.
+      n_steps: number of steps N from T (or t_init) to eps; NFE = N.
       eta: noise scale in [0, 1]; 0 is the deterministic DDIM (the probability-flow ODE's
         first-order exponential integrator), 1 is DDPM-style ancestral sampling.
       skip: time spacing, "time_uniform" (DDIM's uniform skip), "time_quadratic" or "logSNR".
@@ -52,24 +52,19 @@ class DDIMSampler(Sampler):
     eps: float | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
-        if not isinstance(self.n_steps, int) or self.n_steps < 1:
-            raise ValueError(f"n_steps must be a positive int, got {self.n_steps!r}")
+        check_n_steps(self.n_steps)
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: ancestral), got {self.eta!r}")
         check_skip(self.skip)
 
-    def sample(self, key, sde, score_fn, shape, dtype):
-        eps = resolve_eps(self.eps, sde)
-        k_prior, k_loop = jax.random.split(key)
-        x = sde.prior_sampling(k_prior, shape, dtype)
-        ts = time_steps(sde, self.skip, sde.T, eps, self.n_steps, dtype)
+    def total_nfe(self, hooked: bool = False) -> int:
+        return self.n_steps
 
-        def body(x, inp):
-            i, s, t = inp
-            return ddim_step(sde, score_fn, x, s, t, self.eta, jax.random.fold_in(k_loop, i)), None
+    def grid(self, sde, t_start, t_end, dtype):
+        return time_steps(sde, self.skip, t_start, t_end, self.n_steps, dtype), None
 
-        x, _ = jax.lax.scan(body, x, (jnp.arange(self.n_steps), ts[:-1], ts[1:]))
-        return x, SampleInfo(nfe=jnp.asarray(self.n_steps, jnp.int32))
+    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, hooked):
+        return ddim_step(sde, score_fn, x, t, t_next, self.eta, key), state
 
 
 __all__ = ["DDIMSampler", "ddim_step"]

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.lookup import check_choice
 from score_sde.sde import SDE, Array, ScoreFn
-from score_sde.solvers.base import SampleInfo, Sampler, resolve_eps
+from score_sde.solvers.base import StepSampler, check_n_steps
 from score_sde.solvers.data_prediction import data_prediction, noise_prediction
 from score_sde.solvers.timesteps import check_skip, inverse_log_snr, time_steps
 
@@ -137,48 +138,14 @@ def multistep_orders(n_steps: int, order: int, lower_order_final: bool) -> list[
     return orders
 
 
-def runs(orders: list[int]) -> list[tuple[int, int, int]]:
-    """Maximal runs of equal order as (order, start, length); each run is one lax.scan."""
-    out = []
-    for i, o in enumerate(orders):
-        if out and out[-1][0] == o:
-            out[-1] = (o, out[-1][1], out[-1][2] + 1)
-        else:
-            out.append((o, i, 1))
-    return out
+def order_branches(orders: list[int]) -> tuple[list[int], list[int]]:
+    """(present, branch): the distinct orders, sorted (one lax.switch branch each), and each step's
+    branch index. Only the chosen branch runs, so a step costs its own order's evaluations."""
+    present = sorted(set(orders))
+    return present, [present.index(o) for o in orders]
 
 
-def _singlestep_solve(sde, score_fn, x, ts, orders, algorithm):
-    """Runs singlestep steps ts[i] -> ts[i + 1] with orders[i]; each run of equal order is one scan."""
-    for order, start, length in runs(orders):
-        def body(x, st, order=order):
-            return singlestep_update(sde, score_fn, x, st[0], st[1], order, algorithm), None
-
-        x, _ = jax.lax.scan(body, x, (ts[start:start + length], ts[start + 1:start + length + 1]))
-    return x
-
-
-def _multistep_solve(sde, score_fn, x, ts, orders, algorithm):
-    """Runs multistep steps ts[i] -> ts[i + 1]; the history holds the last max(orders) predictions."""
-    k = max(orders)
-    pred = lambda y, u: prediction(sde, score_fn, y, u, algorithm)  # noqa: E731
-    ms = jnp.zeros((k,) + x.shape, x.dtype).at[0].set(pred(x, ts[0]))
-    hist = jnp.full((k,), ts[0])
-
-    def body(carry, t, order):
-        x, ms, hist = carry
-        x = multistep_update(sde, x, ms, hist, t, order, algorithm)
-        ms = jnp.concatenate([pred(x, t)[None], ms[:-1]])
-        return (x, ms, jnp.concatenate([t[None], hist[:-1]])), None
-
-    carry = (x, ms, hist)
-    for order, start, length in runs(orders[:-1]):
-        carry, _ = jax.lax.scan(lambda c, t, o=order: body(c, t, o), carry, ts[start + 1:start + length + 1])
-    x, ms, hist = carry
-    return multistep_update(sde, x, ms, hist, ts[-1], orders[-1], algorithm)  # last step: no evaluation
-
-
-class DPMSolverSampler(Sampler):
+class DPMSolverSampler(StepSampler):
     """DPM-Solver / DPM-Solver++ of order 1-3, singlestep or multistep.
 
     Attributes:
@@ -211,17 +178,13 @@ class DPMSolverSampler(Sampler):
     def __check_init__(self):
         if self.order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {self.order!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid values: {', '.join(METHODS)}")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algorithm!r}; valid values: {', '.join(ALGORITHMS)}")
+        check_choice(self.method, METHODS, "method")
+        check_choice(self.algorithm, ALGORITHMS, "algorithm")
         check_skip(self.skip)
         if self.n_steps is not None and self.nfe is not None:
             raise ValueError("give either n_steps or nfe (an evaluation budget), not both")
-        for name in ("n_steps", "nfe"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_n_steps(self.n_steps, "n_steps", allow_none=True)
+        check_n_steps(self.nfe, "nfe", allow_none=True)
         if self.nfe is not None and self.method == "multistep" and self.nfe < 1 + self.denoise_to_zero:
             raise ValueError(f"nfe = {self.nfe} leaves no step after denoise_to_zero; use nfe >= 2")
 
@@ -234,26 +197,44 @@ class DPMSolverSampler(Sampler):
         n = self.nfe - self.denoise_to_zero if self.nfe is not None else (self.n_steps or 20)
         return multistep_orders(n, self.order, self.lower_order_final)
 
-    def total_nfe(self) -> int:
-        """Score evaluations per call (static)."""
+    def total_nfe(self, hooked: bool = False) -> int:
         orders = self.step_orders()
         return (sum(orders) if self.method == "singlestep" else len(orders)) + int(self.denoise_to_zero)
 
-    def sample(self, key, sde, score_fn, shape, dtype):
-        eps = resolve_eps(self.eps, sde)
-        x = sde.prior_sampling(jax.random.split(key)[0], shape, dtype)
+    @property
+    def final_denoise(self) -> bool:
+        return self.denoise_to_zero
+
+    def grid(self, sde, t_start, t_end, dtype):
+        """The `skip` grid; a singlestep `nfe` budget places the steps on the grid of nfe intervals
+        (each step spans as many intervals as its order). Per-step input: the order's branch index."""
         orders = self.step_orders()
         if self.method == "singlestep" and self.nfe is not None:
-            fine = time_steps(sde, self.skip, sde.T, eps, sum(orders), dtype)
+            fine = time_steps(sde, self.skip, t_start, t_end, sum(orders), dtype)
             ts = fine[np.cumsum([0] + orders)]
-            x = _singlestep_solve(sde, score_fn, x, ts, orders, self.algorithm)
         else:
-            ts = time_steps(sde, self.skip, sde.T, eps, len(orders), dtype)
-            solve = _singlestep_solve if self.method == "singlestep" else _multistep_solve
-            x = solve(sde, score_fn, x, ts, orders, self.algorithm)
-        if self.denoise_to_zero:
-            x = data_prediction(sde, score_fn, x, jnp.asarray(eps, dtype))
-        return x, SampleInfo(nfe=jnp.asarray(self.total_nfe(), jnp.int32))
+            ts = time_steps(sde, self.skip, t_start, t_end, len(orders), dtype)
+        return ts, jnp.asarray(order_branches(orders)[1], jnp.int32)
+
+    def init(self, sde, score_fn, x, ts):
+        """Multistep: the last max(order) predictions and their times, most recent first."""
+        if self.method == "singlestep":
+            return None
+        k = max(self.step_orders())
+        return jnp.zeros((k,) + x.shape, x.dtype), jnp.full((k,), ts[0])
+
+    def step(self, sde, score_fn, x, state, t, t_next, branch, key, hooked):
+        present, _ = order_branches(self.step_orders())
+        if self.method == "singlestep":
+            branches = [lambda x, o=o: singlestep_update(sde, score_fn, x, t, t_next, o, self.algorithm)
+                        for o in present]
+            return jax.lax.switch(branch, branches, x), state
+        ms, hist = state  # multistep: one evaluation here, at the start of each step
+        ms = jnp.concatenate([prediction(sde, score_fn, x, t, self.algorithm)[None], ms[:-1]])
+        hist = jnp.concatenate([t[None], hist[:-1]])
+        branches = [lambda x, o=o: multistep_update(sde, x, ms, hist, t_next, o, self.algorithm) for o in present]
+        return jax.lax.switch(branch, branches, x), (ms, hist)
 
 
-__all__ = ["DPMSolverSampler", "singlestep_update", "multistep_update", "budget_orders", "multistep_orders"]
+__all__ = ["DPMSolverSampler", "singlestep_update", "multistep_update", "budget_orders", "multistep_orders",
+           "order_branches"]

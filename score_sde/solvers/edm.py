@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from score_sde.sde import SDE, Array, ScoreFn
-from score_sde.solvers.base import SampleInfo, Sampler, resolve_eps
+from score_sde.solvers.base import StepSampler, check_n_steps
 from score_sde.solvers.data_prediction import data_prediction
 from score_sde.solvers.timesteps import edm_sigmas, sigma_to_time
 
@@ -39,8 +39,11 @@ def churn_levels(sigmas: Array, s_churn: float, s_min: float, s_max: float) -> A
     return sigmas[:-1] * (1.0 + jnp.where(inside, gamma, 0.0))
 
 
-class EDMHeunSampler(Sampler):
+class EDMHeunSampler(StepSampler):
     """Karras et al. (2022) Heun sampler with the rho-schedule and optional stochastic churn.
+
+    The driver's x is alpha(t) y at the time t of each noise level; the last level, sigma = 0,
+    is t = 0 (x = y, the denoised sample), so a hook sees every state on the data scale.
 
     Attributes:
       n_steps: number of noise levels N > 0 (steps); NFE = 2 N - 1.
@@ -59,45 +62,43 @@ class EDMHeunSampler(Sampler):
     eps: float | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
-        if not isinstance(self.n_steps, int) or self.n_steps < 1:
-            raise ValueError(f"n_steps must be a positive int, got {self.n_steps!r}")
+        check_n_steps(self.n_steps)
         if not self.rho > 0:
             raise ValueError(f"rho must be positive, got {self.rho!r}")
         if self.s_churn < 0 or self.s_noise < 0 or self.s_min > self.s_max:
             raise ValueError(f"need s_churn >= 0, s_noise >= 0 and s_min <= s_max; got s_churn={self.s_churn!r}, "
                              f"s_noise={self.s_noise!r}, s_min={self.s_min!r}, s_max={self.s_max!r}")
 
-    def _step(self, sde, score_fn, y, key, sigma, sigma_hat, sigma_next, heun: bool):
-        """One step of Algorithm 2 from sigma (raised to sigma_hat) to sigma_next."""
+    def total_nfe(self, hooked: bool = False) -> int:
+        return 2 * self.n_steps - 1
+
+    def grid(self, sde, t_start, t_end, dtype):
+        """Times of the noise levels sigma_0 > ... > sigma_{N-1} > sigma_N = 0, and per step
+        (sigma, sigma_hat, sigma_next, heun): Heun's method except on the last step (Euler)."""
+        t_end = jnp.asarray(t_end, dtype)
+        sigmas = edm_sigmas(sde.std(t_end) / sde.alpha(t_end), sde.std(t_start) / sde.alpha(t_start),
+                            self.n_steps, self.rho, dtype)
+        hats = churn_levels(sigmas, self.s_churn, self.s_min, self.s_max)
+        ts = jnp.append(sigma_to_time(sde, sigmas[:-1]).at[0].set(t_start), jnp.zeros((), dtype))
+        heun = jnp.arange(self.n_steps) < self.n_steps - 1
+        return ts, (sigmas[:-1], hats, sigmas[1:], heun)
+
+    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, hooked):
+        """One step of Algorithm 2 from sigma (raised to sigma_hat) to sigma_next, in y = x / alpha."""
+        sigma, sigma_hat, sigma_next, heun = inputs
+        y = x / sde.alpha(t)
         if self.s_churn > 0:
             z = jax.random.normal(key, y.shape, y.dtype)
             y = y + jnp.sqrt(sigma_hat**2 - sigma**2) * self.s_noise * z
         d = (y - _denoiser(sde, score_fn, y, sigma_to_time(sde, sigma_hat))) / sigma_hat
-        y_next = y + (sigma_next - sigma_hat) * d
-        if not heun:
-            return y_next
-        d_next = (y_next - _denoiser(sde, score_fn, y_next, sigma_to_time(sde, sigma_next))) / sigma_next
-        return y + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
+        y_euler = y + (sigma_next - sigma_hat) * d
 
-    def sample(self, key, sde, score_fn, shape, dtype):
-        eps = resolve_eps(self.eps, sde)
-        k_prior, k_loop = jax.random.split(key)
-        t_end, t_start = jnp.asarray(eps, dtype), jnp.asarray(sde.T, dtype)
-        sigma_min = sde.std(t_end) / sde.alpha(t_end)
-        sigma_max = sde.std(t_start) / sde.alpha(t_start)
-        sigmas = edm_sigmas(sigma_min, sigma_max, self.n_steps, self.rho, dtype)
-        hats = churn_levels(sigmas, self.s_churn, self.s_min, self.s_max)
-        keys = jax.random.split(k_loop, self.n_steps)
-        y = sde.prior_sampling(k_prior, shape, dtype) / sde.alpha(t_start)
+        def heun_correction():
+            d_next = (y_euler - _denoiser(sde, score_fn, y_euler, sigma_to_time(sde, sigma_next))) / sigma_next
+            return y + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
 
-        def body(y, inp):
-            key, s, s_hat, s_next = inp
-            return self._step(sde, score_fn, y, key, s, s_hat, s_next, heun=True), None
-
-        n = self.n_steps - 1
-        y, _ = jax.lax.scan(body, y, (keys[:n], sigmas[:n], hats[:n], sigmas[1:n + 1]))
-        y = self._step(sde, score_fn, y, keys[n], sigmas[n], hats[n], sigmas[n + 1], heun=False)
-        return y, SampleInfo(nfe=jnp.asarray(2 * self.n_steps - 1, jnp.int32))
+        y_next = jax.lax.cond(heun, heun_correction, lambda: y_euler)
+        return sde.alpha(t_next) * y_next, state
 
 
 __all__ = ["EDMHeunSampler", "churn_levels"]

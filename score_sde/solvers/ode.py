@@ -1,13 +1,14 @@
 """The probability-flow ODE sampler, solved on device by diffrax.
 
 dx/dt = f(x, t) - g(t)^2 s(x, t) / 2  (Song et al. 2021, eq. 13), integrated from x_T ~ prior
-at T down to eps with any explicit diffrax solver: a fixed grid of `n_steps` steps, or
-adaptive steps (PID controller, `rtol`, `atol`) when `n_steps` is None. The whole solve is one
-jitted `diffrax.diffeqsolve`; `max_steps` bounds the adaptive loop and exceeding it raises.
+at T (or x_init at t_init) down to eps with any explicit diffrax solver: a fixed grid of
+`n_steps` steps, each a diffrax `solver.step` inside the shared driver loop (`base.run_steps`),
+or adaptive steps (PID controller, `rtol`, `atol`) when `n_steps` is None, one jitted
+`diffrax.diffeqsolve`; `max_steps` bounds the adaptive loop and exceeding it raises.
 
 NFE is computed from the solve's step statistics and the solver's Butcher tableau, and
 matches the evaluations actually made (tested with a counting score function):
-  fixed:    N s  (non-FSAL, s stages)               or 1 + N (s - 1)  (FSAL)
+  fixed:    N s  (non-FSAL, s stages, or with a hook) or 1 + N (s - 1)  (FSAL)
   adaptive: A s  (non-FSAL, A attempted steps)       or 1 + A (s - 1)  (FSAL)
 Rejected steps are attempts too. The first adaptive step is (eps - T) / 100 (no evaluations
 spent on choosing it); for FSAL solvers we hand diffrax the first stage f(T, x_T) as its
@@ -20,12 +21,14 @@ import types
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
 from score_sde.sde import probability_flow_drift
-from score_sde.solvers.base import SampleInfo, Sampler, resolve_eps
+from score_sde.lookup import lookup
+from score_sde.solvers.base import SampleInfo, StepSampler, check_n_steps, run_steps
 from score_sde.solvers.data_prediction import data_prediction
-from score_sde.solvers.pc import time_grid
+from score_sde.solvers.timesteps import time_steps
 
 # name -> diffrax explicit ODE solver class (read-only).
 ODE_SOLVERS: types.MappingProxyType = types.MappingProxyType({
@@ -43,10 +46,7 @@ ODE_SOLVERS: types.MappingProxyType = types.MappingProxyType({
 def get_ode_solver(solver) -> diffrax.AbstractSolver:
     """A diffrax solver from a name in ODE_SOLVERS or an instance (Euler or an explicit Runge–Kutta)."""
     if isinstance(solver, str):
-        if solver not in ODE_SOLVERS:
-            raise ValueError(f"unknown ODE solver {solver!r}; valid solvers: {', '.join(ODE_SOLVERS)} "
-                             "(or pass a diffrax.AbstractERK / diffrax.Euler instance)")
-        return ODE_SOLVERS[solver]()
+        return lookup(ODE_SOLVERS, solver, "ODE solver", "solvers")()
     if isinstance(solver, (diffrax.Euler, diffrax.AbstractERK)):
         return solver
     raise ValueError(f"solver must be a name ({', '.join(ODE_SOLVERS)}) or a diffrax.Euler / "
@@ -71,14 +71,17 @@ def solve_nfe(solver: diffrax.AbstractSolver, attempts):
     return attempts * (stages - 1) + 1 if fsal else attempts * stages
 
 
-class ODESampler(Sampler):
+class ODESampler(StepSampler):
     """Probability-flow ODE sampler.
+
+    A fixed grid (`n_steps`) runs each diffrax solver step in the shared driver (`base.run_steps`,
+    so a hook works); adaptive steps (n_steps None) are one `diffrax.diffeqsolve`.
 
     Attributes:
       solver: a name in `ODE_SOLVERS` (euler, heun, midpoint, ralston, bosh3, tsit5, dopri5, dopri8)
         or a diffrax solver instance.
       rtol, atol: tolerances of the PID step-size controller (adaptive solves).
-      n_steps: None for adaptive steps; an int for that many uniform steps from T to eps.
+      n_steps: None for adaptive steps; an int for that many uniform steps from T (or t_init) to eps.
       max_steps: bound on attempted steps of an adaptive solve; exceeding it raises at run time.
       eps: smallest time; None -> the SDE's convention (1e-3 VP/sub-VP, 1e-5 VE).
       denoise: apply Tweedie denoising at eps (one more evaluation).
@@ -94,49 +97,78 @@ class ODESampler(Sampler):
 
     def __check_init__(self):
         solver = get_ode_solver(self.solver)
-        if self.n_steps is None:
-            if not isinstance(solver, diffrax.AbstractAdaptiveSolver):
-                raise ValueError(f"solver {self.solver!r} has no error estimate, so it cannot take adaptive "
-                                 "steps: pass n_steps=<int> for a fixed grid, or pick an adaptive solver "
-                                 "(heun, midpoint, ralston, bosh3, tsit5, dopri5, dopri8)")
-        elif not isinstance(self.n_steps, int) or self.n_steps < 1:
-            raise ValueError(f"n_steps must be None (adaptive) or a positive int, got {self.n_steps!r}")
-        if not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ValueError(f"max_steps must be a positive int, got {self.max_steps!r}")
+        if self.n_steps is None and not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+            raise ValueError(f"solver {self.solver!r} has no error estimate, so it cannot take adaptive "
+                             "steps: pass n_steps=<int> for a fixed grid, or pick an adaptive solver "
+                             "(heun, midpoint, ralston, bosh3, tsit5, dopri5, dopri8)")
+        check_n_steps(self.n_steps, "n_steps", allow_none=True)
+        check_n_steps(self.max_steps, "max_steps")
 
-    def solve(self, sde, score_fn, x, eps):
-        """Integrates the probability-flow ODE from (T, x) to eps.
+    @property
+    def final_denoise(self) -> bool:
+        return self.denoise
+
+    def total_nfe(self, hooked: bool = False) -> int:
+        """Fixed grid: N s, or 1 + N (s - 1) when first-same-as-last stages are reused (not after a hook)."""
+        solver = get_ode_solver(self.solver)
+        n = self.n_steps * stages_and_fsal(solver)[0] if hooked else solve_nfe(solver, self.n_steps)
+        return n + int(self.denoise)
+
+    def grid(self, sde, t_start, t_end, dtype):
+        return time_steps(sde, "time_uniform", t_start, t_end, self.n_steps, dtype), None
+
+    def init(self, sde, score_fn, x, ts):
+        return get_ode_solver(self.solver).init(_flow_term(sde, score_fn), ts[0], ts[1], x, None)
+
+    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, hooked):
+        solver = get_ode_solver(self.solver)
+        x, _, _, state, _ = solver.step(_flow_term(sde, score_fn), t, t_next, x, None, state, made_jump=hooked)
+        return x, state
+
+    def solve(self, sde, score_fn, x, eps, t_start=None):
+        """Integrates the probability-flow ODE from (t_start, x) to eps; t_start defaults to T.
 
         Returns:
-          (x_eps like x, nfe int32 scalar, diffrax step statistics dict).
+          (x_eps like x, nfe int32 scalar, step statistics dict with "num_steps" (attempted steps)
+          and, adaptive, diffrax's other counts).
         """
+        t0 = jnp.asarray(sde.T if t_start is None else t_start, x.dtype)
+        if self.n_steps is not None:
+            ts, _ = self.grid(sde, t0, eps, x.dtype)
+            x = run_steps(self, jax.random.PRNGKey(0), sde, score_fn, x, ts)  # no randomness is used
+            nfe = solve_nfe(get_ode_solver(self.solver), self.n_steps)
+            return x, jnp.asarray(nfe, jnp.int32), {"num_steps": jnp.asarray(self.n_steps)}
         solver = get_ode_solver(self.solver)
-        _, fsal = stages_and_fsal(solver)
-        term = diffrax.ODETerm(lambda t, y, args: probability_flow_drift(sde, score_fn, y, t))
-        t0, t1 = jnp.asarray(sde.T, x.dtype), jnp.asarray(eps, x.dtype)
-        if self.n_steps is None:
-            controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
-            dt0, max_steps = (t1 - t0) / 100, self.max_steps
-        else:
-            controller = diffrax.StepTo(ts=time_grid(sde.T, eps, self.n_steps, x.dtype))
-            dt0, max_steps = None, self.n_steps
+        term = _flow_term(sde, score_fn)
+        t1 = jnp.asarray(eps, x.dtype)
         solver_state = None
-        if fsal:  # start with a valid first stage, so that every attempted step costs stages - 1
+        if stages_and_fsal(solver)[1]:  # start with a valid first stage, so every attempted step costs stages - 1
             # (diffrax's explicit Runge-Kutta solver state is (first_step, f0), see AbstractRungeKutta.init)
             solver_state = (jnp.array(False), term.vf(t0, x, None))
-        sol = diffrax.diffeqsolve(term, solver, t0, t1, dt0, x, stepsize_controller=controller,
-                                  max_steps=max_steps, throw=False, solver_state=solver_state)
-        x_eps = _raise_if_failed(sol, max_steps)
+        sol = diffrax.diffeqsolve(term, solver, t0, t1, (t1 - t0) / 100, x,
+                                  stepsize_controller=diffrax.PIDController(rtol=self.rtol, atol=self.atol),
+                                  max_steps=self.max_steps, throw=False, solver_state=solver_state)
+        x_eps = _raise_if_failed(sol, self.max_steps)
         return x_eps, jnp.asarray(solve_nfe(solver, sol.stats["num_steps"]), jnp.int32), sol.stats
 
-    def sample(self, key, sde, score_fn, shape, dtype):
-        eps = resolve_eps(self.eps, sde)
-        x = sde.prior_sampling(key, shape, dtype)
-        x, nfe, _ = self.solve(sde, score_fn, x, eps)
+    def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None):
+        if self.n_steps is not None:
+            return super().sample(key, sde, score_fn, shape, dtype, x_init, t_init, hook)
+        if hook is not None:
+            raise ValueError("an adaptive ODE solve has no fixed steps to hook into; pass n_steps=<int> "
+                             "to use a hook with the ode sampler")
+        x, t_start, _ = self.start(key, sde, shape, dtype, x_init, t_init)
+        eps = self.resolved_eps(sde)
+        x, nfe, _ = self.solve(sde, score_fn, x, eps, t_start)
         if self.denoise:
             x = data_prediction(sde, score_fn, x, jnp.asarray(eps, dtype))
             nfe = nfe + 1
         return x, SampleInfo(nfe=nfe)
+
+
+def _flow_term(sde, score_fn) -> diffrax.ODETerm:
+    """The probability-flow drift as a diffrax term."""
+    return diffrax.ODETerm(lambda t, y, args: probability_flow_drift(sde, score_fn, y, t))
 
 
 def _raise_if_failed(sol: diffrax.Solution, max_steps: int):

@@ -18,6 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from score_sde.lookup import lookup
 from score_sde.sde import SDE, Array, ScoreFn, batch_times, expand_to, reverse_drift
 
 
@@ -99,11 +100,12 @@ PREDICTORS: types.MappingProxyType = types.MappingProxyType({
 })
 
 
-def get_predictor(name: str) -> Predictor:
-    """The predictor called `name`; an unknown name raises ValueError listing the valid ones."""
-    if name not in PREDICTORS:
-        raise ValueError(f"unknown predictor {name!r}; valid predictors: {', '.join(PREDICTORS)}")
-    return PREDICTORS[name]()
+def get_predictor(predictor: str | Predictor) -> Predictor:
+    """The predictor called `predictor` (or the object itself); an unknown name raises ValueError
+    listing the valid ones."""
+    if isinstance(predictor, Predictor):
+        return predictor
+    return lookup(PREDICTORS, predictor, "predictor")()
 
 
 __all__ = ["Predictor", "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",

@@ -1,10 +1,12 @@
-"""The one read-only table from sampler names to sampler classes."""
+"""The one read-only table from sampler names to sampler classes, and each sampler's options."""
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import types
+import typing
 
+from score_sde.lookup import lookup
 from score_sde.solvers.base import Sampler
 from score_sde.solvers.ddim import DDIMSampler
 from score_sde.solvers.dpm_solver import DPMSolverSampler
@@ -12,14 +14,14 @@ from score_sde.solvers.edm import EDMHeunSampler
 from score_sde.solvers.ode import ODESampler
 from score_sde.solvers.pc import EulerMaruyamaSampler, PCSampler
 
-# name -> Sampler subclass. Add an entry here when a sampler lands; nothing registers itself.
+# name -> Sampler subclass, sorted by name. Add a row here when a sampler lands; nothing registers itself.
 SAMPLERS: types.MappingProxyType = types.MappingProxyType({
-    "euler_maruyama": EulerMaruyamaSampler,
-    "pc": PCSampler,
-    "ode": ODESampler,
     "ddim": DDIMSampler,
     "dpm_solver": DPMSolverSampler,
     "edm_heun": EDMHeunSampler,
+    "euler_maruyama": EulerMaruyamaSampler,
+    "ode": ODESampler,
+    "pc": PCSampler,
 })
 
 
@@ -28,15 +30,33 @@ def names() -> list[str]:
     return sorted(SAMPLERS)
 
 
-def options(name: str) -> list[str]:
-    """The option names accepted by sampler `name`."""
-    return [f.name for f in dataclasses.fields(_lookup(name)) if f.init]
-
-
 def _lookup(name: str) -> type[Sampler]:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(names())}")
-    return SAMPLERS[name]
+    return lookup(SAMPLERS, name, "sampler")
+
+
+def options(name: str) -> list[str]:
+    """The option names accepted by sampler `name`, in the order of its constructor."""
+    return list(inspect.signature(_lookup(name)).parameters)
+
+
+def option_defaults(name: str) -> dict[str, tuple[object, type]]:
+    """option -> (default, type) for sampler `name`, read from its constructor.
+
+    The type is the default's type, or for a None default (e.g. `eps`, "the convention") the
+    non-None type of its annotation (`int | None` -> int). The CLI builds its config from this.
+    """
+    cls = _lookup(name)
+    init = cls.__init__
+    hints = typing.get_type_hints(init)
+    out = {}
+    for option, param in inspect.signature(cls).parameters.items():
+        default = param.default
+        if default is not None:
+            out[option] = (default, type(default))
+            continue
+        kinds = [a for a in typing.get_args(hints.get(option)) if a is not type(None)]
+        out[option] = (None, kinds[0] if kinds else str)
+    return out
 
 
 def get(name: str, **opts) -> Sampler:
@@ -47,3 +67,6 @@ def get(name: str, **opts) -> Sampler:
     if bad:
         raise ValueError(f"unknown option(s) {', '.join(bad)} for sampler {name!r}; valid options: {', '.join(valid)}")
     return cls(**opts)
+
+
+__all__ = ["SAMPLERS", "get", "names", "options", "option_defaults"]

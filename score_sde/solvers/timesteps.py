@@ -1,7 +1,8 @@
 """Time grids for the fast samplers, all derived from the SDE's log-SNR lambda(t) = log(alpha / std).
 
-* `time_steps`: the N + 1 times T = t_0 > ... > t_N = eps of DPM-Solver / DDIM, spaced
-  uniformly in logSNR, in t, or in sqrt(t) ("time_quadratic"; Lu et al. 2022a, Sec. 3.3 / App. D.1).
+* `time_steps`: the N + 1 times T = t_0 > ... > t_N = eps of every fixed-grid sampler, spaced
+  uniformly in logSNR, in t (the predictor-corrector and fixed-step ODE grid), or in sqrt(t)
+  ("time_quadratic"; Lu et al. 2022a, Sec. 3.3 / App. D.1).
 * `edm_sigmas`: Karras et al. (2022) eq. 5, sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho.
 * `inverse_log_snr`: t(lambda) by bisection on the monotone lambda(t), so that every SDE
   works without a per-SDE closed form.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from score_sde.lookup import check_choice
 from score_sde.sde import SDE, Array
 
 SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic")
@@ -19,8 +21,7 @@ SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic")
 
 def check_skip(skip: str) -> None:
     """Raises a ValueError naming the valid spacings if `skip` is not one of them."""
-    if skip not in SKIP_TYPES:
-        raise ValueError(f"unknown skip {skip!r}; valid values: {', '.join(SKIP_TYPES)}")
+    check_choice(skip, SKIP_TYPES, "skip")
 
 
 def inverse_log_snr(sde: SDE, lam: Array, t_max: float, n_iter: int = 64) -> Array:

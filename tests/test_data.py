@@ -98,6 +98,37 @@ def test_bits_per_dim_offset():
     assert data.bits_per_dim_offset(256, centered=False) == 8.0
 
 
+def test_pipeline_and_jax_dequantisation_are_one_rule():
+    """The numpy pipeline (data.dequantize, data.scale) and the jax functions (bpd.uniform_dequantize
+    under jit, bpd.scale_levels) are the same implementation: for equal noise, equal float32 values up
+    to one rounding (XLA may fuse the multiply-add; atol 1.2e-7 on [-1, 1]) and the same levels."""
+    import jax
+    import jax.numpy as jnp
+
+    from score_sde import bpd
+
+    k = np.random.default_rng(0).integers(0, 17, (64, 8, 8, 1)).astype(np.uint8)
+    key = jax.random.key(0)
+    u = np.asarray(jax.random.uniform(key, k.shape, jnp.float32))  # the noise uniform_dequantize draws
+    want = data.dequantize(k, u, 17, centered=True)
+    assert isinstance(want, np.ndarray) and want.dtype == np.float32
+    got = jax.jit(lambda key, k: bpd.uniform_dequantize(key, k, 17, (-1.0, 1.0)))(key, k)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1.2e-7)
+    np.testing.assert_array_equal(data.inverse_scale(np.asarray(got), 17, True, dequantized=True), k)
+    np.testing.assert_array_equal(np.asarray(bpd.scale_levels(jnp.asarray(k), 17, (-1.0, 1.0))),
+                                  data.scale(k, 17, centered=True))
+
+
+def test_bits_per_dim_of_continuous_data_has_no_offset():
+    """num_levels=None (toy data, what --mode=likelihood passes for it): bpd = -logp / (D ln 2)."""
+    import math
+
+    from score_sde import bpd
+
+    np.testing.assert_allclose(bpd.bits_per_dim(np.array([-2 * math.log(2.0), 0.0]), (2,), num_levels=None),
+                               [1.0, 0.0], rtol=1e-6)
+
+
 # --- augmentation ---------------------------------------------------------------------------
 def test_random_flip_flips_horizontally_only_and_only_in_train():
     base = next(data.get_dataset(make_config(), "train"))

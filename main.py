@@ -35,7 +35,17 @@ def _config_error(e: BaseException, argv: list[str]) -> str:
     key = str(inner).split("\n")[0].strip("'\"")
     bad = [a.split("=", 1)[0] for a in argv if a.lstrip("-").startswith("config.") and
            a.split("=", 1)[0].split(".")[-1] == key]
-    return f"unknown config key {key!r} in {', '.join(bad) or 'the overrides'}. {str(inner)[len(key) + 2:]}".strip()
+    message = f"unknown config key {key!r} in {', '.join(bad) or 'the overrides'}. {str(inner)[len(key) + 2:]}"
+    for b in bad:
+        parts = b.lstrip("-").split(".")
+        if parts[:2] == ["config", "sampling"] and len(parts) == 3:
+            message += f" Sampler options are set per sampler: --config.sampling.<method>.{key}=..."
+        elif parts[:2] == ["config", "sampling"] and len(parts) == 4:
+            from score_sde import solvers
+
+            if parts[2] in solvers.SAMPLERS:
+                message += f" Options of sampler {parts[2]!r}: {', '.join(solvers.options(parts[2]))}."
+    return message.strip()
 
 
 try:  # the default config file is loaded, with the overrides applied, when the flag is defined
@@ -66,7 +76,13 @@ def main(argv):
     except _CONFIG_ERRORS as e:
         _fail(_config_error(e, sys.argv))
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    from score_sde import cli
+    from score_sde import cli, config_utils
+
+    others = config_utils.sampler_overrides_for_other_samplers(sys.argv, config.sampling.method)
+    if others:
+        method = config.sampling.method
+        _fail(f"{', '.join(others)}: an option of another sampler than sampling.method={method!r}, which would "
+              f"ignore it; set --config.sampling.method, or {method}'s own options --config.sampling.{method}.<option>")
 
     sys.exit(cli.run(config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoints))
 

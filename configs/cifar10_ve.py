@@ -22,7 +22,7 @@ def get_config():
     config.training.continuous = True
     config.training.reduce_mean = False
     config.sampling.method = "pc"
-    config.sampling.predictor = "reverse_diffusion"
-    config.sampling.corrector = "langevin"
-    config.sampling.snr = 0.16
+    config.sampling.pc.predictor = "reverse_diffusion"
+    config.sampling.pc.corrector = "langevin"
+    config.sampling.pc.snr = 0.16
     return config

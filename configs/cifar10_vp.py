@@ -49,6 +49,6 @@ def get_config():
     config.training.continuous = True
     config.training.reduce_mean = True
     config.sampling.method = "pc"
-    config.sampling.predictor = "euler_maruyama"
-    config.sampling.corrector = "none"
+    config.sampling.pc.predictor = "euler_maruyama"
+    config.sampling.pc.corrector = "none"
     return config

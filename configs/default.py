@@ -5,6 +5,8 @@ The key names below are part of the command-line interface (`--config.training.n
 
 import ml_collections
 
+from score_sde.config_utils import sampler_options_config
+
 
 def get_default_configs() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -72,26 +74,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"           # any name in score_sde.solvers.names()
-    # Sampler options: each sampler takes the keys it knows and ignores the rest.
-    # 0 / "" mean "the sampler's own default" (e.g. n_steps=0: 1000 for pc, adaptive for ode).
-    sampling.n_steps = 0
-    sampling.eps = 0.0
-    sampling.predictor = "reverse_diffusion"
-    sampling.corrector = "langevin"
-    sampling.snr = 0.16
-    sampling.n_corrector_steps = 1
-    sampling.solver = "tsit5"        # ode: any diffrax solver name
-    sampling.rtol = 1e-5
-    sampling.atol = 1e-5
-    sampling.denoise = True
-    sampling.max_steps = 4096        # ode: adaptive step budget
-    sampling.eta = 0.0               # ddim
-    sampling.order = 3               # dpm_solver
-    sampling.dpm_method = "multistep"   # dpm_solver's `method`: singlestep | multistep
-    sampling.algorithm = "dpmsolver++"  # dpm_solver: dpmsolver | dpmsolver++
-    sampling.skip = ""               # ddim / dpm_solver time spacing: logSNR | time_uniform | time_quadratic
-    sampling.rho = 7.0               # edm_heun
-    sampling.s_churn = 0.0           # edm_heun
+    # Each sampler's options live in its own sub-dict, built from the sampler's constructor:
+    # --config.sampling.method=ode --config.sampling.ode.rtol=1e-4 --config.sampling.ode.n_steps=50.
+    # None means the sampler's documented default (eps: the SDE's convention; ode n_steps: adaptive).
+    sampling.update(sampler_options_config())
     sampling.num_samples = 64
     sampling.batch_size = 64
 

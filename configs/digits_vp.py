@@ -39,9 +39,9 @@ def get_config():
     config.optim.warmup = 200
 
     config.sampling.method = "ode"
-    config.sampling.solver = "tsit5"
-    config.sampling.rtol = 1e-4
-    config.sampling.atol = 1e-4
+    config.sampling.ode.solver = "tsit5"
+    config.sampling.ode.rtol = 1e-4
+    config.sampling.ode.atol = 1e-4
     config.sampling.num_samples = 64
     config.sampling.batch_size = 64
 

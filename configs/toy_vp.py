@@ -20,7 +20,7 @@ def get_config():
     config.optim.lr = 2e-3
     config.optim.warmup = 100
     config.sampling.method = "pc"
-    config.sampling.n_steps = 500
+    config.sampling.pc.n_steps = 500
     config.sampling.num_samples = 2000
     config.sampling.batch_size = 2000
     config.likelihood.num_examples = 1000

@@ -6,6 +6,8 @@ One read-only name table per family (no registries filled by imports).
 from __future__ import annotations
 
 import flax.linen as nn
+import ml_collections
+from ml_collections import config_dict
 
 from score_sde import models, solvers
 from score_sde.sde import SDE, VESDE, VPSDE, SubVPSDE
@@ -50,29 +52,41 @@ def discrete_loss_name(sde_config) -> str:
     return DISCRETE_LOSS[name]
 
 
-# config.sampling keys that are not sampler options.
-_NOT_SAMPLER_OPTIONS = {"method", "num_samples", "batch_size"}
-# config.sampling keys whose sampler option has another name (the config's "method" is the sampler).
-_ALIASES = {"dpm_method": "method"}
+def sampler_options_config() -> ml_collections.ConfigDict:
+    """`config.sampling.<name>`: one sub-dict per sampler holding every option of its constructor.
+
+    Derived from the samplers themselves (`solvers.option_defaults`), so a new option or sampler
+    appears on the command line without a hand-kept list. An option whose default is None (e.g.
+    `eps`: the SDE's convention, or ode's `n_steps`: adaptive) is a typed placeholder, settable as
+    `--config.sampling.ode.n_steps=50`.
+    """
+    out = ml_collections.ConfigDict()
+    for name in solvers.names():
+        out[name] = ml_collections.ConfigDict({
+            option: config_dict.placeholder(kind) if default is None else default
+            for option, (default, kind) in solvers.option_defaults(name).items()})
+    return out
 
 
 def sampler_from_config(sampling) -> solvers.Sampler:
-    """`config.sampling` -> a sampler: `method` names it, matching keys become its options.
-
-    Keys the sampler does not take are ignored (e.g. `snr` for "ode"); `n_steps = 0`,
-    `eps = 0` and `skip = ""` mean the sampler's own default (e.g. adaptive steps for "ode").
-    """
+    """`config.sampling` -> the sampler named by `sampling.method`, with the options in
+    `sampling.<method>` (unknown names raise ValueError listing the valid samplers)."""
     name = sampling.method
-    valid = set(solvers.registry.options(name))  # raises ValueError listing samplers if unknown
-    opts = {}
-    for key, value in sampling.items():
-        option = _ALIASES.get(key, key)
-        if key in _NOT_SAMPLER_OPTIONS or option not in valid:
-            continue
-        if key in ("n_steps", "eps", "skip") and not value:
-            continue  # 0 / "": the sampler's own default
-        opts[option] = tuple(value) if isinstance(value, list) else value
+    solvers.options(name)  # raises ValueError listing the samplers if the name is unknown
+    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in sampling[name].items()}
     return solvers.get(name, **opts)
 
 
-__all__ = ["sampler_from_config", "sde_from_config", "model_from_config", "discrete_loss_name"]
+def sampler_overrides_for_other_samplers(argv: list[str], method: str) -> list[str]:
+    """The `--config.sampling.<name>.<option>` flags in argv that set an option of a sampler other
+    than `method` (they would be ignored: the chosen sampler reads only its own sub-dict)."""
+    bad = []
+    for arg in argv:
+        parts = arg.lstrip("-").split("=", 1)[0].split(".")
+        if len(parts) == 4 and parts[:2] == ["config", "sampling"] and parts[2] in solvers.SAMPLERS \
+                and parts[2] != method:
+            bad.append(arg.split("=", 1)[0])
+    return bad
+
+
+__all__ = ["sampler_from_config", "sampler_options_config", "sampler_overrides_for_other_samplers", "sde_from_config", "model_from_config", "discrete_loss_name"]

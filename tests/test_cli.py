@@ -19,8 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.model.name=mlp", "--config.model.hidden=(32,32)", "--config.training.n_iters=4",
         "--config.training.snapshot_freq=2", "--config.training.log_freq=2", "--config.training.batch_size=8"]
 FEW_SAMPLES = ["--config.sampling.num_samples=16", "--config.sampling.batch_size=8"]
-ODE = ["--config.sampling.method=ode", "--config.sampling.solver=euler", "--config.sampling.n_steps=5"]
-PC = ["--config.sampling.method=pc", "--config.sampling.n_steps=5"]
+ODE = ["--config.sampling.method=ode", "--config.sampling.ode.solver=euler", "--config.sampling.ode.n_steps=5"]
+PC = ["--config.sampling.method=pc", "--config.sampling.pc.n_steps=5"]
 LIKELIHOOD = ["--config.likelihood.num_examples=10", "--config.likelihood.batch_size=4",
               "--config.likelihood.rtol=1e-2", "--config.likelihood.atol=1e-2"]
 

@@ -19,6 +19,7 @@ import sys
 import time
 
 from benchmarks.common import write_result
+from score_sde.lookup import check_choice
 
 # name -> what its table shows (the README's benchmark list)
 BENCHMARKS = {
@@ -46,9 +47,11 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
-    unknown = sorted(set(names) - set(BENCHMARKS))
-    if unknown:
-        ap.error(f"unknown benchmark(s) {', '.join(unknown)}; valid: {', '.join(BENCHMARKS)}")
+    for name in names:
+        try:
+            check_choice(name, BENCHMARKS, "benchmark", "benchmarks")
+        except ValueError as e:
+            ap.error(str(e))
     status = {name: run_one(name, args.quick) for name in names}
     lines = ["| benchmark | result | shows | exit status | wall (s) |", "|---|---|---|---:|---:|"]
     lines += [f"| {n} | [{n}.md]({n}.md) | {BENCHMARKS[n]} | {rc} | {secs:.0f} |" for n, (rc, secs) in status.items()]

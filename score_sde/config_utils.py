@@ -10,6 +10,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from score_sde import models, solvers
+from score_sde.lookup import lookup
 from score_sde.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 _SDES = {
@@ -24,10 +25,7 @@ DISCRETE_LOSS = {"vpsde": "ddpm", "vesde": "smld"}
 
 def sde_from_config(sde_config) -> SDE:
     """`config.sde` -> an SDE: name in {vpsde, subvpsde, vesde} with its schedule parameters."""
-    name = sde_config.name.lower()
-    if name not in _SDES:
-        raise ValueError(f"unknown sde {sde_config.name!r}; valid: {sorted(_SDES)}")
-    return _SDES[name](sde_config)
+    return lookup(_SDES, sde_config.name.lower(), "sde", "sdes")(sde_config)
 
 
 def model_from_config(model_config) -> nn.Module:

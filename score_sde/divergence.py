@@ -20,6 +20,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from score_sde.lookup import check_choice
 from score_sde.sde import Array
 
 DriftFn = Callable[[Array], Array]
@@ -45,7 +46,8 @@ def sample_probe(key: Array, shape: tuple[int, ...], dtype, kind: str = "rademac
         return jax.random.rademacher(key, shape, dtype)
     if kind == "gaussian":
         return jax.random.normal(key, shape, dtype)
-    raise ValueError(f"unknown probe {kind!r}; valid probes: {', '.join(PROBES)}")
+    check_choice(kind, PROBES, "probe", "probes")
+    raise AssertionError(kind)  # unreachable: every probe is handled above
 
 
 def exact_divergence(drift: DriftFn, x: Array, *, fused: bool = True) -> tuple[Array, Array]:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from score_sde.bpd import bits_per_dim, bpd_offset, dequantize_scaled, scale_levels, uniform_dequantize
 from score_sde.divergence import PROBES, exact_divergence, hutchinson_divergence, sample_probe
+from score_sde.lookup import check_choice
 from score_sde.sde import SDE, Array, ScoreFn, default_eps, probability_flow_drift
 from score_sde.solvers.ode import ODE_SOLVERS, get_ode_solver, solve_nfe
 
@@ -119,10 +120,8 @@ def log_likelihood(key: Array | None, sde: SDE, score_fn: ScoreFn, x: Array, *,
     Returns:
       A `LikelihoodResult` (logp, z, prior_logp, delta_logp, nfe).
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; valid divergences: {', '.join(DIVERGENCES)}")
-    if probe not in PROBES:
-        raise ValueError(f"unknown probe {probe!r}; valid probes: {', '.join(PROBES)}")
+    check_choice(divergence, DIVERGENCES, "divergence", "divergences")
+    check_choice(probe, PROBES, "probe", "probes")
     if divergence == "hutchinson" and key is None:
         raise ValueError("divergence='hutchinson' needs a PRNG key for its probes, got key=None")
     x = jnp.asarray(x)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 
+from score_sde.lookup import lookup
 from score_sde.models.ddpmpp import DDPMPP_SETTINGS, NCSNPP_SETTINGS
 from score_sde.models.mlp import MLP
 from score_sde.models.ncsnpp import NCSNpp
@@ -71,10 +72,7 @@ def get_model(config: Mapping[str, Any]) -> nn.Module:
     Raises:
       ValueError: the name is unknown (the message lists the valid ones).
     """
-    name = str(config["name"]).lower()
-    if name not in MODELS:
-        raise ValueError(f"unknown model name {config['name']!r}; valid names: {', '.join(MODELS)}")
-    return MODELS[name](config)
+    return lookup(MODELS, str(config["name"]).lower(), "model name", "names")(config)
 
 
 __all__ = ["MODELS", "names", "get_model"]

@@ -69,7 +69,8 @@ def test_eval_reads_each_split_once(trained, monkeypatch):
     data.load_split is called once per split, and scikit-learn's digits are read only by it."""
     workdir = trained[1]
     c = tiny_digits_config()
-    c.sampling.update(method="ode", n_steps=5, num_samples=8, batch_size=8)
+    c.sampling.update(method="ode", num_samples=8, batch_size=8)
+    c.sampling.ode.update(solver="euler", n_steps=5)
     c.likelihood.update(num_examples=4, batch_size=2, rtol=1e-2, atol=1e-2)
     calls, digits_reads = collections.Counter(), collections.Counter()
     load_split = data.load_split

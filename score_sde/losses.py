@@ -55,8 +55,21 @@ def example_keys(key: Array, n: int, offset=0) -> Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(n))
 
 
-def _draw(keys: Array, x0: Array, draw_t: Callable[[Array], Array]) -> tuple[Array, Array]:
-    """Per-example time (B,) and noise like x0 from per-example keys (B, 2)."""
+def draw_time_and_noise(keys: Array, x0: Array, draw_t: Callable[[Array], Array]) -> tuple[Array, Array]:
+    """The per-example time and noise a loss draws: each example's key is split into (kt, kz).
+
+    `dsm_loss` uses draw_t(k) = U(eps, T) and the discrete losses a uniformly drawn grid time, so
+    calling this with the same keys and rule reproduces a loss's draws (common random numbers).
+
+    Args:
+      keys: per-example keys (B, 2), e.g. `example_keys(key, B)`.
+      x0: clean data (B, *dims); gives the noise's shape and dtype.
+      draw_t: draw_t(kt) -> scalar time for one example.
+
+    Returns:
+      t: times (B,) = vmap(draw_t)(kt).
+      z: standard normal noise (B, *dims) in x0's dtype, from kz.
+    """
 
     def one(k):
         kt, kz = jax.random.split(k)
@@ -101,7 +114,7 @@ def dsm_loss(score_apply: ScoreApply, sde: SDE, params, x0: Array, keys: Array, 
       likelihood_weighting: g(t)^2 weighting instead of std(t)^2.
       eps: smallest time.
     """
-    t, z = _draw(keys, x0, lambda k: jax.random.uniform(k, (), x0.dtype, eps, sde.T))
+    t, z = draw_time_and_noise(keys, x0, lambda k: jax.random.uniform(k, (), x0.dtype, eps, sde.T))
     per = dsm_per_example(score_apply, sde, params, x0, t, z, jax.random.fold_in(keys[0], 1),
                           reduce_mean=reduce_mean, likelihood_weighting=likelihood_weighting)
     return jnp.mean(per)
@@ -109,7 +122,8 @@ def dsm_loss(score_apply: ScoreApply, sde: SDE, params, x0: Array, keys: Array, 
 
 def _grid_loss(score_apply, sde, params, x0, keys, grid: Array, reduce_mean: bool) -> Array:
     """std^2-weighted DSM with t drawn uniformly from a discrete grid (N,)."""
-    t, z = _draw(keys, x0, lambda k: grid[jax.random.randint(k, (), 0, grid.shape[0])].astype(x0.dtype))
+    draw_t = lambda k: grid[jax.random.randint(k, (), 0, grid.shape[0])].astype(x0.dtype)  # noqa: E731
+    t, z = draw_time_and_noise(keys, x0, draw_t)
     per = dsm_per_example(score_apply, sde, params, x0, t, z, jax.random.fold_in(keys[0], 1),
                           reduce_mean=reduce_mean)
     return jnp.mean(per)
@@ -160,5 +174,5 @@ def get_loss_fn(score_apply: ScoreApply, sde: SDE, *, continuous: bool = True, d
                                        reduce_mean=reduce_mean)
 
 
-__all__ = ["ScoreApply", "LossFn", "score_apply_from_model", "example_keys", "dsm_per_example", "dsm_loss",
-           "ddpm_grid", "smld_grid", "ddpm_loss", "smld_loss", "get_loss_fn"]
+__all__ = ["ScoreApply", "LossFn", "score_apply_from_model", "example_keys", "draw_time_and_noise",
+           "dsm_per_example", "dsm_loss", "ddpm_grid", "smld_grid", "ddpm_loss", "smld_loss", "get_loss_fn"]

@@ -8,7 +8,7 @@ import pytest
 import score_sde as ss
 from score_sde.analytic import gaussian_flow_map
 
-SDES = {"vp": ss.VPSDE(), "subvp": ss.SubVPSDE(), "ve": ss.VESDE()}
+from helpers import SDES
 
 
 def mixture_2d(dtype=jnp.float32):
@@ -76,7 +76,7 @@ def test_image_shaped_data():
     gmm = ss.GaussianMixture(jnp.array([0.5, 0.5]), means, 0.2)
     x = gmm.sample(key, 7)
     assert x.shape == (7, 4, 4, 1)
-    s = gmm.score_fn(ss.VPSDE())(x, jnp.full((7,), 0.3))
+    s = gmm.score_fn(SDES["vp"])(x, jnp.full((7,), 0.3))
     assert s.shape == x.shape and np.all(np.isfinite(s))
     with pytest.raises(ValueError, match=r"x must have shape \(B, \*\(4, 4, 1\)\)"):
         gmm.log_prob(jnp.ones((3, 16)))

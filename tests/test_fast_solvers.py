@@ -11,7 +11,8 @@ from score_sde.analytic import gaussian_flow_map
 from score_sde.solvers.data_prediction import data_prediction
 from score_sde.solvers.dpm_solver import budget_orders, multistep_orders
 
-SDES = {"vp": ss.VPSDE(), "subvp": ss.SubVPSDE(), "ve": ss.VESDE()}
+from helpers import SDES, CountingScore, sliced_w1
+
 GAUSS = ss.GaussianMixture(jnp.ones(1), jnp.array([[1.0, -0.5]]), 0.5)
 MIX = ss.GaussianMixture(jnp.array([0.4, 0.3, 0.2, 0.1]),
                          jnp.array([[1.5, 1.5], [-1.5, 1.5], [-1.5, -1.5], [1.5, -1.5]]),
@@ -92,13 +93,6 @@ def test_ddim_equals_dpm_solver_1(x64):
         np.testing.assert_allclose(x, ref, rtol=1e-10, atol=1e-10)
 
 
-def sliced_w1(a, b, n_dirs=64):
-    """Sliced 1-Wasserstein distance between two equal-size samples (64 fixed directions)."""
-    d = jax.random.normal(jax.random.PRNGKey(99), (n_dirs, a.shape[1]), a.dtype)
-    d = d / jnp.linalg.norm(d, axis=1, keepdims=True)
-    return float(jnp.mean(jnp.abs(jnp.sort(a @ d.T, axis=0) - jnp.sort(b @ d.T, axis=0))))
-
-
 def euler_maruyama(nfe):
     return solvers.get("euler_maruyama", n_steps=nfe - 1)  # + 1 denoising evaluation = nfe
 
@@ -130,20 +124,6 @@ def test_few_step_samplers_reach_the_data_where_euler_maruyama_does_not():
         assert int(info.nfe) == nfe and d < tol < d_em[nfe], (sampler, d, d_em)
 
 
-class CountingScore:
-    """A score function that counts its calls with a host callback (counts run-time evaluations)."""
-
-    def __init__(self, score):
-        self.score, self.calls = score, 0
-
-    def _bump(self):
-        self.calls += 1
-
-    def __call__(self, x, t):
-        jax.debug.callback(self._bump)
-        return self.score(x, t)
-
-
 @pytest.mark.parametrize("name, opts, want", [
     ("ddim", dict(n_steps=7, eta=0.5), 7),
     ("dpm_solver", dict(nfe=11, order=3, method="singlestep", denoise_to_zero=True), 11),
@@ -156,13 +136,12 @@ def test_nfe_is_the_number_of_evaluations_and_no_recompilation(name, opts, want)
     sampler = solvers.get(name, **opts)
     x, info = sampler(jax.random.PRNGKey(0), sde, counter, (8, 2))
     x = jax.block_until_ready(x)
-    assert int(info.nfe) == want == counter.calls
+    assert int(info.nfe) == want == counter.evals
     assert bool(jnp.all(jnp.isfinite(x))) and x.dtype == jnp.float32
-    # A second call with a new key reuses the compiled solve.
-    from score_sde.solvers.base import _sample_jit
-    before = _sample_jit._cached._cache_size()
+    # A second call with a new key reuses the compiled solve: the score is not traced again.
+    traces = counter.traces
     sampler(jax.random.PRNGKey(1), sde, counter, (8, 2))
-    assert _sample_jit._cached._cache_size() == before
+    assert traces > 0 and counter.traces == traces, "second call re-traced the score function"
 
 
 def test_step_order_schedules():

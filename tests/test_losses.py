@@ -22,11 +22,8 @@ import score_sde as ss
 from score_sde import losses
 from score_sde.models import MLP
 
-SDES = {
-    "vp": ss.VPSDE(beta_min=0.1, beta_max=20.0),
-    "subvp": ss.SubVPSDE(beta_min=0.1, beta_max=20.0),
-    "ve": ss.VESDE(sigma_min=0.01, sigma_max=50.0),
-}
+from helpers import SDES
+
 MU, S0, D = np.array([1.0, -0.5]), 0.5, 2
 
 
@@ -100,7 +97,7 @@ def test_perturbed_scores_have_larger_loss(name, perturb, x64):
     worse = losses.dsm_loss(exact_apply(sde, **perturb), sde, None, x0, keys, reduce_mean=False)
     # Expected excess, from the same draws.
     diff = lambda p, x, t, r: exact_apply(sde, **perturb)(p, x, t, r) - exact_apply(sde)(p, x, t, r)
-    t, z = losses._draw(keys, x0, lambda k: jax.random.uniform(k, (), x0.dtype, 1e-5, 1.0))
+    t, z = losses.draw_time_and_noise(keys, x0, lambda k: jax.random.uniform(k, (), x0.dtype, 1e-5, 1.0))
     mean, std = sde.marginal_prob(x0, t)
     x_t = mean + std[:, None] * z
     excess = jnp.mean(jnp.sum((std[:, None] * diff(None, x_t, t, None)) ** 2, axis=1))

@@ -16,6 +16,8 @@ from score_sde import models
 from score_sde.models import embeddings, resample
 from configs.default import get_default_configs
 
+from helpers import SDES
+
 
 def _variables(model, x, c, seed=0):
     """Deterministic variables without running the (slow to compile on CPU) random initialisers.
@@ -196,7 +198,7 @@ class ExactGaussianEps(nn.Module):
         return std * (x - alpha * self.mu) / (alpha**2 * self.s0**2 + std**2)
 
 
-@pytest.mark.parametrize("family, sde", [("vp", ss.VPSDE()), ("subvp", ss.SubVPSDE()), ("ve", ss.VESDE())])
+@pytest.mark.parametrize("family, sde", list(SDES.items()))
 def test_exact_noise_prediction_gives_exact_score(family, sde, x64):
     """float64; rtol 1e-8 (the only error is rounding in exp/log of the conditioning)."""
     mu, s0 = 0.7, 0.3

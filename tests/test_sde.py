@@ -9,11 +9,8 @@ import pytest
 
 import score_sde as ss
 
-SDES = {
-    "vp": ss.VPSDE(beta_min=0.1, beta_max=20.0),
-    "subvp": ss.SubVPSDE(beta_min=0.1, beta_max=20.0),
-    "ve": ss.VESDE(sigma_min=0.01, sigma_max=50.0),
-}
+from helpers import SDES
+
 TIMES = np.array([1e-5, 1e-3, 0.1, 0.37, 0.8, 1.0])
 
 

@@ -1,0 +1,78 @@
+"""Test helpers shared by several test files: the SDE table, a counting score and sliced W1.
+
+Imported as `from helpers import ...`: tests/ is not a package, so pytest's default
+("prepend") import mode puts tests/ on sys.path, for the whole suite and for a single file.
+"""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import numpy as np
+
+import score_sde as ss
+from score_sde.sde import ScoreFn
+
+# One SDE of each family with the paper's parameters (the library defaults, spelt out because
+# test_sde.py checks these SDEs against DESIGN.md's formulas with the same numbers).
+SDES = {
+    "vp": ss.VPSDE(beta_min=0.1, beta_max=20.0),
+    "subvp": ss.SubVPSDE(beta_min=0.1, beta_max=20.0),
+    "ve": ss.VESDE(sigma_min=0.01, sigma_max=50.0),
+}
+
+
+@dataclasses.dataclass(eq=False)
+class _Counts:
+    """Mutable counters. Not a pytree and hashed by identity: a static leaf under jit that stays
+    the same (no recompilation) however often the counts change."""
+
+    traces: int = 0
+    evals: int = 0
+
+    def bump(self):
+        self.evals += 1
+
+
+class CountingScore(eqx.Module):
+    """Wraps a score function and counts its Python traces and its run-time evaluations.
+
+    `traces` counts Python calls of `__call__`, i.e. traces: a jitted sampler that is called again
+    with new data or a new key and does not re-trace the score has not recompiled. `evals` counts
+    evaluations at run time (one `jax.debug.callback` per call of the traced function), i.e. the
+    number of function evaluations (NFE) a solve really made; reading it first waits for pending
+    callbacks (`jax.effects_barrier`).
+
+    An equinox Module, so the wrapped score's arrays (e.g. a `GaussianMixture`'s) stay traced
+    inputs of the jitted function, as they are without the wrapper; the counters are one static
+    leaf compared by identity. Each instance has its own counters.
+    """
+
+    score_fn: ScoreFn
+    counts: _Counts = eqx.field(default_factory=_Counts)
+
+    def __call__(self, x, t):
+        self.counts.traces += 1
+        jax.debug.callback(self.counts.bump)
+        return self.score_fn(x, t)
+
+    @property
+    def traces(self) -> int:
+        return self.counts.traces
+
+    @property
+    def evals(self) -> int:
+        jax.effects_barrier()
+        return self.counts.evals
+
+
+def sliced_w1(x, y, n_dirs=64, seed=0):
+    """Sliced Wasserstein-1 distance between two equal-size samples (B, *dims), in float64.
+
+    The mean over `n_dirs` fixed random unit directions (numpy, `seed`) of the 1-D W1 between
+    the projected samples, i.e. the mean absolute difference of their sorted projections.
+    """
+    x, y = (np.asarray(a, np.float64).reshape(len(a), -1) for a in (x, y))
+    d = np.random.default_rng(seed).normal(size=(x.shape[1], n_dirs))
+    d /= np.linalg.norm(d, axis=0)
+    return float(np.mean(np.abs(np.sort(x @ d, axis=0) - np.sort(y @ d, axis=0))))

@@ -207,7 +207,7 @@ class FlowEuler(StepSampler):
     def grid(self, sde, t_start, t_end, dtype):
         return time_steps(sde, "time_uniform", t_start, t_end, self.n_steps, dtype), None
 
-    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, hooked):
+    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
         return x + (t_next - t) * ss.probability_flow_drift(sde, score_fn, x, t), state
 
 

@@ -12,8 +12,8 @@ one `eqx.filter_jit`: options that are Python ints/strings/bools are static, arr
 with the same sampler and shapes does not recompile.
 
 Fixed-grid samplers (`StepSampler`) split like diffrax's solvers: the sampler gives its grid
-(`grid`), its extra state (`init`) and one step (`step`); `run_steps` is the single
-`lax.scan` that drives all of them, with per-step keys fold_in(key, i) and an optional
+(`grid`), its extra state (`init`) and one step (`step`); `run_steps` is the one loop
+(`lax.scan`, one per run of equal static step kinds) that drives all of them, with per-step keys fold_in(key, i) and an optional
 hook(x, t_next, key) -> x applied after every step (inpainting projections, guidance
 resets...). `start` is the one place the starting point is drawn: x_T from split(key)[0],
 so every sampler called with the same key starts from the same x_T.
@@ -156,13 +156,23 @@ class StepSampler(Sampler):
         """The state carried between steps besides x (default: none)."""
         return None
 
+    def step_kinds(self) -> list | None:
+        """A static kind per step (e.g. its order), or None when every step is alike.
+
+        `run_steps` runs each maximal run of equal kinds as one `lax.scan` and passes the kind to
+        `step` as a Python value, so steps that differ in structure (a lower-order warm-up, a
+        final Euler step) need no `lax.cond` / `lax.switch` inside the loop.
+        """
+        return None
+
     @abc.abstractmethod
     def step(self, sde: SDE, score_fn: ScoreFn, x: Array, state: Any, t: Array, t_next: Array,
-             inputs: Any, key: Array, hooked: bool) -> tuple[Array, Any]:
+             inputs: Any, key: Array, kind: Any = None, hooked: bool = False) -> tuple[Array, Any]:
         """One step x at t -> x at t_next (< t); returns (x_next, state).
 
-        `hooked` is True when a hook may change x between steps, so values cached at x
-        (e.g. a first-same-as-last stage) must not be reused.
+        `inputs` is this step's slice of the grid's per-step inputs, `kind` its entry of
+        `step_kinds()`. `hooked` is True when a hook may change x between steps, so values
+        cached at x (e.g. a first-same-as-last stage) must not be reused.
         """
 
     @abc.abstractmethod
@@ -186,26 +196,45 @@ class StepSampler(Sampler):
 
 def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: Array, ts: Array,
               inputs: Any = None, hook: Hook | None = None) -> Array:
-    """The driver: one `lax.scan` of sampler.step over the grid ts, then the hook; returns x at ts[-1].
+    """The driver: sampler.step over the grid ts, then the hook, in `lax.scan`s; returns x at ts[-1].
 
-    Step i gets the keys split(fold_in(key, i)) (step, hook), so every step's randomness is
-    reproducible and independent of how many steps came before.
+    One scan per run of equal `step_kinds()` (one scan when the sampler has none). Step i gets the
+    keys split(fold_in(key, i)) (step, hook), so every step's randomness is reproducible and
+    independent of how the steps are grouped.
     """
-    state = sampler.init(sde, score_fn, x, ts)
+    n = ts.shape[0] - 1
+    carry = (x, sampler.init(sde, score_fn, x, ts))
     hooked = hook is not None
+    for kind, start, stop in _runs(sampler.step_kinds(), n):
 
-    def body(carry, xs):
-        x, state = carry
-        i, t, t_next, inp = xs
-        k_step, k_hook = jax.random.split(jax.random.fold_in(key, i))
-        x, state = sampler.step(sde, score_fn, x, state, t, t_next, inp, k_step, hooked)
-        if hooked:
-            x = hook(x, t_next, k_hook)
-        return (x, state), None
+        def body(carry, xs, kind=kind):
+            x, state = carry
+            i, t, t_next, inp = xs
+            k_step, k_hook = jax.random.split(jax.random.fold_in(key, i))
+            x, state = sampler.step(sde, score_fn, x, state, t, t_next, inp, k_step, kind=kind, hooked=hooked)
+            if hooked:
+                x = hook(x, t_next, k_hook)
+            return (x, state), None
 
-    steps = jnp.arange(ts.shape[0] - 1)
-    (x, _), _ = lax.scan(body, (x, state), (steps, ts[:-1], ts[1:], inputs))
-    return x
+        xs = (jnp.arange(start, stop), ts[start:stop], ts[start + 1:stop + 1],
+              jax.tree.map(lambda a: a[start:stop], inputs))
+        carry, _ = lax.scan(body, carry, xs)
+    return carry[0]
+
+
+def _runs(kinds: list | None, n: int) -> list[tuple[Any, int, int]]:
+    """Maximal runs of equal kinds as (kind, start, stop); [(None, 0, n)] without kinds."""
+    if kinds is None:
+        return [(None, 0, n)]
+    if len(kinds) != n:
+        raise ValueError(f"step_kinds() gave {len(kinds)} kinds for a grid of {n} steps")
+    out = []
+    for i, k in enumerate(kinds):
+        if out and out[-1][0] == k:
+            out[-1] = (k, out[-1][1], i + 1)
+        else:
+            out.append((k, i, i + 1))
+    return out
 
 
 __all__ = ["Hook", "Sampler", "SampleInfo", "StepSampler", "check_n_steps", "run_steps"]

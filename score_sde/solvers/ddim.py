@@ -63,7 +63,7 @@ class DDIMSampler(StepSampler):
     def grid(self, sde, t_start, t_end, dtype):
         return time_steps(sde, self.skip, t_start, t_end, self.n_steps, dtype), None
 
-    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, hooked):
+    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
         return ddim_step(sde, score_fn, x, t, t_next, self.eta, key), state
 
 

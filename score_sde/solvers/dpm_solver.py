@@ -138,13 +138,6 @@ def multistep_orders(n_steps: int, order: int, lower_order_final: bool) -> list[
     return orders
 
 
-def order_branches(orders: list[int]) -> tuple[list[int], list[int]]:
-    """(present, branch): the distinct orders, sorted (one lax.switch branch each), and each step's
-    branch index. Only the chosen branch runs, so a step costs its own order's evaluations."""
-    present = sorted(set(orders))
-    return present, [present.index(o) for o in orders]
-
-
 class DPMSolverSampler(StepSampler):
     """DPM-Solver / DPM-Solver++ of order 1-3, singlestep or multistep.
 
@@ -205,16 +198,17 @@ class DPMSolverSampler(StepSampler):
     def final_denoise(self) -> bool:
         return self.denoise_to_zero
 
+    def step_kinds(self) -> list[int]:
+        return self.step_orders()
+
     def grid(self, sde, t_start, t_end, dtype):
         """The `skip` grid; a singlestep `nfe` budget places the steps on the grid of nfe intervals
-        (each step spans as many intervals as its order). Per-step input: the order's branch index."""
+        (each step spans as many intervals as its order)."""
         orders = self.step_orders()
         if self.method == "singlestep" and self.nfe is not None:
             fine = time_steps(sde, self.skip, t_start, t_end, sum(orders), dtype)
-            ts = fine[np.cumsum([0] + orders)]
-        else:
-            ts = time_steps(sde, self.skip, t_start, t_end, len(orders), dtype)
-        return ts, jnp.asarray(order_branches(orders)[1], jnp.int32)
+            return fine[np.cumsum([0] + orders)], None
+        return time_steps(sde, self.skip, t_start, t_end, len(orders), dtype), None
 
     def init(self, sde, score_fn, x, ts):
         """Multistep: the last max(order) predictions and their times, most recent first."""
@@ -223,18 +217,14 @@ class DPMSolverSampler(StepSampler):
         k = max(self.step_orders())
         return jnp.zeros((k,) + x.shape, x.dtype), jnp.full((k,), ts[0])
 
-    def step(self, sde, score_fn, x, state, t, t_next, branch, key, hooked):
-        present, _ = order_branches(self.step_orders())
+    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
+        """A step of order `kind`: singlestep (kind evaluations), or multistep (one evaluation, at x)."""
         if self.method == "singlestep":
-            branches = [lambda x, o=o: singlestep_update(sde, score_fn, x, t, t_next, o, self.algorithm)
-                        for o in present]
-            return jax.lax.switch(branch, branches, x), state
-        ms, hist = state  # multistep: one evaluation here, at the start of each step
+            return singlestep_update(sde, score_fn, x, t, t_next, kind, self.algorithm), state
+        ms, hist = state
         ms = jnp.concatenate([prediction(sde, score_fn, x, t, self.algorithm)[None], ms[:-1]])
         hist = jnp.concatenate([t[None], hist[:-1]])
-        branches = [lambda x, o=o: multistep_update(sde, x, ms, hist, t_next, o, self.algorithm) for o in present]
-        return jax.lax.switch(branch, branches, x), (ms, hist)
+        return multistep_update(sde, x, ms, hist, t_next, kind, self.algorithm), (ms, hist)
 
 
-__all__ = ["DPMSolverSampler", "singlestep_update", "multistep_update", "budget_orders", "multistep_orders",
-           "order_branches"]
+__all__ = ["DPMSolverSampler", "singlestep_update", "multistep_update", "budget_orders", "multistep_orders"]

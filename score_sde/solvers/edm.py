@@ -72,32 +72,32 @@ class EDMHeunSampler(StepSampler):
     def total_nfe(self, hooked: bool = False) -> int:
         return 2 * self.n_steps - 1
 
+    def step_kinds(self) -> list[str]:
+        """Heun's method on every step but the last, which is Euler (to sigma = 0)."""
+        return ["heun"] * (self.n_steps - 1) + ["euler"]
+
     def grid(self, sde, t_start, t_end, dtype):
         """Times of the noise levels sigma_0 > ... > sigma_{N-1} > sigma_N = 0, and per step
-        (sigma, sigma_hat, sigma_next, heun): Heun's method except on the last step (Euler)."""
+        (sigma, sigma_hat, sigma_next)."""
         t_end = jnp.asarray(t_end, dtype)
         sigmas = edm_sigmas(sde.std(t_end) / sde.alpha(t_end), sde.std(t_start) / sde.alpha(t_start),
                             self.n_steps, self.rho, dtype)
         hats = churn_levels(sigmas, self.s_churn, self.s_min, self.s_max)
         ts = jnp.append(sigma_to_time(sde, sigmas[:-1]).at[0].set(t_start), jnp.zeros((), dtype))
-        heun = jnp.arange(self.n_steps) < self.n_steps - 1
-        return ts, (sigmas[:-1], hats, sigmas[1:], heun)
+        return ts, (sigmas[:-1], hats, sigmas[1:])
 
-    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, hooked):
+    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
         """One step of Algorithm 2 from sigma (raised to sigma_hat) to sigma_next, in y = x / alpha."""
-        sigma, sigma_hat, sigma_next, heun = inputs
+        sigma, sigma_hat, sigma_next = inputs
         y = x / sde.alpha(t)
         if self.s_churn > 0:
             z = jax.random.normal(key, y.shape, y.dtype)
             y = y + jnp.sqrt(sigma_hat**2 - sigma**2) * self.s_noise * z
         d = (y - _denoiser(sde, score_fn, y, sigma_to_time(sde, sigma_hat))) / sigma_hat
-        y_euler = y + (sigma_next - sigma_hat) * d
-
-        def heun_correction():
-            d_next = (y_euler - _denoiser(sde, score_fn, y_euler, sigma_to_time(sde, sigma_next))) / sigma_next
-            return y + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
-
-        y_next = jax.lax.cond(heun, heun_correction, lambda: y_euler)
+        y_next = y + (sigma_next - sigma_hat) * d
+        if kind == "heun":
+            d_next = (y_next - _denoiser(sde, score_fn, y_next, sigma_to_time(sde, sigma_next))) / sigma_next
+            y_next = y + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
         return sde.alpha(t_next) * y_next, state
 
 

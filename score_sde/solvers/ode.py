@@ -120,7 +120,7 @@ class ODESampler(StepSampler):
     def init(self, sde, score_fn, x, ts):
         return get_ode_solver(self.solver).init(_flow_term(sde, score_fn), ts[0], ts[1], x, None)
 
-    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, hooked):
+    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
         solver = get_ode_solver(self.solver)
         x, _, _, state, _ = solver.step(_flow_term(sde, score_fn), t, t_next, x, None, state, made_jump=hooked)
         return x, state

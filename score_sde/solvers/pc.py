@@ -68,7 +68,7 @@ class PCSampler(StepSampler):
     def grid(self, sde, t_start, t_end, dtype):
         return time_steps(sde, "time_uniform", t_start, t_end, self.n_steps, dtype), None
 
-    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, hooked):
+    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
         kc, kp = jax.random.split(key)
         x = self.corrector.correct(kc, sde, score_fn, x, t, t_next)
         return self.predictor.step(kp, sde, score_fn, x, t, t_next), state
@@ -104,8 +104,8 @@ class EulerMaruyamaSampler(StepSampler):
     def grid(self, sde, t_start, t_end, dtype):
         return self.as_pc().grid(sde, t_start, t_end, dtype)
 
-    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, hooked):
-        return self.as_pc().step(sde, score_fn, x, state, t, t_next, inputs, key, hooked)
+    def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
+        return self.as_pc().step(sde, score_fn, x, state, t, t_next, inputs, key, kind, hooked)
 
 
 __all__ = ["PCSampler", "EulerMaruyamaSampler", "PREDICTORS", "CORRECTORS"]

@@ -223,3 +223,15 @@ def test_a_new_step_sampler_gets_the_driver_for_free(x64):
     x, _ = FlowEuler(n_steps=20)(key, sde, score, x_init=x_t, t_init=0.3)
     ref, _ = reference(key, sde, score, x_init=x_t, t_init=0.3)
     np.testing.assert_allclose(x, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_dtype_from_argument_or_x_init(x64):
+    """A numpy dtype object is honoured (it is falsy: len() of a dtype is 0); x_init's dtype is the default."""
+    sde, sampler = SDES["vp"], solvers.get("ddim", n_steps=3)
+    score = MIX2D.score_fn(sde)
+    x, _ = sampler(jax.random.PRNGKey(0), sde, score, (4, 2), np.dtype("float64"))
+    assert x.dtype == jnp.float64
+    x, _ = sampler(jax.random.PRNGKey(0), sde, score, x_init=np.ones((4, 2), np.float64), t_init=0.5)
+    assert x.dtype == jnp.float64
+    x, _ = sampler(jax.random.PRNGKey(0), sde, score, (4, 2))
+    assert x.dtype == jnp.float32

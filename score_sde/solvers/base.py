@@ -117,7 +117,8 @@ def _check_start(sampler, sde, shape, dtype, x_init, t_init):
         if shape is not None and tuple(int(s) for s in shape) != x_shape:
             raise ValueError(f"shape {tuple(shape)} differs from x_init's shape {x_shape}; pass one of them")
         shape = x_shape
-        dtype = dtype or (x_init.dtype if jnp.issubdtype(jnp.result_type(x_init), jnp.floating) else None)
+        if dtype is None and jnp.issubdtype(jnp.result_type(x_init), jnp.floating):
+            dtype = jnp.result_type(x_init)
     elif t_init is not None:
         raise ValueError("t_init needs x_init: the state to start from at that time")
     if shape is None:
@@ -129,7 +130,7 @@ def _check_start(sampler, sde, shape, dtype, x_init, t_init):
         t, eps = float(jnp.asarray(t_init)), sampler.resolved_eps(sde)
         if not eps < t <= sde.T:
             raise ValueError(f"t_init must lie in (eps, T] = ({eps}, {sde.T}], got {t}")
-    return shape, jnp.dtype(dtype or jnp.float32)
+    return shape, jnp.dtype(jnp.float32 if dtype is None else dtype)
 
 
 @eqx.filter_jit
@@ -211,10 +212,10 @@ def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: 
             x, state = carry
             i, t, t_next, inp = xs
             k_step, k_hook = jax.random.split(jax.random.fold_in(key, i))
-            x, state = sampler.step(sde, score_fn, x, state, t, t_next, inp, k_step, kind=kind, hooked=hooked)
+            x_next, state = sampler.step(sde, score_fn, x, state, t, t_next, inp, k_step, kind=kind, hooked=hooked)
             if hooked:
-                x = hook(x, t_next, k_hook)
-            return (x, state), None
+                x_next = hook(x_next, t_next, k_hook)
+            return (x_next.astype(x.dtype), state), None  # the requested dtype, whatever the score returns
 
         xs = (jnp.arange(start, stop), ts[start:stop], ts[start + 1:stop + 1],
               jax.tree.map(lambda a: a[start:stop], inputs))

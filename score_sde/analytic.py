@@ -45,6 +45,14 @@ class GaussianMixture(eqx.Module):
         stds = jnp.broadcast_to(jnp.asarray(stds, dtype=means.dtype), (k,))
         if weights.shape != (k,):
             raise ValueError(f"weights must have shape ({k},) to match means, got {weights.shape}")
+        if not isinstance(weights, jax.core.Tracer):  # traced values (built inside jit) cannot be checked
+            w = weights
+            if not bool(jnp.all(jnp.isfinite(w))) or bool(jnp.any(w < 0)) or not bool(jnp.sum(w) > 0):
+                raise ValueError(f"weights must be finite, >= 0 and not all 0, got {w.tolist()}")
+        if not isinstance(stds, jax.core.Tracer):
+            sd = stds
+            if not bool(jnp.all(jnp.isfinite(sd))) or bool(jnp.any(sd <= 0)):
+                raise ValueError(f"stds must be finite and > 0, got {sd.tolist()}")
         self.weights = weights / jnp.sum(weights)
         self.means = means.reshape(k, -1)
         self.stds = stds

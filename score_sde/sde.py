@@ -32,6 +32,22 @@ def batch_times(t, batch: int, dtype=None) -> Array:
     return jnp.broadcast_to(t, (batch,))
 
 
+def _concrete(**values) -> dict[str, float]:
+    """The values that are concrete numbers (Python / numpy scalars, concrete arrays) as floats.
+
+    SDEs may be built inside `jit` from traced parameters; those cannot be checked and are skipped.
+    """
+    out = {}
+    for name, v in values.items():
+        if isinstance(v, jax.core.Tracer):
+            continue
+        try:
+            out[name] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 def expand_to(c: Array, x: Array) -> Array:
     """Reshapes a per-example coefficient (B,) so it broadcasts against x (B, *dims)."""
     c = jnp.asarray(c)
@@ -134,6 +150,13 @@ class VPSDE(SDE):
     beta_min: float = 0.1
     beta_max: float = 20.0
 
+    def __check_init__(self):
+        v = _concrete(beta_min=self.beta_min, beta_max=self.beta_max, T=self.T)
+        bad = [f"{k}={x}" for k, x in v.items() if not math.isfinite(x) or x < 0]
+        if bad or v.get("T", 1.0) == 0 or (len(v) == 3 and v["beta_min"] + v["beta_max"] == 0):
+            raise ValueError(f"{type(self).__name__} needs finite beta_min >= 0, beta_max >= 0 (not both 0) and "
+                             f"T > 0; got beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}")
+
     def beta(self, t):
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
@@ -171,6 +194,15 @@ class VESDE(SDE):
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     sampling_eps: ClassVar[float] = 1e-5
+
+    def __check_init__(self):
+        v = _concrete(sigma_min=self.sigma_min, sigma_max=self.sigma_max, T=self.T)
+        ok = all(math.isfinite(x) for x in v.values()) and v.get("sigma_min", 1.0) > 0 and v.get("T", 1.0) > 0
+        if ok and len(v) == 3:
+            ok = v["sigma_min"] < v["sigma_max"]
+        if not ok:
+            raise ValueError(f"VESDE needs finite 0 < sigma_min < sigma_max and T > 0; got sigma_min={self.sigma_min}, "
+                             f"sigma_max={self.sigma_max}, T={self.T}")
 
     def sigma(self, t):
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t

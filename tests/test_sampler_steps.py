@@ -235,3 +235,12 @@ def test_dtype_from_argument_or_x_init(x64):
     assert x.dtype == jnp.float64
     x, _ = sampler(jax.random.PRNGKey(0), sde, score, (4, 2))
     assert x.dtype == jnp.float32
+
+
+def test_float64_score_with_float32_sampling_is_cast(x64):
+    """A score that returns float64 (e.g. a mixture built under x64) does not break float32 sampling."""
+    sde = SDES["vp"]
+    mix64 = ss.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-2.0, 0.0], [1.5, 1.0]]), jnp.array([0.3, 0.5]))
+    for sampler in (solvers.get("dpm_solver", n_steps=4, denoise_to_zero=True), solvers.get("pc", n_steps=4)):
+        x, _ = sampler(jax.random.PRNGKey(0), sde, mix64.score_fn(sde), (4, 2), jnp.float32)
+        assert x.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(x)))

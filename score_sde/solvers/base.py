@@ -135,7 +135,16 @@ def _check_start(sampler, sde, shape, dtype, x_init, t_init):
 
 @eqx.filter_jit
 def _sample_jit(sampler, key, sde, score_fn, shape, dtype, x_init, t_init, hook):
-    return sampler.sample(key, sde, score_fn, shape, dtype, x_init, t_init, hook)
+    return sampler.sample(key, sde, SameDtypeScore(score_fn), shape, dtype, x_init, t_init, hook)
+
+
+class SameDtypeScore(eqx.Module):
+    """A score function whose output has x's dtype (a float64 score in a float32 solve is cast)."""
+
+    score_fn: ScoreFn
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        return jnp.asarray(self.score_fn(x, t)).astype(x.dtype)
 
 
 class StepSampler(Sampler):
@@ -191,7 +200,7 @@ class StepSampler(Sampler):
         ts, inputs = self.grid(sde, t_start, eps, dtype)
         x = run_steps(self, k_loop, sde, score_fn, x, ts, inputs, hook)
         if self.final_denoise:
-            x = data_prediction(sde, score_fn, x, jnp.asarray(eps, dtype))
+            x = data_prediction(sde, score_fn, x, jnp.asarray(eps, dtype)).astype(dtype)
         return x, SampleInfo(nfe=jnp.asarray(self.total_nfe(hook is not None), jnp.int32))
 
 
@@ -215,7 +224,7 @@ def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: 
             x_next, state = sampler.step(sde, score_fn, x, state, t, t_next, inp, k_step, kind=kind, hooked=hooked)
             if hooked:
                 x_next = hook(x_next, t_next, k_hook)
-            return (x_next.astype(x.dtype), state), None  # the requested dtype, whatever the score returns
+            return (x_next.astype(x.dtype), state), None  # the requested dtype, whatever a step computes in
 
         xs = (jnp.arange(start, stop), ts[start:stop], ts[start + 1:stop + 1],
               jax.tree.map(lambda a: a[start:stop], inputs))

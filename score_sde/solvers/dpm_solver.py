@@ -222,7 +222,7 @@ class DPMSolverSampler(StepSampler):
         if self.method == "singlestep":
             return singlestep_update(sde, score_fn, x, t, t_next, kind, self.algorithm), state
         ms, hist = state
-        ms = jnp.concatenate([prediction(sde, score_fn, x, t, self.algorithm)[None], ms[:-1]])
+        ms = jnp.concatenate([prediction(sde, score_fn, x, t, self.algorithm).astype(ms.dtype)[None], ms[:-1]])
         hist = jnp.concatenate([t[None], hist[:-1]])
         return multistep_update(sde, x, ms, hist, t_next, kind, self.algorithm), (ms, hist)
 

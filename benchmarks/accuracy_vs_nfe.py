@@ -36,19 +36,19 @@ def half(nfe):
     return max(1, (nfe - 1) // 2)
 
 
-# label -> (name, options for a target NFE, output is denoised, deterministic, x_T from split(key)[0])
+# label -> (name, options for a target NFE, output is denoised, deterministic); every sampler draws x_T from split(key)[0]
 CANDIDATES = {
-    "ddim (eta=0)": ("ddim", lambda n: dict(n_steps=n), False, True, True),
-    "ddim (eta=0, logSNR)": ("ddim", lambda n: dict(n_steps=n, skip="logSNR"), False, True, True),
-    "dpm_solver++ 2M": ("dpm_solver", lambda n: dict(nfe=n, order=2, method="multistep"), False, True, True),
-    "dpm_solver++ 3M": ("dpm_solver", lambda n: dict(nfe=n, order=3, method="multistep"), False, True, True),
-    "dpm_solver++ 3S": ("dpm_solver", lambda n: dict(nfe=n, order=3, method="singlestep"), False, True, True),
+    "ddim (eta=0)": ("ddim", lambda n: dict(n_steps=n), False, True),
+    "ddim (eta=0, logSNR)": ("ddim", lambda n: dict(n_steps=n, skip="logSNR"), False, True),
+    "dpm_solver++ 2M": ("dpm_solver", lambda n: dict(nfe=n, order=2, method="multistep"), False, True),
+    "dpm_solver++ 3M": ("dpm_solver", lambda n: dict(nfe=n, order=3, method="multistep"), False, True),
+    "dpm_solver++ 3S": ("dpm_solver", lambda n: dict(nfe=n, order=3, method="singlestep"), False, True),
     "dpm_solver 3S": ("dpm_solver", lambda n: dict(nfe=n, order=3, method="singlestep", algorithm="dpmsolver"),
-                      False, True, True),
-    "edm_heun": ("edm_heun", lambda n: dict(n_steps=(n + 1) // 2), True, True, True),
-    "euler_maruyama": ("euler_maruyama", lambda n: dict(n_steps=max(1, n - 1)), True, False, True),
-    "pc (reverse_diffusion+langevin)": ("pc", lambda n: dict(n_steps=half(n)), True, False, True),
-    "ode (heun, fixed steps)": ("ode", lambda n: dict(solver="heun", n_steps=half(n)), True, True, False),
+                      False, True),
+    "edm_heun": ("edm_heun", lambda n: dict(n_steps=(n + 1) // 2), True, True),
+    "euler_maruyama": ("euler_maruyama", lambda n: dict(n_steps=max(1, n - 1)), True, False),
+    "pc (reverse_diffusion+langevin)": ("pc", lambda n: dict(n_steps=half(n)), True, False),
+    "ode (heun, fixed steps)": ("ode", lambda n: dict(solver="heun", n_steps=half(n)), True, True),
 }
 
 
@@ -78,19 +78,16 @@ def run(quick: bool):
     truth = MIX.sample(jax.random.PRNGKey(1000), n)
     floor = sum(sliced_w1(MIX.sample(jax.random.PRNGKey(2 * i + 1), n), MIX.sample(jax.random.PRNGKey(2 * i + 2), n))
                 for i in range(4)) / 4
-    refs = {}
-    for split in (True, False):
-        x_t = sde.prior_sampling(jax.random.split(key)[0] if split else key, shape, jnp.float64)
-        x_eps = reference_flow(x_t)
-        refs[split] = {False: x_eps, True: data_prediction(sde, score, x_eps, 1e-3)}
+    x_eps = reference_flow(sde.prior_sampling(jax.random.split(key)[0], shape, jnp.float64))  # the samplers' x_T
+    refs = {False: x_eps, True: data_prediction(sde, score, x_eps, 1e-3)}
     rows = {}
-    for label, (name, opts, denoised, deterministic, split) in CANDIDATES.items():
+    for label, (name, opts, denoised, deterministic) in CANDIDATES.items():
         if name not in solvers.names():
             continue
         rows[label] = []
         for target in budgets:
             x, info = solvers.get(name, **opts(target))(key, sde, score, shape, jnp.float64)
-            err = float(jnp.sqrt(jnp.mean((x - refs[split][denoised]) ** 2))) if deterministic else math.nan
+            err = float(jnp.sqrt(jnp.mean((x - refs[denoised]) ** 2))) if deterministic else math.nan
             rows[label].append((target, int(info.nfe), sliced_w1(x, truth), err))
             print(label, rows[label][-1], flush=True)
     return rows, floor, n, budgets

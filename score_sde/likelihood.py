@@ -26,6 +26,7 @@ from score_sde.bpd import bits_per_dim, bpd_offset, dequantize_scaled, scale_lev
 from score_sde.divergence import PROBES, exact_divergence, hutchinson_divergence, sample_probe
 from score_sde.lookup import check_choice
 from score_sde.sde import SDE, Array, ScoreFn, default_eps, probability_flow_drift
+from score_sde.solvers.base import check_score_shape
 from score_sde.solvers.ode import ODE_SOLVERS, get_ode_solver, solve_nfe
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -73,6 +74,7 @@ def _vector_field(t, state, args):
 
 @eqx.filter_jit
 def _solve(key, sde, score_fn, x, solver, divergence, probe, fused, rtol, atol, eps, max_steps):
+    check_score_shape(score_fn, x)
     e = None if divergence == "exact" else sample_probe(key, x.shape, x.dtype, probe)
     state0 = (x, jnp.zeros(x.shape[:1], x.dtype))
     sol = diffrax.diffeqsolve(
@@ -128,6 +130,16 @@ def log_likelihood(key: Array | None, sde: SDE, score_fn: ScoreFn, x: Array, *,
     if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be floating with shape (B, *dims), got {x.dtype} {x.shape}; "
                          "dequantise integer data first (uniform_dequantize)")
+    if x.shape[0] == 0:
+        raise ValueError(f"x holds no examples (batch size 0, shape {x.shape})")
+    if not isinstance(x, jax.core.Tracer):  # traced data (inside jit / pmap) cannot be inspected
+        bad = jnp.flatnonzero(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1))
+        if bad.size:
+            raise ValueError(f"x has non-finite values (NaN/Inf) in example(s) {bad[:10].tolist()}"
+                             f"{' ...' if bad.size > 10 else ''} of {x.shape[0]}; clean the data first")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(tol, jax.core.Tracer) and not float(tol) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {tol}")
     if int(max_steps) < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps}")
     eps = default_eps(sde, "likelihood") if eps is None else float(eps)

@@ -133,8 +133,25 @@ def _check_start(sampler, sde, shape, dtype, x_init, t_init):
     return shape, jnp.dtype(jnp.float32 if dtype is None else dtype)
 
 
+def check_score_shape(score_fn: ScoreFn, x: Array) -> None:
+    """Raises ValueError unless score_fn(x, t) has x's shape (checked at trace time, no evaluation).
+
+    A score of another shape, e.g. (B, 1) for x (B, D), would broadcast silently in the update.
+    An empty batch (B = 0) is refused too: there is nothing to sample.
+    """
+    if x.shape[0] == 0:
+        raise ValueError(f"the batch size is 0 (shape {tuple(x.shape)}); ask for at least one example")
+    t = jax.ShapeDtypeStruct(x.shape[:1], x.dtype)
+    out = jax.eval_shape(score_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), t)
+    got = getattr(out, "shape", None)
+    if got != tuple(x.shape):
+        raise ValueError(f"score_fn(x, t) returned shape {got} for x of shape {tuple(x.shape)}; "
+                         "a score has the shape of x")
+
+
 @eqx.filter_jit
 def _sample_jit(sampler, key, sde, score_fn, shape, dtype, x_init, t_init, hook):
+    check_score_shape(score_fn, jax.ShapeDtypeStruct(shape, dtype))
     return sampler.sample(key, sde, SameDtypeScore(score_fn), shape, dtype, x_init, t_init, hook)
 
 
@@ -212,6 +229,7 @@ def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: 
     keys split(fold_in(key, i)) (step, hook), so every step's randomness is reproducible and
     independent of how the steps are grouped.
     """
+    check_score_shape(score_fn, x)
     n = ts.shape[0] - 1
     carry = (x, sampler.init(sde, score_fn, x, ts))
     hooked = hook is not None
@@ -247,4 +265,4 @@ def _runs(kinds: list | None, n: int) -> list[tuple[Any, int, int]]:
     return out
 
 
-__all__ = ["Hook", "Sampler", "SampleInfo", "StepSampler", "check_n_steps", "run_steps"]
+__all__ = ["Hook", "Sampler", "SampleInfo", "StepSampler", "check_n_steps", "check_score_shape", "run_steps"]

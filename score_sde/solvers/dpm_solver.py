@@ -64,8 +64,14 @@ def _time_at_fraction(sde: SDE, s: Array, t: Array, r: float) -> Array:
 
 
 def singlestep_update(sde: SDE, score_fn: ScoreFn, x: Array, s: Array, t: Array, order: int,
-                      algorithm: str) -> Array:
-    """One singlestep DPM-Solver(++)-`order` step x_s -> x_t; `order` score evaluations."""
+                      algorithm: str, inner: tuple[Array, ...] | None = None) -> Array:
+    """One singlestep DPM-Solver(++)-`order` step x_s -> x_t; `order` score evaluations.
+
+    Args:
+      inner: the order - 1 intermediate times between s and t; default the logSNR fractions
+        r1 = 1/2 (order 2) or r1, r2 = 1/3, 2/3 (order 3). Any r_i = (lambda(s_i) - lambda(s)) / h
+        works: the sampler passes times that follow its time spacing, as the reference code does.
+    """
     pred = lambda y, u: prediction(sde, score_fn, y, u, algorithm)  # noqa: E731
     a_s, _, l_s = frame(sde, s, algorithm)
     a_t, w_t, l_t = frame(sde, t, algorithm)
@@ -74,15 +80,18 @@ def singlestep_update(sde: SDE, score_fn: ScoreFn, x: Array, s: Array, t: Array,
     x_t = a_t / a_s * x - w_t * _phi1(h) * m_s
     if order == 1:
         return x_t
-    r1 = 0.5 if order == 2 else 1.0 / 3.0
-    s1 = _time_at_fraction(sde, s, t, r1)
-    a_1, w_1, _ = frame(sde, s1, algorithm)
+    if inner is None:
+        fractions = (0.5,) if order == 2 else (1.0 / 3.0, 2.0 / 3.0)
+        inner = tuple(_time_at_fraction(sde, s, t, r) for r in fractions)
+    s1 = inner[0]
+    a_1, w_1, l_1 = frame(sde, s1, algorithm)
+    r1 = (l_1 - l_s) / h
     m_1 = pred(a_1 / a_s * x - w_1 * _phi1(r1 * h) * m_s, s1)
     if order == 2:
         return x_t - w_t * _phi1(h) * (m_1 - m_s) / (2.0 * r1)
-    r2 = 2.0 / 3.0
-    s2 = _time_at_fraction(sde, s, t, r2)
-    a_2, w_2, _ = frame(sde, s2, algorithm)
+    s2 = inner[1]
+    a_2, w_2, l_2 = frame(sde, s2, algorithm)
+    r2 = (l_2 - l_s) / h
     u_2 = a_2 / a_s * x - w_2 * _phi1(r2 * h) * m_s - r2 / r1 * w_2 * _phi2(r2 * h) * (m_1 - m_s)
     m_2 = pred(u_2, s2)
     return x_t - w_t * _phi2(h) * (m_2 - m_s) / r2
@@ -149,8 +158,9 @@ class DPMSolverSampler(StepSampler):
       n_steps: number of steps N from T to eps (default 20 when `nfe` is not given either).
         NFE = order * N (singlestep) or N (multistep), + 1 with denoise_to_zero.
       nfe: alternatively, a budget of score evaluations (Lu et al.'s `steps`): singlestep splits it
-        into steps of decreasing order (`budget_orders`) placed on the `skip` grid of nfe
-        intervals; multistep uses nfe steps (nfe - 1 with denoise_to_zero). Give n_steps or nfe.
+        into steps of decreasing order (`budget_orders`), equal in logSNR (skip="logSNR") or placed
+        on the `skip` grid of nfe intervals; multistep uses nfe steps (nfe - 1 with denoise_to_zero).
+        Give n_steps or nfe.
       skip: time spacing "logSNR", "time_uniform" or "time_quadratic".
       eps: smallest time; None -> the SDE's convention.
       denoise_to_zero: finish with Tweedie's x0_hat at eps (one more evaluation).
@@ -202,10 +212,11 @@ class DPMSolverSampler(StepSampler):
         return self.step_orders()
 
     def grid(self, sde, t_start, t_end, dtype):
-        """The `skip` grid; a singlestep `nfe` budget places the steps on the grid of nfe intervals
-        (each step spans as many intervals as its order)."""
+        """The `skip` grid of one interval per step. A singlestep `nfe` budget on a time spacing
+        places the steps on the grid of nfe intervals (each step spans as many as its order); on
+        logSNR its steps are equal in logSNR, as in Lu et al. (2022a, Sec. 3.4) and their code."""
         orders = self.step_orders()
-        if self.method == "singlestep" and self.nfe is not None:
+        if self.method == "singlestep" and self.nfe is not None and self.skip != "logSNR":
             fine = time_steps(sde, self.skip, t_start, t_end, sum(orders), dtype)
             return fine[np.cumsum([0] + orders)], None
         return time_steps(sde, self.skip, t_start, t_end, len(orders), dtype), None
@@ -220,7 +231,10 @@ class DPMSolverSampler(StepSampler):
     def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
         """A step of order `kind`: singlestep (kind evaluations), or multistep (one evaluation, at x)."""
         if self.method == "singlestep":
-            return singlestep_update(sde, score_fn, x, t, t_next, kind, self.algorithm), state
+            inner = None  # logSNR spacing: the fractions 1/2 or 1/3, 2/3
+            if kind > 1 and self.skip != "logSNR":  # intermediate times follow the spacing (reference code)
+                inner = tuple(time_steps(sde, self.skip, t, t_next, kind, t.dtype)[1:-1])
+            return singlestep_update(sde, score_fn, x, t, t_next, kind, self.algorithm, inner), state
         ms, hist = state
         ms = jnp.concatenate([prediction(sde, score_fn, x, t, self.algorithm).astype(ms.dtype)[None], ms[:-1]])
         hist = jnp.concatenate([t[None], hist[:-1]])

@@ -242,7 +242,8 @@ def write_state_dict(path: str, state: Mapping[str, np.ndarray], legacy: bool = 
 
     `torch.load` reads the result; used by the tests to build a weights file from numpy.
     """
-    arrays = {k: np.ascontiguousarray(v, dtype=np.dtype(v.dtype).newbyteorder("<")) for k, v in state.items()}
+    arrays = {k: np.array(v, dtype=np.dtype(np.asarray(v).dtype).newbyteorder("<"), order="C")
+              for k, v in state.items()}  # np.array, not ascontiguousarray: 0-d tensors stay 0-d
     storages = [_StorageOut(a, str(i)) for i, a in enumerate(arrays.values())]
     obj = collections.OrderedDict((k, _TensorOut(s)) for k, s in zip(arrays, storages))
     buf = io.BytesIO()

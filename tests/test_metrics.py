@@ -1,0 +1,265 @@
+"""FID / KID / IS (score_sde.metrics): the torch-free weights reader, the Flax FID Inception, closed forms.
+
+No real weights exist offline: a random-weight state dict with pytorch-fid's key names and shapes is
+written from numpy in torch's own file formats (zip and legacy) and loaded back. Equivalence with
+pytorch-fid's forward pass is checked by benchmarks/fid_equivalence.py (needs torch; not run here).
+The network runs on tiny images resized to 75 x 75 (the smallest input it accepts) to stay cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from score_sde import metrics
+from score_sde.metrics import inception as inc
+
+SMALL = 75  # resize_to in tests; the standard metric uses 299 (checked against pytorch-fid in the benchmark)
+
+
+def _random_state_dict(seed=0, with_counters=True):
+    """pytorch-fid's FID Inception state dict with random values that keep activations O(1)."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for k, s in metrics.expected_state_dict_shapes().items():
+        if k.endswith("conv.weight"):
+            sd[k] = rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:]))
+        elif k == "fc.weight":
+            sd[k] = rng.standard_normal(s) / np.sqrt(s[1])
+        elif k.endswith(("bn.weight", "running_var")):
+            sd[k] = 0.5 + rng.random(s)
+        else:
+            sd[k] = 0.1 * rng.standard_normal(s)
+        sd[k] = sd[k].astype(np.float32)
+        if with_counters and k.endswith("bn.running_var"):  # as a torch module's state dict has
+            sd[k.replace("running_var", "num_batches_tracked")] = np.array(0, np.int64)
+    return sd
+
+
+@pytest.fixture(scope="module")
+def state_dict():
+    return _random_state_dict()
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory, state_dict):
+    path = str(tmp_path_factory.mktemp("weights") / "pt_inception-2015-12-05-test.pth")
+    metrics.write_state_dict(path, state_dict)
+    return path
+
+
+@pytest.fixture(scope="module")
+def net(weights_file, tmp_path_factory):
+    return metrics.load_inception(weights_file, cache_dir=str(tmp_path_factory.mktemp("cache")), resize_to=SMALL)
+
+
+def _images(n, size=16, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+# ---- the state dict: names, shapes, file formats ---------------------------------------------------
+
+def test_expected_keys_are_pytorch_fids():
+    """Key names and shapes of pytorch-fid's FIDInceptionV3 (torchvision Inception-v3, 1008 classes, no aux)."""
+    shapes = metrics.expected_state_dict_shapes()
+    assert len(shapes) == 472  # 94 conv+bn layers x 5 tensors + fc weight and bias
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 23_885_392  # torch's count (benchmark prints it)
+    assert shapes["Conv2d_1a_3x3.conv.weight"] == (32, 3, 3, 3)
+    assert shapes["Conv2d_4a_3x3.bn.running_var"] == (192,)
+    assert shapes["Mixed_5b.branch_pool.conv.weight"] == (32, 192, 1, 1)
+    assert shapes["Mixed_6e.branch7x7_2.conv.weight"] == (192, 192, 1, 7)
+    assert shapes["Mixed_7a.branch7x7x3_4.conv.weight"] == (192, 192, 3, 3)
+    assert shapes["Mixed_7c.branch3x3dbl_3b.conv.weight"] == (384, 384, 3, 1)
+    assert shapes["fc.weight"] == (1008, 2048) and shapes["fc.bias"] == (1008,)
+    assert not any("AuxLogits" in k for k in shapes)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_state_dict_round_trip(tmp_path, legacy):
+    """write_state_dict -> read_state_dict is exact, in both torch formats, any dtype and 0-d tensors."""
+    sd = {"a.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "b.num_batches_tracked": np.array(7, np.int64),
+          "c": np.linspace(0, 1, 5), "d": np.array([True, False])}
+    path = str(tmp_path / "x.pth")
+    metrics.write_state_dict(path, sd, legacy=legacy)
+    assert zipfile.is_zipfile(path) != legacy
+    got = metrics.read_state_dict(path)
+    assert list(got) == list(sd)
+    for k in sd:
+        assert got[k].dtype == sd[k].dtype and np.array_equal(got[k], sd[k]), k
+
+
+def test_unpickler_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return os.system, ("echo owned",)
+
+    path = str(tmp_path / "evil.pth")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("evil/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
+    with pytest.raises(metrics.WeightsError, match="refusing to unpickle"):
+        metrics.read_state_dict(path)
+
+
+def test_not_a_weights_file(tmp_path):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(pickle.dumps("hello"))
+    with pytest.raises(metrics.WeightsError, match="not a torch.save file"):
+        metrics.read_state_dict(str(path))
+    with pytest.raises(FileNotFoundError, match="download"):
+        metrics.read_state_dict(str(tmp_path / "absent.pth"))
+
+
+def test_wrong_key_or_shape_is_named(state_dict, tmp_path):
+    missing = dict(state_dict)
+    del missing["Mixed_6c.branch7x7dbl_3.bn.running_mean"]
+    with pytest.raises(metrics.WeightsError, match=r"missing key 'Mixed_6c\.branch7x7dbl_3\.bn\.running_mean'"):
+        metrics.state_dict_to_variables(missing)
+    extra = {**state_dict, "AuxLogits.fc.weight": np.zeros((1000, 768), np.float32)}
+    with pytest.raises(metrics.WeightsError, match="unexpected key 'AuxLogits.fc.weight'"):
+        metrics.state_dict_to_variables(extra)
+    renamed = {("fc.weights" if k == "fc.weight" else k): v for k, v in state_dict.items()}
+    with pytest.raises(metrics.WeightsError, match="missing key 'fc.weight'"):
+        metrics.state_dict_to_variables(renamed)
+    bad = {**state_dict, "fc.weight": np.zeros((1000, 2048), np.float32)}  # torchvision's 1000 classes
+    path = str(tmp_path / "bad.pth")
+    metrics.write_state_dict(path, bad, legacy=True)
+    with pytest.raises(metrics.WeightsError, match=r"key 'fc.weight' has shape \(1000, 2048\), expected \(1008, 2048\)"):
+        metrics.load_inception_variables(path, cache_dir=str(tmp_path))
+    assert not os.path.exists(tmp_path / "bad.npz")  # nothing cached from a bad file
+
+
+def test_conversion_is_cached(weights_file, state_dict, tmp_path):
+    v1 = metrics.load_inception_variables(weights_file, cache_dir=str(tmp_path))
+    cache = tmp_path / (os.path.splitext(os.path.basename(weights_file))[0] + ".npz")
+    assert cache.exists()
+    v2 = metrics.load_inception_variables("/nonexistent/" + os.path.basename(weights_file), cache_dir=str(tmp_path))
+    k = state_dict["Mixed_5b.branch5x5_2.conv.weight"]
+    np.testing.assert_array_equal(v1["params"]["Mixed_5b"]["branch5x5_2"]["conv"]["kernel"], k.transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(v2["params"]["fc"]["kernel"], state_dict["fc.weight"].T)
+    np.testing.assert_array_equal(v2["batch_stats"]["Mixed_7c"]["branch_pool"]["bn"]["var"],
+                                  state_dict["Mixed_7c.branch_pool.bn.running_var"])
+
+
+# ---- the network -------------------------------------------------------------------------------------
+
+def test_resize_matches_torch_bilinear():
+    """align_corners=False weights: halving averages pairs; doubling gives 1, 3/4 1/4, 1/4 3/4, 1."""
+    np.testing.assert_allclose(inc.resize_matrix(4, 2), [[.5, .5, 0, 0], [0, 0, .5, .5]])
+    np.testing.assert_allclose(inc.resize_matrix(2, 4), [[1, 0], [.75, .25], [.25, .75], [0, 1]])
+    np.testing.assert_allclose(inc.resize_matrix(5, 5), np.eye(5))
+    x = np.random.default_rng(0).random((2, 6, 4, 3)).astype(np.float32)
+    y = np.asarray(inc.bilinear_resize(x, 8))
+    np.testing.assert_allclose(y, np.einsum("oh,nhwc,pw->nopc", inc.resize_matrix(6, 8), x, inc.resize_matrix(4, 8)),
+                               rtol=1e-6)
+
+
+def test_features_shape_determinism_batch_independence(net):
+    x = _images(5)
+    f, logits = metrics.inception_outputs(net, x, batch_size=4)  # 2 batches, the last one padded
+    assert f.shape == (5, 2048) and logits.shape == (5, 1008) and f.dtype == np.float32
+    assert np.isfinite(f).all() and np.all(f >= 0) and f.std() > 1e-3  # pool of relus, not degenerate
+    np.testing.assert_array_equal(metrics.inception_features(net, x, batch_size=4), f)  # deterministic
+    scale = np.abs(f).max()
+    alone = metrics.inception_features(net, x[3:4], batch_size=4)  # in a batch of padding
+    np.testing.assert_allclose(alone[0], f[3], atol=1e-5 * scale)
+    perm = [4, 2, 0, 3, 1]
+    np.testing.assert_allclose(metrics.inception_features(net, x[perm], batch_size=4), f[perm], atol=1e-5 * scale)
+    grey = metrics.inception_features(net, x[:4, ..., :1], batch_size=4)  # (N, H, W, 1) -> RGB copies
+    np.testing.assert_allclose(grey, metrics.inception_features(net, np.repeat(x[:4, ..., :1], 3, -1), batch_size=4))
+    with pytest.raises(ValueError, match="uint8"):
+        metrics.inception_features(net, x.astype(np.float32))
+
+
+def test_reference_stats_cached_in_pytorch_fid_layout(net, tmp_path):
+    path = str(tmp_path / "stats" / "ref.npz")
+    x = _images(8, seed=1)
+    stats = metrics.reference_stats(net, lambda: x, path, batch_size=4)
+    with np.load(path) as f:
+        assert sorted(f.files) == ["mu", "sigma"] and f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048)
+    def unreachable():
+        raise AssertionError("cached stats must not read the dataset")
+    again = metrics.reference_stats(net, unreachable, path)
+    np.testing.assert_array_equal(again.mu, stats.mu)
+    np.testing.assert_array_equal(again.sigma, stats.sigma)
+    np.savez(str(tmp_path / "other.npz"), mean=stats.mu)
+    with pytest.raises(ValueError, match="'mu' and 'sigma'"):
+        metrics.load_stats(str(tmp_path / "other.npz"))
+
+
+# ---- FID / KID / IS against closed forms ------------------------------------------------------------
+
+def test_fid_of_a_set_with_itself_is_zero():
+    f = np.random.default_rng(0).standard_normal((400, 32)) @ np.random.default_rng(1).standard_normal((32, 32))
+    assert metrics.fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_closed_form_gaussians():
+    """FID(N(m1, S1), N(m2, S2)) = |m1 - m2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)); diagonal: sum (sqrt a - sqrt b)^2."""
+    rng = np.random.default_rng(0)
+    d = 6
+    m1, m2, a, b = rng.standard_normal(d), rng.standard_normal(d), rng.uniform(0.5, 2, d), rng.uniform(0.5, 2, d)
+    exact = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert metrics.frechet_distance(m1, np.diag(a), m2, np.diag(b)) == pytest.approx(exact, rel=1e-10)
+    # full covariances: tr (S1 S2)^(1/2) = sum of square roots of the (real, positive) eigenvalues of S1 S2
+    q1, q2 = rng.standard_normal((d, d)), rng.standard_normal((d, d))
+    s1, s2 = q1 @ q1.T + np.eye(d), q2 @ q2.T + np.eye(d)
+    tr_root = np.sum(np.sqrt(np.linalg.eigvals(s1 @ s2).real))
+    exact = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_root
+    assert metrics.frechet_distance(m1, s1, m2, s2) == pytest.approx(exact, rel=1e-10)
+    # from samples: the plug-in estimate converges to the closed form
+    n = 200_000
+    x = m1 + rng.standard_normal((n, d)) * np.sqrt(a)
+    y = m2 + rng.standard_normal((n, d)) * np.sqrt(b)
+    exact_diag = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert metrics.fid_from_features(x, y) == pytest.approx(exact_diag, abs=0.03)
+    with pytest.raises(ValueError, match="do not match"):
+        metrics.frechet_distance(m1, s1, m2[:3], s2[:3, :3])
+
+
+def test_kid_is_the_unbiased_polynomial_mmd():
+    """On one subset holding every row, KID is the unbiased MMD^2 written out with loops."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((7, 3)), rng.standard_normal((6, 3)) + 0.5
+    x, y = x[:6], y  # equal sizes, as KID's subsets
+    k = lambda u, v: (u @ v / 3 + 1) ** 3  # noqa: E731
+    m = 6
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m ** 2
+    mean, std = metrics.kid(x, y, num_subsets=1, subset_size=m)
+    assert mean == pytest.approx(xx + yy - 2 * xy, rel=1e-12) and std == 0.0
+
+
+def test_kid_expectation_on_gaussians():
+    """x ~ N(0, a I), y ~ N(0, b I) in d dims: E k(x, y) = 1 + 3 a b / d, so MMD^2 = 3 (a - b)^2 / d."""
+    rng = np.random.default_rng(0)
+    d, a, b = 4, 1.0, 2.0
+    x = rng.standard_normal((2000, d)) * np.sqrt(a)
+    y = rng.standard_normal((2000, d)) * np.sqrt(b)
+    mean, std = metrics.kid(x, y, num_subsets=20, subset_size=500)
+    # 0.75; over data seeds the estimate spreads by about 0.05 (the cubic kernel has heavy tails)
+    assert mean == pytest.approx(3 * (a - b) ** 2 / d, abs=0.15)
+    same, _ = metrics.kid(x, rng.standard_normal((2000, d)) * np.sqrt(a), num_subsets=20, subset_size=500)
+    assert abs(same) < 0.03  # unbiased: zero in expectation for equal distributions (spread ~0.005)
+
+
+def test_inception_score_closed_forms():
+    """Confident predictions spread evenly over k classes: IS = k; one class for every image: IS = 1."""
+    logits = np.full((1000, 1008), -50.0)
+    logits[np.arange(1000), np.arange(1000) % 10] = 50.0
+    mean, std = metrics.inception_score(logits, splits=10)
+    assert mean == pytest.approx(10.0, rel=1e-6) and std < 1e-6
+    assert metrics.inception_score(np.zeros((100, 1008)), splits=2)[0] == pytest.approx(1.0)
+    probs = np.random.default_rng(0).dirichlet(np.ones(5), size=50)  # any distribution: exp(E KL) by hand
+    py = probs.mean(0)
+    exact = np.exp(np.mean(np.sum(probs * (np.log(probs) - np.log(py)), axis=1)))
+    assert metrics.inception_score(np.log(probs), splits=1)[0] == pytest.approx(exact, rel=1e-10)
+
+
+def test_to_uint8():
+    np.testing.assert_array_equal(metrics.to_uint8(np.array([-1.0, 0.0, 1.0, 2.0]), centered=True), [0, 128, 255, 255])
+    np.testing.assert_array_equal(metrics.to_uint8(np.array([0.0, 0.5, 1.0]), centered=False), [0, 128, 255])

@@ -6,7 +6,8 @@ with noise level sigma = std / alpha = exp(-lambda), whose probability-flow ODE 
     dy / dsigma = (y - D(y; sigma)) / sigma,   D = x0_hat (Tweedie),           (Karras eq. 4 with s = 1)
 
 with D(y; sigma) = (x + std^2 s(x, t)) / alpha at x = alpha(t) y, t = t(sigma). The noise
-levels follow the rho-schedule between sigma(eps) and sigma(T) (eq. 5) and end at 0; each step
+levels follow the rho-schedule between sigma(eps) and sigma(T) (eq. 5), or the times of a spacing
+(`schedule`), and end at 0; each step
 is Heun's method except the last (to sigma = 0), which is Euler, so NFE = 2 N - 1. With
 s_churn > 0 each step first raises the noise level to sigma_hat = (1 + gamma) sigma by adding
 fresh noise (Algorithm 2). The result is the denoised sample at sigma = 0.
@@ -20,10 +21,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from score_sde.lookup import check_choice
 from score_sde.sde import SDE, Array, ScoreFn
 from score_sde.solvers.base import StepSampler, check_n_steps
 from score_sde.solvers.data_prediction import data_prediction
-from score_sde.solvers.timesteps import edm_sigmas, sigma_to_time
+from score_sde.solvers.timesteps import SKIP_TYPES, edm_sigmas, sigma_to_time, time_steps
+
+
+SCHEDULES = ("karras",) + SKIP_TYPES
 
 
 def _denoiser(sde: SDE, score_fn: ScoreFn, y: Array, t: Array) -> Array:
@@ -47,7 +52,10 @@ class EDMHeunSampler(StepSampler):
 
     Attributes:
       n_steps: number of noise levels N > 0 (steps); NFE = 2 N - 1.
-      rho: schedule exponent (7 in the paper).
+      rho: exponent of the "karras" schedule (7 in the paper).
+      schedule: the noise levels: "karras" (the rho-schedule, eq. 5), or the levels at the times of a
+        time spacing, "time_uniform" (the paper's VP schedule), "logSNR" (uniform in log sigma) or
+        "time_quadratic".
       s_churn, s_min, s_max, s_noise: Algorithm 2's stochasticity; s_churn = 0 is the
         deterministic Algorithm 1.
       eps: smallest time, giving sigma_min = std(eps) / alpha(eps); None -> the SDE's convention.
@@ -59,10 +67,12 @@ class EDMHeunSampler(StepSampler):
     s_min: float = eqx.field(default=0.0, static=True)
     s_max: float = eqx.field(default=float("inf"), static=True)
     s_noise: float = eqx.field(default=1.0, static=True)
+    schedule: str = eqx.field(default="karras", static=True)
     eps: float | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
         check_n_steps(self.n_steps)
+        check_choice(self.schedule, SCHEDULES, "schedule")
         if not self.rho > 0:
             raise ValueError(f"rho must be positive, got {self.rho!r}")
         if self.s_churn < 0 or self.s_noise < 0 or self.s_min > self.s_max:
@@ -80,8 +90,12 @@ class EDMHeunSampler(StepSampler):
         """Times of the noise levels sigma_0 > ... > sigma_{N-1} > sigma_N = 0, and per step
         (sigma, sigma_hat, sigma_next)."""
         t_end = jnp.asarray(t_end, dtype)
-        sigmas = edm_sigmas(sde.std(t_end) / sde.alpha(t_end), sde.std(t_start) / sde.alpha(t_start),
-                            self.n_steps, self.rho, dtype)
+        if self.schedule == "karras" or self.n_steps == 1:
+            sigmas = edm_sigmas(sde.std(t_end) / sde.alpha(t_end), sde.std(t_start) / sde.alpha(t_start),
+                                self.n_steps, self.rho, dtype)
+        else:  # the levels at the times of a time spacing (Karras et al.'s "VP" schedule is time_uniform)
+            levels = time_steps(sde, self.schedule, t_start, t_end, self.n_steps - 1, dtype)
+            sigmas = jnp.append(sde.std(levels) / sde.alpha(levels), jnp.zeros((), dtype))
         hats = churn_levels(sigmas, self.s_churn, self.s_min, self.s_max)
         ts = jnp.append(sigma_to_time(sde, sigmas[:-1]).at[0].set(t_start), jnp.zeros((), dtype))
         return ts, (sigmas[:-1], hats, sigmas[1:])
@@ -101,4 +115,4 @@ class EDMHeunSampler(StepSampler):
         return sde.alpha(t_next) * y_next, state
 
 
-__all__ = ["EDMHeunSampler", "churn_levels"]
+__all__ = ["EDMHeunSampler", "SCHEDULES", "churn_levels"]

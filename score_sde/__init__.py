@@ -1,7 +1,7 @@
 """score_sde: score-based generative modeling with SDEs in JAX."""
 
 from score_sde import analytic, bpd, likelihood, solvers
-from score_sde import inverse  # after solvers: it builds on them
+from score_sde import edit, inverse  # after solvers: they build on them
 from score_sde.analytic import GaussianMixture
 from score_sde.sde import (
     SDE,
@@ -21,6 +21,7 @@ __all__ = [
     "GaussianMixture",
     "analytic",
     "bpd",
+    "edit",
     "inverse",
     "likelihood",
     "solvers",

@@ -59,12 +59,45 @@ flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
+def _config_path(argv: list[str]) -> str | None:
+    """The value of --config in argv (`--config=path` or `--config path`), or None."""
+    for i, a in enumerate(argv):
+        if a in ("--config", "-config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(("--config=", "-config=")):
+            return a.split("=", 1)[1]
+    return None
+
+
+def check_config_file(path: str) -> None:
+    """Exits with one `error:` line when the config file is missing, has a syntax error or defines
+    no get_config() (checked from its source, before ml_collections imports it)."""
+    import ast
+
+    file = path.split(":", 1)[0]  # ml_collections allows path:argument
+    try:
+        with open(file) as f:
+            tree = ast.parse(f.read(), filename=file)
+    except OSError as e:
+        _fail(f"cannot read config file {file}: {e.strerror or e}")
+    except SyntaxError as e:
+        _fail(f"config file {file}, line {e.lineno}: syntax error: {e.msg}")
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "get_config" for n in tree.body):
+        _fail(f"config file {file} defines no get_config() function; a config file returns its "
+              "ml_collections.ConfigDict from get_config() (see configs/default.py)")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with bad flags and overrides reported as one `error:` line."""
+    path = _config_path(argv[1:])
+    if path is not None:
+        check_config_file(path)
     try:
         return FLAGS(argv)
     except _CONFIG_ERRORS as e:
         _fail(_config_error(e, argv))
+    except Exception as e:  # noqa: BLE001  (the config file's own code raised while loading)
+        _fail(f"loading the config file {path or 'configs/digits_vp.py'} failed: {type(e).__name__}: {e}")
 
 
 def main(argv):
@@ -75,6 +108,8 @@ def main(argv):
         config.keys()  # a config file that failed to load raises here
     except _CONFIG_ERRORS as e:
         _fail(_config_error(e, sys.argv))
+    except Exception as e:  # noqa: BLE001  (the config file's own code raised while loading)
+        _fail(f"loading the config file failed: {type(e).__name__}: {e}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     from score_sde import cli, config_utils
 

@@ -57,8 +57,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.snapshot_freq = 500     # checkpoint every this many steps
     training.log_freq = 50
     training.steps_per_call = 1      # steps fused into one jitted call with lax.scan
-    training.keep_checkpoints = 3
+    training.keep_checkpoints = 3    # >= 1: the newest this many checkpoints are kept
     training.max_nonfinite = 10      # consecutive non-finite losses before training stops
+    training.divergence_factor = 1e3  # stop when a loss exceeds this x the running mean loss (0: never)
     training.continuous = True
     training.reduce_mean = True
     training.likelihood_weighting = False

@@ -4,29 +4,60 @@ Everything a user can get wrong (unknown sampler / dataset / SDE / model, bad sa
 options, missing data files or checkpoints, a batch the devices cannot split) is checked
 before the workdir is touched, printed as one `error: ...` line, and exits with status 2.
 Set SCORE_SDE_DEBUG=1 to see the traceback instead. Each data split a command needs is read
-once and handed to the drivers.
+once and handed to the drivers. The numeric config keys are checked against `score_sde.schema`,
+and the paths a mode writes (workdir, its output folder) must not be blocked by files.
+Training stopped by SIGINT / SIGTERM prints one line and exits 130 / 143.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import jax
 
-from score_sde import config_utils, data, evaluate, likelihood, train
+from score_sde import checkpoint, config_utils, data, evaluate, likelihood, schema, train
 from score_sde.lookup import check_choice
 
-USER_ERRORS = (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError)
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError, checkpoint.WorkdirLockedError)
+
+# What each mode writes in the workdir: (relative path, "dir" | "file").
+OUTPUTS = {
+    "train": [("checkpoints", "dir"), ("tensorboard", "dir"), ("metrics.jsonl", "file"), (".lock", "file")],
+    "sample": [("checkpoints", "dir"), ("samples", "dir")],
+    "likelihood": [("checkpoints", "dir"), ("likelihood", "dir")],
+    "eval": [("checkpoints", "dir"), ("eval", "dir"), ("digits_classifier.npz", "file")],
+}
 
 
-def validate(config, mode: str) -> data.Split:
+def check_outputs(workdir: str, mode: str) -> None:
+    """Raises ValueError when the workdir or a path `mode` writes is blocked (a file where a folder
+    goes, or the reverse), so that no command fails after its work is done."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir={workdir} is a file, not a directory; pass a directory (it is created if missing)")
+    parent = os.path.dirname(os.path.abspath(workdir))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"--workdir={workdir} cannot be created: {parent} is a file")
+    for rel, kind in OUTPUTS[mode]:
+        path = os.path.join(workdir, rel)
+        if os.path.exists(path) and os.path.isdir(path) != (kind == "dir"):
+            what = "a file" if kind == "dir" else "a directory"
+            raise ValueError(f"{path} is {what}, but --mode={mode} writes a {kind} there; move it away")
+
+
+def validate(config, mode: str, workdir: str | None = None) -> data.Split:
     """Raises a ValueError / FileNotFoundError naming the problem; writes nothing.
 
     Returns the split `mode` reads (train for training, else test), loaded while checking it.
     """
-    config_utils.sde_from_config(config.sde)
+    if workdir is not None:
+        check_outputs(workdir, mode)
+    sde = config_utils.sde_from_config(config.sde)
+    schema.validate(config, sde.T)
     config_utils.model_from_config(config.model)
     config_utils.sampler_from_config(config.sampling)
     check_choice(config.likelihood.divergence, likelihood.DIVERGENCES, "likelihood.divergence", "divergences")
@@ -72,21 +103,36 @@ def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) ->
         "eval": lambda step: evaluate.evaluate_checkpoint(config, workdir, step, split, train_split),
     }[mode]
     for step in steps:
-        result = run_one(step)
+        try:
+            result = run_one(step)
+        except checkpoint.CheckpointCorruptError as e:
+            if which != "all":
+                raise
+            print(f"warning: skipped: {e}", file=sys.stderr)
+            continue
         if jax.process_index() == 0:
             print(json.dumps(result, indent=2))
 
 
 def run(config, workdir: str, mode: str, which: str = "latest") -> int:
-    """Runs `mode`; returns the process exit status (0 ok, 2 user error)."""
+    """Runs `mode`; returns the process exit status (0 ok, 2 user error, 128 + signal when training
+    was stopped by SIGINT / SIGTERM: 130 / 143)."""
     debug = os.environ.get("SCORE_SDE_DEBUG", "") not in ("", "0")
     try:
         train.maybe_initialize_distributed(config.distributed)  # before any JAX backend is used
-        split = validate(config, mode)
+        split = validate(config, mode, workdir)
         _dispatch(config, workdir, mode, which, split)
     except USER_ERRORS as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    except train.TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # outside the training loop (loading data, compiling, sampling)
+        if debug:
+            raise
+        print(f"stopped by Ctrl-C during --mode={mode}", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0

@@ -33,6 +33,7 @@ import os
 import pickle
 import tarfile
 import types
+import zlib
 from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
@@ -269,12 +270,10 @@ def _cifar10(config, split: str) -> Split:
     for folder in folders:
         if data_dir and os.path.isfile(os.path.join(folder, _CIFAR10_FILES[split][0])):
             read = lambda name, folder=folder: _read_file(os.path.join(folder, name))  # noqa: E731
-            return Split(ArraySource(_cifar10_batches(read, split)), (32, 32, 3), 256)
+            return Split(ArraySource(_cifar10_batches(read, split, where=folder)), (32, 32, 3), 256)
     for archive in archives:
-        if data_dir and os.path.isfile(archive) and tarfile.is_tarfile(archive):
-            with tarfile.open(archive, "r:*") as tar:
-                read = lambda name: tar.extractfile(f"{CIFAR10_FOLDER}/{name}").read()  # noqa: E731
-                return Split(ArraySource(_cifar10_batches(read, split)), (32, 32, 3), 256)
+        if data_dir and os.path.isfile(archive) and (archive.endswith(CIFAR10_ARCHIVE) or tarfile.is_tarfile(archive)):
+            return Split(ArraySource(_cifar10_archive(archive, split)), (32, 32, 3), 256)
     if data_dir and os.path.isdir(os.path.join(data_dir, "cifar10")):
         return _tfds_split(config, "cifar10", split)
     raise FileNotFoundError(
@@ -290,13 +289,37 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
-def _cifar10_batches(read: Callable[[str], bytes], split: str) -> np.ndarray:
-    """Parses the pickled batches (dicts with b'data' uint8 (N, 3072) in CHW order) -> (N, 32, 32, 3)."""
+def _cifar10_archive(archive: str, split: str) -> np.ndarray:
+    """The split's images from cifar-10-python.tar.gz; a damaged archive is a ValueError naming it."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            def read(name):
+                member = tar.extractfile(f"{CIFAR10_FOLDER}/{name}")
+                if member is None:
+                    raise KeyError(name)
+                return member.read()
+
+            return _cifar10_batches(read, split, where=archive)
+    except (tarfile.TarError, EOFError, OSError, KeyError, zlib.error) as e:
+        raise ValueError(f"CIFAR-10 archive {archive} is damaged or incomplete ({type(e).__name__}: {e}); "
+                         f"download {CIFAR10_ARCHIVE} again (or extract it to {CIFAR10_FOLDER}/)") from None
+
+
+def _cifar10_batches(read: Callable[[str], bytes], split: str, where: str = "") -> np.ndarray:
+    """Parses the pickled batches (dicts with b'data' uint8 (N, 3072) in CHW order) -> (N, 32, 32, 3).
+
+    A file that is not such a pickle is a ValueError naming it (`where`: the folder or archive).
+    """
     arrays = []
     for name in _CIFAR10_FILES[split]:
-        batch = pickle.loads(read(name), encoding="bytes")
-        data = np.asarray(batch[b"data"], np.uint8)
-        arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        raw = read(name)
+        try:
+            batch = pickle.loads(raw, encoding="bytes")
+            data = np.asarray(batch[b"data"], np.uint8)
+            arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        except Exception as e:  # noqa: BLE001  (unpickling garbage raises almost anything)
+            raise ValueError(f"CIFAR-10 batch {name} in {where or 'the data folder'} is not a CIFAR-10 python "
+                             f"batch ({type(e).__name__}: {e}); replace it with the original file") from None
     return np.ascontiguousarray(np.concatenate(arrays))
 
 
@@ -334,8 +357,11 @@ def _image_paths(root: str) -> list[str]:
 def _load_image(path: str, size: int, channels: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as img:
-        return _resize_center_crop(img, size, channels)
+    try:
+        with Image.open(path) as img:
+            return _resize_center_crop(img, size, channels)
+    except (OSError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError; truncated files too
+        raise ValueError(f"image_folder: {path} is not a readable image ({e}); remove or replace it") from None
 
 
 def _resize_center_crop(img, size: int, channels: int) -> np.ndarray:

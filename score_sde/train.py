@@ -13,8 +13,14 @@ result however the global batch is split over devices and hosts (up to float sum
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import os
 import queue
+import shutil
+import signal
+import sys
 import threading
 from typing import Any, Callable, Iterator
 
@@ -38,6 +44,22 @@ _NEVER = 2**30
 
 class NonFiniteLossError(RuntimeError):
     """Raised when `training.max_nonfinite` consecutive steps had a non-finite loss or gradient."""
+
+
+class LossDivergedError(NonFiniteLossError):
+    """Raised when a finite loss exceeds `training.divergence_factor` times the running mean loss."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT / SIGTERM stopped training between steps (any in-flight save finished first).
+
+    Attributes: step (steps taken), checkpoint (the last saved step, or None), signum.
+    """
+
+    def __init__(self, step: int, checkpoint: int | None, signum: int):
+        last = f"the last checkpoint is step {checkpoint}" if checkpoint is not None else "no checkpoint was saved yet"
+        super().__init__(f"stopped at step {step}; {last}; run the same command to resume")
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
 
 @flax.struct.dataclass
@@ -260,15 +282,68 @@ def unreplicate(tree):
     return jax.tree.map(_local, tree)
 
 
-def _maybe_resume(manager, state: TrainState, train_iter, logger: Callable[[str], None]) -> tuple[TrainState, int]:
-    """Restores the latest checkpoint (state and data position) if there is one."""
-    restored = checkpoint.restore_latest(manager, state)
+def _maybe_resume(manager, state: TrainState, train_iter, logger: Callable[[str], None],
+                  primary: bool = True) -> tuple[TrainState, int]:
+    """Restores the newest readable checkpoint (state and data position) if there is one.
+
+    Unreadable newer checkpoints are moved (not deleted) to `checkpoints_corrupt/<step>` beside
+    `checkpoints/`, so that the run can save those steps again.
+    """
+    corrupt: list[tuple[int, str]] = []
+    try:
+        restored = checkpoint.restore_latest(manager, state, on_corrupt=lambda s, why: corrupt.append((s, why)))
+    except checkpoint.CheckpointCorruptError:
+        restored = None  # every checkpoint is unreadable: each is moved aside below, training starts over
+    used = restored[2] if restored is not None else None
+    for s, why in corrupt if primary else ():
+        aside = _move_aside(manager, s)
+        instead = f"resuming from step {used}" if used is not None else "starting from step 0"
+        print(f"warning: the checkpoint at step {s} in {manager.directory} is unreadable ({why}); "
+              f"moved to {aside}; {instead}", file=sys.stderr)
+    if corrupt and primary:
+        manager.reload()
     if restored is None:
         return state, 0
     state, data_state, step = restored
     train_iter.set_state(data_state)
     logger(f"Resumed from checkpoint at step {step} ({manager.directory})")
     return state, step
+
+
+def _move_aside(manager, step: int) -> str:
+    """Moves checkpoints/<step> to checkpoints_corrupt/<step> (a numbered suffix if taken); returns the path."""
+    src = os.path.join(str(manager.directory), str(step))
+    dest_dir = str(manager.directory).rstrip("/") + "_corrupt"
+    os.makedirs(dest_dir, exist_ok=True)
+    dest, n = os.path.join(dest_dir, str(step)), 1
+    while os.path.exists(dest):
+        dest, n = os.path.join(dest_dir, f"{step}.{n}"), n + 1
+    shutil.move(src, dest)
+    return dest
+
+
+def drop_metrics_after(workdir: str, step: int) -> int:
+    """Removes the rows of `workdir/metrics.jsonl` past `step` (left by a run killed after its last
+    checkpoint), so a resumed run does not log those steps twice. The dropped rows are appended to
+    `metrics_dropped.jsonl`; returns how many there were."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return 0
+    keep, drop = [], []
+    with open(path) as f:
+        for line in f:
+            try:
+                past = int(json.loads(line).get("step", 0)) > step
+            except (ValueError, AttributeError, TypeError):
+                past = False  # a torn last line of a killed run is kept as it is
+            (drop if past else keep).append(line)
+    if drop:
+        with open(os.path.join(workdir, "metrics_dropped.jsonl"), "a") as f:
+            f.writelines(drop)
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+    return len(drop)
 
 
 class _Monitor:
@@ -280,6 +355,7 @@ class _Monitor:
         self.pending: list = []
         self.losses: list = []
         self.nonfinite_total = 0
+        self.loss_sum, self.loss_count = 0.0, 0  # running mean of every finite loss so far
 
     def add(self, metrics, sync: bool) -> None:
         self.pending.append(metrics)
@@ -289,16 +365,30 @@ class _Monitor:
 
     def _check(self, m: dict) -> None:
         loss = m["loss"]
-        self.losses.extend(loss[np.isfinite(loss)].tolist())
+        finite = loss[np.isfinite(loss)].tolist()
+        self._check_divergence(finite)
+        self.losses.extend(finite)
         self.nonfinite_total = int(m["nonfinite_total"][-1])
         run = int(np.max(m["nonfinite_run"]))
         if run >= self.tc.max_nonfinite:
             self.manager.wait_until_finished()
             raise NonFiniteLossError(
                 f"training stopped: {run} consecutive steps with a non-finite loss or gradient "
-                f"(training.max_nonfinite={self.tc.max_nonfinite}); those updates were skipped and the last "
-                f"checkpoint (step {self.manager.latest_step()}) in {self.manager.directory} is intact. "
-                "Check the data for NaN/Inf, or lower optim.lr / set optim.grad_clip.")
+                f"(training.max_nonfinite={self.tc.max_nonfinite}); those updates were skipped and "
+                f"{_last_checkpoint(self.manager)}. Check the data for NaN/Inf, or lower optim.lr / set optim.grad_clip.")
+
+    def _check_divergence(self, finite: list[float]) -> None:
+        """Stops when a finite loss exceeds divergence_factor x the running mean of the earlier losses."""
+        factor = self.tc.get("divergence_factor", 0)
+        for value in finite:
+            if factor and self.loss_count and abs(value) > factor * abs(self.loss_sum / self.loss_count):
+                mean = self.loss_sum / self.loss_count
+                self.manager.wait_until_finished()
+                raise LossDivergedError(
+                    f"training stopped: the loss diverged ({value:.4g}, over training.divergence_factor={factor:g} "
+                    f"times the running mean {mean:.4g}); {_last_checkpoint(self.manager)}. Lower optim.lr or "
+                    "set optim.grad_clip (training.divergence_factor=0 turns this check off).")
+            self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + 1
 
     def log(self, step: int) -> None:
         scalars = {"loss": float(np.mean(self.losses)) if self.losses else float("nan"),
@@ -307,10 +397,47 @@ class _Monitor:
         self.logger.write(step, scalars)
 
 
-def _loop(p_step, pstate, batches, start: int, tc, manager, logger: MetricLogger):
-    """Runs steps start+1 .. n_iters in calls of steps_per_call; checkpoints every snapshot_freq."""
+def _last_checkpoint(manager) -> str:
+    step = manager.latest_step()
+    if step is None:
+        return f"no checkpoint was saved yet in {manager.directory}"
+    return f"the last checkpoint (step {step}) in {manager.directory} is intact"
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turns the first SIGINT / SIGTERM into a request (a list holding the signal number) that the
+    loop reads between steps; a second one acts as usual. Main thread only (elsewhere: no-op)."""
+    request: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        request.append(signum)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _loop(p_step, pstate, batches, start: int, tc, manager, logger: MetricLogger, stop: list | None = None):
+    """Runs steps start+1 .. n_iters in calls of steps_per_call; checkpoints every snapshot_freq.
+
+    `stop`: a list that becomes non-empty (a signal number) when training should stop; checked after
+    each call, once any in-flight checkpoint save has finished (TrainingInterrupted)."""
     monitor, step, k = _Monitor(tc, logger, manager), start, tc.steps_per_call
     while step < tc.n_iters:
+        if stop:
+            manager.wait_until_finished()
+            raise TrainingInterrupted(step, manager.latest_step(), stop[0])
         xs, data_state = next(batches)
         pstate, metrics = p_step(pstate, xs)
         step += k
@@ -336,7 +463,10 @@ def train(config, workdir: str, train_iter=None) -> TrainState:
 
     Raises:
       ValueError: bad batch / step settings (before anything is written).
-      NonFiniteLossError: too many consecutive non-finite steps (the last checkpoint stays intact).
+      WorkdirLockedError: another training run holds `workdir/.lock`.
+      NonFiniteLossError: too many consecutive non-finite steps, or (LossDivergedError) a finite loss
+        over `training.divergence_factor` x the running mean (the last checkpoint stays intact).
+      TrainingInterrupted: SIGINT / SIGTERM (checked between steps; no save is left half-done).
     """
     maybe_initialize_distributed(config.distributed)
     tc = config.training
@@ -348,22 +478,29 @@ def train(config, workdir: str, train_iter=None) -> TrainState:
     model, sde = config_utils.model_from_config(config.model), config_utils.sde_from_config(config.sde)
     optimizer, p_step = step_for_config(config, model, sde)
     state = create_train_state(jax.random.PRNGKey(config.seed), model, optimizer, tuple(train_iter.data_shape))
-    manager = checkpoint.make_manager(workdir, tc.keep_checkpoints)
     primary = jax.process_index() == 0
-    state, start = _maybe_resume(manager, state, train_iter, print if primary else (lambda s: None))
-    logger = MetricLogger(workdir, tc.n_iters, start, enabled=primary)
-    batches = device_batches(train_iter, tc.steps_per_call, per_device)
-    try:
-        pstate = _loop(p_step, replicate(state), batches, start, tc, manager, logger)
-    finally:
-        batches.close()
-        manager.wait_until_finished()
-        manager.close()
-        logger.close()
+    with contextlib.ExitStack() as stack:
+        if primary:  # one training run per workdir (multi-host: the primary process holds it)
+            stack.enter_context(checkpoint.workdir_lock(workdir))
+        stop = stack.enter_context(_stop_on_signals())
+        manager = checkpoint.make_manager(workdir, tc.keep_checkpoints)
+        stack.callback(manager.close)
+        state, start = _maybe_resume(manager, state, train_iter, print if primary else (lambda s: None), primary)
+        if primary:
+            checkpoint.prune(manager, tc.keep_checkpoints)
+            dropped = drop_metrics_after(workdir, start)
+            if dropped:
+                print(f"Dropped {dropped} metrics.jsonl row(s) past step {start} (kept in metrics_dropped.jsonl)")
+        logger = MetricLogger(workdir, tc.n_iters, start, enabled=primary)
+        stack.callback(logger.close)
+        stack.callback(manager.wait_until_finished)
+        batches = device_batches(train_iter, tc.steps_per_call, per_device)
+        stack.callback(batches.close)
+        pstate = _loop(p_step, replicate(state), batches, start, tc, manager, logger, stop)
     return jax.tree.map(jnp.asarray, unreplicate(pstate))
 
 
-__all__ = ["TrainState", "NonFiniteLossError", "make_optimizer", "create_train_state", "make_train_step",
-           "make_multi_step", "make_pmapped_step", "loss_fn_from_config", "step_for_config",
+__all__ = ["TrainState", "NonFiniteLossError", "LossDivergedError", "TrainingInterrupted", "drop_metrics_after",
+           "make_optimizer", "create_train_state", "make_train_step", "make_multi_step", "make_pmapped_step", "loss_fn_from_config", "step_for_config",
            "check_batch_config", "maybe_initialize_distributed", "device_batches", "shard_to_devices",
            "replicate", "unreplicate", "train"]

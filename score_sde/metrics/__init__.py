@@ -5,7 +5,7 @@ only from the user's local copy of pytorch-fid's `pt_inception-2015-12-05-*.pth`
 torch (`weights.py`). Nothing is downloaded.
 """
 
-from score_sde.metrics.fid import (FeatureStats, InceptionNet, feature_stats, fid, fid_from_features,
+from score_sde.metrics.scores import (FeatureStats, InceptionNet, feature_stats, fid, fid_from_features,
                                    frechet_distance, inception_features, inception_net, inception_outputs,
                                    inception_score, kid, load_inception, load_stats, reference_stats, save_stats,
                                    to_uint8)

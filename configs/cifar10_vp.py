@@ -39,6 +39,7 @@ def cifar10_data(config):
     config.optim.grad_clip = 1.0
     config.sampling.num_samples = 64
     config.likelihood.num_examples = 10_000
+    config.eval.num_samples = 50_000  # FID/KID/IS on 50k samples, as Song et al. 2021 (with --config.eval.inception_weights)
 
 
 def get_config():

@@ -90,6 +90,15 @@ def get_default_configs() -> ml_collections.ConfigDict:
     likelihood.rtol = 1e-5
     likelihood.atol = 1e-5
 
+    # --mode=eval: FID / KID / Inception Score when inception_weights names pytorch-fid's local
+    # pt_inception-2015-12-05-*.pth (image datasets only; nothing is downloaded).
+    config.eval = ev = ml_collections.ConfigDict()
+    ev.inception_weights = ""        # "" : no FID/KID/IS
+    ev.num_samples = 10_000          # fresh samples drawn for the metrics (CIFAR-10 configs: 50k, as the papers)
+    ev.batch_size = 256              # samples drawn per call, over all local devices
+    ev.stats_path = ""               # reference mu/sigma .npz (pytorch-fid layout); "" : computed from the local
+                                     # training split once, cached as <workdir>/inception_<dataset>_train.npz
+
     config.distributed = distributed = ml_collections.ConfigDict()
     distributed.coordinator_address = ""  # set (with the two below) to call jax.distributed.initialize
     distributed.num_processes = 1

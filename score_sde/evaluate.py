@@ -238,6 +238,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None, test: data.Split
             raise ValueError(f"evaluating {config.data.dataset} needs its training split (train_split=...)")
         samples = np.load(samples_summary["npz"])["samples"]
         result["quality"] = digits_quality_of(config, workdir, samples, train_split, test)
+    if config.get("eval") and config.eval.inception_weights:  # FID / KID / IS (score_sde.metrics)
+        result["inception"] = inception_quality_of(config, workdir, loaded, out_dir)
     with open(os.path.join(out_dir, f"eval_{step}.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
@@ -260,5 +262,31 @@ def digits_quality_of(config, workdir: str, samples: np.ndarray, train_split: da
     return quality.digits_quality(clf, to01(samples)[..., 0], train01[..., 0], test01[..., 0])
 
 
+def sample_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int):
+    """Yields `num_samples` samples (model scale) in batches of about `batch_size`, drawn on every local device."""
+    sampler = config_utils.sampler_from_config(config.sampling)
+    n_dev = jax.local_device_count()
+    shape = (_per_device(min(batch_size, num_samples), n_dev),) + loaded.data_shape
+    p_draw = jax.pmap(lambda key, sf: sampler(key, loaded.sde, sf, shape)[0], in_axes=(0, None))
+    key, done, i = jax.random.PRNGKey(seed), 0, 0
+    while done < num_samples:
+        x = np.asarray(p_draw(jax.random.split(jax.random.fold_in(key, i), n_dev), loaded.score_fn))
+        x = x.reshape((-1,) + loaded.data_shape)[: num_samples - done]
+        done, i = done + len(x), i + 1
+        yield x
+
+
+def inception_quality_of(config, workdir: str, loaded: Loaded, out_dir: str) -> dict:
+    """FID / KID / IS of `config.eval.num_samples` fresh samples (`score_sde.metrics.evaluation`)."""
+    from score_sde.metrics import evaluation
+
+    ec = config.eval
+    evaluation.check_image_data(loaded.data_shape, config.data.dataset)
+    batches = sample_batches(config, loaded, ec.num_samples, ec.batch_size, config.seed + 3)
+    stem = os.path.join(out_dir, f"inception_stats_{loaded.step}_{config.sampling.method}")
+    return evaluation.sample_quality(config, workdir, batches, loaded.data_shape, out_stem=stem)
+
+
 __all__ = ["Loaded", "load_score_fn", "sample", "write_samples", "save_grid", "likelihood_bpd", "test_loss",
-           "needs_train_split", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError"]
+           "needs_train_split", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError",
+           "sample_batches", "inception_quality_of"]

@@ -164,8 +164,12 @@ def kid(features_a, features_b, num_subsets: int = 100, subset_size: int = 1000,
 
 
 def inception_score(logits, splits: int = 10) -> tuple[float, float]:
-    """Inception Score: mean and std over `splits` of exp(E_x KL(p(y|x) || p(y))), p = softmax(logits)."""
+    """Inception Score: mean and std over `splits` of exp(E_x KL(p(y|x) || p(y))), p = softmax(logits).
+
+    Fewer images than `splits` use one split per image.
+    """
     lg = np.asarray(logits, np.float64)
+    splits = max(1, min(splits, len(lg)))
     p = np.exp(lg - lg.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     scores = []

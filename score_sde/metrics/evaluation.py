@@ -1,0 +1,111 @@
+"""FID / KID / IS of a checkpoint's samples for `--mode=eval` (when `config.eval.inception_weights` is set).
+
+`sample_quality` consumes batches of samples drawn by the eval driver (`evaluate.sample_batches`,
+which owns the devices), turns them into 8-bit images and Inception features, and compares them
+with the reference statistics of the dataset's training split:
+
+  * `config.eval.stats_path` names the reference `.npz` (pytorch-fid's layout: `mu`, `sigma`); a
+    published stats file can be used as is. Empty: `<workdir>/inception_<dataset>_train.npz`.
+  * A missing reference file is computed once from the local training split and written there,
+    with `kid_features` (a random subset of at most `KID_REFERENCE_SIZE` rows) for KID. A stats
+    file without `kid_features` (e.g. a published one) gives FID and IS, and KID as None.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from score_sde.metrics import scores as F
+
+KID_REFERENCE_SIZE = 10_000
+INCEPTION_BATCH = 100  # images per Inception call (one compilation for every batch)
+
+
+def check_image_data(data_shape: tuple[int, ...], dataset: str) -> None:
+    """FID/KID/IS need images (H, W, 1 or 3)."""
+    if len(data_shape) != 3 or data_shape[-1] not in (1, 3):
+        raise ValueError(f"eval.inception_weights is set but {dataset!r} is not an image dataset (examples of "
+                         f"shape {tuple(data_shape)}); FID/KID/IS need (H, W, 1 or 3) images: unset eval.inception_weights")
+
+
+def split_to_uint8(levels: np.ndarray, num_levels: int) -> np.ndarray:
+    """Raw integer levels 0..L-1 -> uint8 0..255 (identity for 8-bit data)."""
+    if num_levels == 256:
+        return np.asarray(levels, np.uint8)
+    return np.rint(np.asarray(levels, np.float64) * (255.0 / (num_levels - 1))).astype(np.uint8)
+
+
+def _outputs_of(net: F.InceptionNet, batches: Iterable[np.ndarray], total: int, desc: str):
+    feats, logits = [], []
+    with tqdm(total=total, desc=desc, unit="img") as bar:
+        for x in batches:
+            f, lg = F.inception_outputs(net, x, INCEPTION_BATCH)
+            feats.append(f)
+            logits.append(lg)
+            bar.update(len(x))
+    return np.concatenate(feats), np.concatenate(logits)
+
+
+def reference_path(config, workdir: str) -> str:
+    name = config.data.dataset.replace("/", "_").replace(":", "_")
+    return config.eval.stats_path or os.path.join(workdir, f"inception_{name}_train.npz")
+
+
+def reference(config, workdir: str, net: F.InceptionNet) -> tuple[F.FeatureStats, np.ndarray | None, str]:
+    """(stats, KID features or None, path) of the training split: read from the file, or computed and cached."""
+    path = reference_path(config, workdir)
+    if os.path.exists(path):
+        with np.load(path) as f:
+            kid_features = f["kid_features"][:] if "kid_features" in f.files else None
+        return F.load_stats(path), kid_features, path
+    from score_sde import data
+
+    split = data.load_split(config, "train")
+    n = len(split.source)
+    batches = (split_to_uint8(split.source.get(np.arange(s, min(s + INCEPTION_BATCH, n))), split.num_levels)
+               for s in range(0, n, INCEPTION_BATCH))
+    feats, _ = _outputs_of(net, batches, n, f"inception features of {config.data.dataset} train")
+    stats = F.feature_stats(feats)
+    keep = np.random.default_rng(0).choice(n, min(n, KID_REFERENCE_SIZE), replace=False)
+    kid_features = feats[np.sort(keep)]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, mu=stats.mu, sigma=stats.sigma, kid_features=kid_features)
+    os.replace(tmp, path)
+    return stats, kid_features, path
+
+
+def sample_quality(config, workdir: str, batches: Iterable[np.ndarray], data_shape: tuple[int, ...],
+                   out_stem: str | None = None) -> dict:
+    """FID, KID and IS of `config.eval.num_samples` samples against the training split.
+
+    Args:
+      batches: sample batches (B, H, W, C) in model scale (`config.data.centered`), lazily drawn.
+      data_shape: shape of one example (checked to be an image).
+      out_stem: if given, the samples' statistics are written to `<out_stem>.npz` (pytorch-fid layout).
+
+    Returns:
+      {"fid", "kid", "kid_std", "inception_score", "inception_score_std", "num_samples", "reference", "weights"}.
+    """
+    ec = config.eval
+    check_image_data(data_shape, config.data.dataset)
+    net = F.load_inception(ec.inception_weights, cache_dir=workdir)
+    ref_stats, ref_kid, ref_path = reference(config, workdir, net)
+    images = (F.to_uint8(x, config.data.centered) for x in batches)
+    feats, logits = _outputs_of(net, images, ec.num_samples, "samples for FID/KID/IS")
+    stats = F.feature_stats(feats)
+    if out_stem:
+        F.save_stats(out_stem + ".npz", stats)
+    kid_mean, kid_std = F.kid(feats, ref_kid) if ref_kid is not None else (None, None)
+    is_mean, is_std = F.inception_score(logits)
+    return {"fid": F.fid(stats, ref_stats), "kid": kid_mean, "kid_std": kid_std, "inception_score": is_mean,
+            "inception_score_std": is_std, "num_samples": int(len(feats)), "reference": ref_path,
+            "weights": ec.inception_weights}
+
+
+__all__ = ["sample_quality", "reference", "reference_path", "check_image_data", "split_to_uint8",
+           "KID_REFERENCE_SIZE", "INCEPTION_BATCH"]

@@ -89,6 +89,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     likelihood.solver = "tsit5"
     likelihood.rtol = 1e-5
     likelihood.atol = 1e-5
+    likelihood.max_steps = 4096      # step budget of the adaptive solve (hitting it is an error)
 
     # --mode=eval: FID / KID / Inception Score when inception_weights names pytorch-fid's local
     # pt_inception-2015-12-05-*.pth (image datasets only; nothing is downloaded).

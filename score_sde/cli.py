@@ -12,6 +12,7 @@ Training stopped by SIGINT / SIGTERM prints one line and exits 130 / 143.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -114,10 +115,42 @@ def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) ->
             print(json.dumps(result, indent=2))
 
 
+def solver_failure(e: BaseException) -> str | None:
+    """The one-line message of a run-time solver check (`eqx.error_if`, e.g. an adaptive ODE solve that
+    hit max_steps), or None when `e` is not one."""
+    if "EquinoxRuntimeError" not in type(e).__name__ and "max_steps" not in str(e):
+        return None
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    found = [line for line in lines if "max_steps" in line] or lines[:1]
+    if not found:
+        return None
+    return found[0].split("EquinoxRuntimeError: ")[-1] + " (settings: --config.sampling.ode.max_steps / rtol / atol; --config.likelihood.max_steps / rtol / atol)"
+
+
+def _drain_failed_checks() -> None:
+    """Waits out the other devices' copies of a failed runtime check, which JAX would otherwise raise
+    again (with a traceback) when the process exits. Uses JAX's runtime-token set; a no-op if it moved."""
+    try:
+        from jax._src import dispatch
+
+        tokens = dispatch.runtime_tokens
+        pending = list(tokens.current_tokens.values()) + list(tokens.output_runtime_tokens.values())
+    except (ImportError, AttributeError):
+        return
+    for token in pending:
+        try:
+            token.block_until_ready()
+        except Exception:  # noqa: BLE001  (the same failed check, already reported)
+            pass
+    tokens.clear()
+
+
 def run(config, workdir: str, mode: str, which: str = "latest") -> int:
     """Runs `mode`; returns the process exit status (0 ok, 2 user error, 128 + signal when training
     was stopped by SIGINT / SIGTERM: 130 / 143)."""
     debug = os.environ.get("SCORE_SDE_DEBUG", "") not in ("", "0")
+    if not debug:  # a failed runtime check (eqx.error_if) is logged with a traceback before it is raised
+        logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
     try:
         train.maybe_initialize_distributed(config.distributed)  # before any JAX backend is used
         split = validate(config, mode, workdir)
@@ -130,6 +163,13 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
     except train.TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
+    except Exception as e:  # noqa: BLE001  (a solver's runtime check, raised from inside jit)
+        message = solver_failure(e)
+        if message is None or debug:
+            raise
+        _drain_failed_checks()
+        print("error: " + message, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # outside the training loop (loading data, compiling, sampling)
         if debug:
             raise

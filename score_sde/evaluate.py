@@ -165,7 +165,7 @@ def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = No
 
     def solve(key, x, sf):
         res = likelihood.log_likelihood(key, sde, sf, x, divergence=lc.divergence, solver=lc.solver,
-                                        rtol=lc.rtol, atol=lc.atol)
+                                        rtol=lc.rtol, atol=lc.atol, max_steps=lc.get("max_steps", 4096))
         return res.logp, res.nfe
 
     p_solve = jax.pmap(solve, in_axes=(0, 0, None))

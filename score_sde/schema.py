@@ -65,6 +65,7 @@ SCHEMA: dict[str, Rule] = {
     "likelihood.batch_size": _POSITIVE_INT,
     "likelihood.rtol": _NONNEG,
     "likelihood.atol": _NONNEG,
+    "likelihood.max_steps": _POSITIVE_INT,
     "distributed.num_processes": _POSITIVE_INT,
     "distributed.process_id": _at_least(0),
 }

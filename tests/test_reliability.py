@@ -264,6 +264,16 @@ def test_training_resumes_from_the_newest_readable_checkpoint(trained, tmp_path,
     assert dropped == [4]
 
 
+def test_an_adaptive_solve_out_of_steps_is_one_line(trained, capsys):
+    c = tiny_config()
+    c.sampling.ode.update(solver="tsit5", n_steps=None, max_steps=2)
+    before = tree(trained)
+    assert cli.run(c, trained, "sample") == 2
+    line = one_error_line(capsys)
+    assert "max_steps=2" in line and "--config.sampling.ode.max_steps" in line
+    assert tree(trained) == before
+
+
 def test_no_readable_checkpoint_says_so(trained, tmp_path, capsys):
     workdir = copy_of(trained, tmp_path)
     corrupt(workdir, "empty", 4)
@@ -312,6 +322,50 @@ def test_workdir_lock_refuses_a_second_run_and_survives_a_dead_holder(trained, t
     assert os.path.exists(os.path.join(workdir, ".lock"))
     with checkpoint.workdir_lock(workdir):
         pass
+
+
+class _SignalAt:
+    """A data iterator (the get_dataset protocol) that sends `sig` to this process at its n-th batch."""
+
+    def __init__(self, n, sig):
+        self.i, self.n, self.sig, self.data_shape = 0, n, sig, (8, 8, 1)
+
+    def __next__(self):
+        self.i += 1
+        if self.i == self.n:
+            os.kill(os.getpid(), self.sig)
+        return np.zeros((8, 8, 8, 1), np.float32)
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, state):
+        self.i = state["i"]
+
+
+def test_ctrl_c_stops_between_steps_after_the_save(tmp_path, monkeypatch, capsys):
+    import signal
+
+    c = tiny_config()
+    c.training.n_iters = 1000
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.TrainingInterrupted) as stopped:
+        train.train(c, workdir, train_iter=_SignalAt(7, signal.SIGINT))
+    e = stopped.value
+    assert e.signum == signal.SIGINT and e.checkpoint is not None and e.checkpoint <= e.step < 1000
+    assert str(e) == f"stopped at step {e.step}; the last checkpoint is step {e.checkpoint}; run the same command to resume"
+    assert os.path.isfile(os.path.join(workdir, "checkpoints", str(e.checkpoint), "commit_success.txt"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    with checkpoint.workdir_lock(workdir):  # and the lock released
+        pass
+
+    def interrupted(*args, **kwargs):
+        raise train.TrainingInterrupted(7, 6, signal.SIGINT)
+
+    monkeypatch.setattr(train, "train", interrupted)
+    assert cli.run(c, workdir, "train") == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "stopped at step 7; the last checkpoint is step 6; run the same command to resume")
 
 
 # --- divergence -------------------------------------------------------------------------------------

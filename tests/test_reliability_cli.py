@@ -1,6 +1,7 @@
-"""Reliability through `python main.py` (issue 15): SIGTERM / Ctrl-C stop training with one line and exit
-143 / 130, a second training run on a locked workdir exits 2, and broken config files are one line.
-Subprocesses are slow (a few seconds each), so one training run serves several checks."""
+"""Reliability through `python main.py` (issue 15): SIGTERM stops training with one line and exit 143,
+a second training run on a locked workdir exits 2, and broken config files are one line. Subprocesses
+are slow (a few seconds each), so one training run serves several checks; Ctrl-C (SIGINT, 130) and the
+resume are tested in-process in test_reliability.py."""
 
 import json
 import os
@@ -45,7 +46,7 @@ def stop(proc, sig):
     return proc.returncode, lines, err
 
 
-def test_signals_lock_and_resume(tmp_path):
+def test_sigterm_and_a_second_run_on_a_locked_workdir(tmp_path):
     workdir = tmp_path / "run"
     first = start(workdir)
     try:
@@ -66,17 +67,8 @@ def test_signals_lock_and_resume(tmp_path):
     last = int(lines[-1].split("the last checkpoint is step ")[1].split(";")[0])
     assert last <= stopped and last % 4 == 0 and (workdir / "checkpoints" / str(last)).is_dir()
 
-    again = start(workdir)  # resumes; Ctrl-C this time
-    try:
-        wait_for_step(workdir, last + 4, again)
-        rc, lines, err = stop(again, signal.SIGINT)
-    finally:
-        if again.poll() is None:
-            again.kill()
-    assert rc == 130 and "Traceback" not in err, err
-    assert lines[-1].startswith("stopped at step ")
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    assert steps == sorted(set(steps)), steps  # no step logged twice after the resume
+    assert steps == sorted(set(steps)), steps
 
 
 def test_broken_config_files_are_one_line(tmp_path):

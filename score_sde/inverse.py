@@ -51,7 +51,7 @@ from score_sde.solvers.timesteps import time_steps
 
 METHODS = ("smc", "replace")
 _OPTIONS = {
-    "smc": dict(n_particles=64, n_steps=500, eps=None, denoise=True, ess_threshold=0.5),
+    "smc": dict(n_particles=64, n_steps=500, eps=None, denoise=True, ess_threshold=0.5, noise_std=0.0),
     "replace": dict(sampler=None, n_steps=1000, n_resample=1),
 }
 
@@ -86,11 +86,12 @@ def inpaint(key: Array, sde: SDE, score_fn: ScoreFn, x_known: Array, mask, metho
       mask: 0 / 1 (1 = known), shaped like x_known or like one example (*dims).
       method: "smc" (default, asymptotically exact) or "replace" (the paper's).
       **opts: "smc": n_particles (64), n_steps (500), eps (None: the SDE's sampling eps), denoise
-        (True), ess_threshold (0.5). "replace": sampler (None: pc with n_steps), n_steps (1000, for
-        the default sampler), n_resample (1).
+        (True), ess_threshold (0.5), noise_std (0.0: the known entries are observed exactly; else the
+        std of Gaussian noise on them, a scalar or an array like the mask). "replace" (noiseless
+        only): sampler (None: pc with n_steps), n_steps (1000, for the default sampler), n_resample (1).
 
     Returns:
-      (x (B, *dims) with x = x_known exactly on the mask, InverseInfo).
+      (x (B, *dims), equal to x_known on the mask when noiseless, InverseInfo).
     """
     check_choice(method, METHODS, "inpainting method", "methods")
     opts = _resolve_options(method, opts)
@@ -104,7 +105,8 @@ def inpaint(key: Array, sde: SDE, score_fn: ScoreFn, x_known: Array, mask, metho
             raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}")
         _check_positive_int(opts["n_particles"], "n_particles")
         _check_positive_int(opts["n_steps"], "n_steps")
-        return _smc(key, sde, score_fn, x_known, mask, opts["n_particles"], opts["n_steps"], eps,
+        noise = _check_noise(opts["noise_std"], x_known)
+        return _smc(key, sde, score_fn, x_known, mask, noise, opts["n_particles"], opts["n_steps"], eps,
                     bool(opts["denoise"]), float(opts["ess_threshold"]))
     return _replace(key, sde, score_fn, x_known, mask, opts)
 
@@ -140,6 +142,66 @@ def colorize(key: Array, sde: SDE, score_fn: ScoreFn, gray: Array, method: str =
     if info.particles is not None:
         info = info._replace(particles=info.particles @ m.T)
     return x_dec @ m.T, info
+
+
+def linear(key: Array, sde: SDE, score_fn: ScoreFn, y: Array, A, shape, method: str = "smc", noise_std=0.0,
+           **opts) -> tuple[Array, InverseInfo]:
+    """Samples x ~ p(x | y = A x + noise_std n) for a linear observation of the flattened x.
+
+    Through the SVD A = U S V^T (r non-zero singular values s_i): in the orthonormal coordinates
+    x' = V^T x the observation is y'_i = (U^T y)_i / s_i = x'_i + (noise_std / s_i) n_i for i < r,
+    an inpainting problem with per-entry noise, and the score rotates with V (`BasisScore`).
+
+    Args:
+      y: (B, M) observations.
+      A: (M, D) observation matrix (concrete), D = prod(shape).
+      shape: one example's shape (*dims).
+      method, **opts: as for `inpaint` ("replace" only when noiseless).
+      noise_std: observation noise std (a float >= 0).
+
+    Returns:
+      (x (B, *shape), InverseInfo with the particles in the original coordinates).
+    """
+    shape = tuple(int(d) for d in shape)
+    y = jnp.asarray(y)
+    if not jnp.issubdtype(y.dtype, jnp.floating):
+        y = y.astype(jnp.float32)
+    A = np.asarray(A, np.float64)
+    d = math.prod(shape)
+    if A.ndim != 2 or A.shape[1] != d or y.ndim != 2 or y.shape[1] != A.shape[0]:
+        raise ValueError(f"A must be (M, {d}) for examples of shape {shape} and y (B, M); got A {A.shape}, "
+                         f"y {tuple(y.shape)}")
+    if float(noise_std) < 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    if method == "replace" and float(noise_std) != 0:
+        raise ValueError("method 'replace' assumes a noiseless observation; use method='smc' with noise_std")
+    u, sv, vt = np.linalg.svd(A, full_matrices=True)
+    r = int(np.sum(sv > sv.max(initial=0.0) * 1e-6)) if sv.size else 0
+    v = jnp.asarray(vt.T, y.dtype)  # (D, D), columns: the right singular vectors
+    known = jnp.zeros((y.shape[0], d), y.dtype).at[:, :r].set((y @ jnp.asarray(u[:, :r], y.dtype)) / sv[:r])
+    mask = np.zeros(d, np.float32)
+    mask[:r] = 1.0
+    if method == "smc":
+        noise = np.zeros(d)
+        noise[:r] = float(noise_std) / sv[:r]
+        opts = {**opts, "noise_std": noise}
+    xp, info = inpaint(key, sde, BasisScore(score_fn, v, shape), known, mask, method, **opts)
+    to_x = lambda a: (a @ v.T).reshape(a.shape[:-1] + shape)  # noqa: E731
+    if info.particles is not None:
+        info = info._replace(particles=to_x(info.particles))
+    return to_x(xp), info
+
+
+class BasisScore(eqx.Module):
+    """The score in the orthonormal coordinates x' = V^T x of the flattened x: s'(x', t) = V^T s(V x', t)."""
+
+    score_fn: ScoreFn
+    v: Array
+    shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __call__(self, xp, t):
+        x = (xp @ self.v.T).reshape((xp.shape[0],) + self.shape)
+        return self.score_fn(x, t).reshape(xp.shape[0], -1) @ self.v
 
 
 # Orthonormal RGB basis of the paper's colourisation (columns); x' = x M, x = x' M^T.
@@ -189,6 +251,17 @@ def _check_mask(mask, x_known: Array) -> Array:
     return jnp.broadcast_to(mask.astype(x_known.dtype), x_known.shape)
 
 
+def _check_noise(noise_std, x_known: Array) -> Array:
+    """Observation noise std >= 0 as an array like x_known (a scalar, one example's shape or x's shape)."""
+    noise = jnp.asarray(noise_std, x_known.dtype)
+    if noise.shape not in ((), tuple(x_known.shape), tuple(x_known.shape[1:])):
+        raise ValueError(f"noise_std must be a scalar or shaped like x_known {tuple(x_known.shape)} or one example "
+                         f"{tuple(x_known.shape[1:])}, got shape {tuple(noise.shape)}")
+    if not isinstance(noise, jax.core.Tracer) and bool(jnp.any(noise < 0)):
+        raise ValueError("noise_std must be >= 0")
+    return jnp.broadcast_to(noise, x_known.shape)
+
+
 # --- SMC ---------------------------------------------------------------------------------------------
 def _log_normal(x, mean, var):
     """Elementwise log N(x; mean, var)."""
@@ -199,21 +272,26 @@ def _sum_dims(a: Array) -> Array:
     return jnp.sum(a.reshape(a.shape[0], -1), axis=1)
 
 
-def _initial(key, sde: SDE, y, mask, t):
-    """x_T ~ prior(x) g_T(x): the prior on unknown entries; prior x N(alpha_T y, std_T^2) on known ones."""
+def _initial(key, sde: SDE, y, mask, noise, t):
+    """x_T ~ prior(x) g_T(x): the prior on unknown entries; prior x N(alpha_T y, v_T) on known ones."""
     p2 = sde.prior_std**2
-    a, v = sde.alpha(t), sde.std(t) ** 2
+    a = sde.alpha(t)
+    v = sde.std(t) ** 2 + a**2 * noise**2
     z = jax.random.normal(key, y.shape, y.dtype)
     known = p2 * a * y / (p2 + v) + jnp.sqrt(p2 * v / (p2 + v)) * z
     return jnp.where(mask > 0, known, jnp.sqrt(p2) * z)
 
 
-def _propose(key, sde: SDE, score_fn: ScoreFn, x, y, mask, t, s):
-    """One guided reverse step t -> s for every particle; returns (x_s, incremental log weight (B N,))."""
+def _propose(key, sde: SDE, score_fn: ScoreFn, x, y, mask, noise, t, s):
+    """One guided reverse step t -> s for every particle; returns (x_s, incremental log weight (B N,)).
+
+    The potential on a known entry is g_t = N(x_t; alpha_t y, v_t), v_t = std_t^2 + alpha_t^2 noise^2:
+    the law of the forward-noised observation, and at t = 0 the observation's likelihood.
+    """
     inv_r, v_over_r, tau = sde.ancestral_coeffs(s, t)
     mu = inv_r * x + v_over_r * score_fn(x, batch_times(t, x.shape[0], x.dtype))
-    a_s, v_s = sde.alpha(s), sde.std(s) ** 2
-    a_t, v_t = sde.alpha(t), sde.std(t) ** 2
+    a_s, a_t = sde.alpha(s), sde.alpha(t)
+    v_s, v_t = sde.std(s) ** 2 + a_s**2 * noise**2, sde.std(t) ** 2 + a_t**2 * noise**2
     tau2 = tau**2
     z = jax.random.normal(key, x.shape, x.dtype)
     known = (v_s * mu + tau2 * a_s * y) / (tau2 + v_s) + jnp.sqrt(tau2 * v_s / (tau2 + v_s)) * z
@@ -248,19 +326,19 @@ def _resample_if_needed(key, x, log_w, threshold):
 
 
 @eqx.filter_jit
-def _smc(key, sde, score_fn, y, mask, n_particles, n_steps, eps, denoise, ess_threshold):
+def _smc(key, sde, score_fn, y, mask, noise, n_particles, n_steps, eps, denoise, ess_threshold):
     b, n = y.shape[0], n_particles
-    yp, mp = jnp.repeat(y, n, axis=0), jnp.repeat(mask, n, axis=0)  # (B N, *dims), particles of one obs adjacent
+    yp, mp, npart = (jnp.repeat(a, n, axis=0) for a in (y, mask, noise))  # (B N, *dims), one obs's particles adjacent
     ts = time_steps(sde, "time_uniform", sde.T, eps, n_steps, y.dtype)
     k_init, k_loop, k_pick = jax.random.split(key, 3)
-    x = _initial(k_init, sde, yp, mp, ts[0])
+    x = _initial(k_init, sde, yp, mp, npart, ts[0])
 
     def body(carry, xs):
         x, log_w = carry
         i, t, s = xs
         k_res, k_prop = jax.random.split(jax.random.fold_in(k_loop, i))
         x, log_w = _resample_if_needed(k_res, x, log_w, ess_threshold)
-        x, incr = _propose(k_prop, sde, score_fn, x, yp, mp, t, s)
+        x, incr = _propose(k_prop, sde, score_fn, x, yp, mp, npart, t, s)
         log_w = log_w + incr.reshape(b, n)
         log_w = log_w - jax.nn.logsumexp(log_w, axis=1, keepdims=True)
         return (x.astype(y.dtype), log_w), _ess(log_w)
@@ -271,7 +349,7 @@ def _smc(key, sde, score_fn, y, mask, n_particles, n_steps, eps, denoise, ess_th
     x = particles[jnp.arange(b), pick]
     if denoise:
         x = data_prediction(sde, score_fn, x, jnp.asarray(eps, y.dtype))
-    x = jnp.where(mask > 0, y, x)
+    x = jnp.where((mask > 0) & (noise == 0), y, x)  # exactly observed entries are y
     info = InverseInfo(nfe=jnp.asarray(n_steps + int(denoise), jnp.int32), ess=ess.T, particles=particles,
                        log_weights=log_w)
     return x, info
@@ -373,4 +451,5 @@ def _replace(key, sde, score_fn, y, mask, opts):
     return jnp.where(mask > 0, y, x), InverseInfo(nfe=info.nfe)
 
 
-__all__ = ["METHODS", "COLOR_BASIS", "InverseInfo", "RePaint", "ReplaceHook", "RotatedScore", "colorize", "inpaint"]
+__all__ = ["METHODS", "COLOR_BASIS", "BasisScore", "InverseInfo", "RePaint", "ReplaceHook", "RotatedScore", "colorize",
+           "inpaint", "linear"]

@@ -215,3 +215,20 @@ def test_edm_heun_schedules(x64):
     assert 1.7 < s[0] < 2.6, (s, errs)
     with pytest.raises(ValueError, match="valid values: karras, logSNR, time_uniform, time_quadratic"):
         solvers.get("edm_heun", schedule="vp")
+
+
+def test_get_with_a_budget_picks_best_settings():
+    """`get(name, nfe=B)` alone: each fast sampler's preset spends at most B evaluations (exactly, where the
+    sampler allows it; counted for one, static for the rest: total_nfe = counted is tested above); with other
+    options nfe is dpm_solver's own option and an error for the others."""
+    for name in solvers.budget_names():
+        for budget in (5, 10, 13, 20):
+            want = budget if name != "edm_heun" else 2 * ((budget + 1) // 2) - 1
+            assert solvers.get(name, nfe=budget).total_nfe() == want, (name, budget)
+    sde = SDES["vp"]
+    counter = CountingScore(MIX.score_fn(sde))
+    _, info = solvers.get("dpm_solver", nfe=10)(jax.random.PRNGKey(0), sde, counter, (4, 2))
+    assert int(info.nfe) == counter.evals == 10
+    assert solvers.get("dpm_solver", nfe=20, order=1) == solvers.get("dpm_solver", nfe=20, order=1, skip="logSNR")
+    with pytest.raises(ValueError, match="nfe alone picks ddim's best settings"):
+        solvers.get("ddim", nfe=10, eta=0.5)

@@ -10,7 +10,7 @@ Fixed-grid samplers are `StepSampler`s (grid / init / step) run by one driver lo
 """
 
 from score_sde.solvers.base import Hook, SampleInfo, Sampler, StepSampler, run_steps
-from score_sde.solvers.registry import SAMPLERS, get, names, option_defaults, options
+from score_sde.solvers.registry import SAMPLERS, budget_names, get, names, option_defaults, options
 
-__all__ = ["SAMPLERS", "Hook", "SampleInfo", "Sampler", "StepSampler", "get", "names", "option_defaults",
+__all__ = ["SAMPLERS", "Hook", "budget_names", "SampleInfo", "Sampler", "StepSampler", "get", "names", "option_defaults",
            "options", "run_steps"]

@@ -57,6 +57,11 @@ class DDIMSampler(StepSampler):
             raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: ancestral), got {self.eta!r}")
         check_skip(self.skip)
 
+    @classmethod
+    def for_budget(cls, nfe: int) -> dict:
+        """Best settings for nfe evaluations (benchmarks/path_error.py): nfe uniform steps in t."""
+        return dict(n_steps=nfe, skip="time_uniform")
+
     def total_nfe(self, hooked: bool = False) -> int:
         return self.n_steps
 

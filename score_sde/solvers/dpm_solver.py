@@ -191,6 +191,14 @@ class DPMSolverSampler(StepSampler):
         if self.nfe is not None and self.method == "multistep" and self.nfe < 1 + self.denoise_to_zero:
             raise ValueError(f"nfe = {self.nfe} leaves no step after denoise_to_zero; use nfe >= 2")
 
+    @classmethod
+    def for_budget(cls, nfe: int) -> dict:
+        """Best settings for nfe evaluations (benchmarks/path_error.py, 2-D and 64-d mixtures, VP and VE):
+        DPM-Solver++(2M) up to 12 evaluations, (3S) above, both at time_quadratic spacing."""
+        if nfe <= 12:
+            return dict(nfe=nfe, order=2, method="multistep", skip="time_quadratic")
+        return dict(nfe=nfe, order=3, method="singlestep", skip="time_quadratic")
+
     def step_orders(self) -> list[int]:
         """The order of each step (static); len = number of steps."""
         if self.method == "singlestep":

@@ -79,6 +79,12 @@ class EDMHeunSampler(StepSampler):
             raise ValueError(f"need s_churn >= 0, s_noise >= 0 and s_min <= s_max; got s_churn={self.s_churn!r}, "
                              f"s_noise={self.s_noise!r}, s_min={self.s_min!r}, s_max={self.s_max!r}")
 
+    @classmethod
+    def for_budget(cls, nfe: int) -> dict:
+        """Best settings for at most nfe evaluations (benchmarks/path_error.py): (nfe + 1) // 2 levels
+        at time_quadratic times (NFE 2 n - 1)."""
+        return dict(n_steps=(nfe + 1) // 2, schedule="time_quadratic")
+
     def total_nfe(self, hooked: bool = False) -> int:
         return 2 * self.n_steps - 1
 

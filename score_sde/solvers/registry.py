@@ -7,7 +7,7 @@ import types
 import typing
 
 from score_sde.lookup import lookup
-from score_sde.solvers.base import Sampler
+from score_sde.solvers.base import Sampler, check_n_steps
 from score_sde.solvers.ddim import DDIMSampler
 from score_sde.solvers.dpm_solver import DPMSolverSampler
 from score_sde.solvers.edm import EDMHeunSampler
@@ -59,14 +59,31 @@ def option_defaults(name: str) -> dict[str, tuple[object, type]]:
     return out
 
 
+def budget_names() -> list[str]:
+    """The samplers that pick their own best settings for a budget: `get(name, nfe=B)`."""
+    return [n for n in names() if hasattr(SAMPLERS[n], "for_budget")]
+
+
 def get(name: str, **opts) -> Sampler:
-    """Builds sampler `name` with its options; unknown names or options raise ValueError."""
+    """Builds sampler `name` with its options; unknown names or options raise ValueError.
+
+    `get(name, nfe=B)` with no other option asks a deterministic fast sampler (`budget_names()`)
+    for its best settings at a budget of B score evaluations (its `for_budget`, chosen with
+    `benchmarks/path_error.py`); with other options, `nfe` is an ordinary option where the sampler
+    has one (dpm_solver) and an error where it does not.
+    """
     cls = _lookup(name)
+    if set(opts) == {"nfe"} and hasattr(cls, "for_budget"):
+        check_n_steps(opts["nfe"], "nfe")
+        return cls(**cls.for_budget(opts["nfe"]))
     valid = options(name)
     bad = sorted(set(opts) - set(valid))
+    if bad == ["nfe"] and hasattr(cls, "for_budget"):
+        raise ValueError(f"nfe alone picks {name}'s best settings for a budget (get({name!r}, nfe=B)); "
+                         f"with other options set n_steps instead; valid options: {', '.join(valid)}")
     if bad:
         raise ValueError(f"unknown option(s) {', '.join(bad)} for sampler {name!r}; valid options: {', '.join(valid)}")
     return cls(**opts)
 
 
-__all__ = ["SAMPLERS", "get", "names", "options", "option_defaults"]
+__all__ = ["SAMPLERS", "budget_names", "get", "names", "options", "option_defaults"]

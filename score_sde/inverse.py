@@ -1,8 +1,10 @@
 """Inverse problems with a score model: inpainting and colourisation (Song et al. 2021, sec. 5, app. I).
 
-The observation is a set of known entries: y = x on the mask (1 = known), nothing elsewhere.
-Colourisation is the same problem after the paper's orthogonal colour transform (the grey level is
-one coordinate of an orthonormal basis of RGB, and an orthogonal map carries the score with it).
+The observation is a set of known entries: y = x on the mask (1 = known), nothing elsewhere,
+optionally with Gaussian noise on them (`noise_std`, smc only). Colourisation is the same problem
+after the paper's orthogonal colour transform (the grey level is one coordinate of an orthonormal
+basis of RGB, and an orthogonal map carries the score with it), and so is any linear observation
+y = A x + noise (`linear`), in the basis of A's right singular vectors.
 
 Two methods:
 
@@ -10,7 +12,8 @@ Two methods:
   with ``n_particles`` particles per observation, in the manner of Monte-Carlo-guided diffusion
   (MCGdiff, Cardoso et al. 2023). With the reverse kernel q(x_s | x_t) = N(mu(x_t), tau^2 I) (the
   ancestral step of `sde.ancestral_coeffs`) and the potential g_t(x_t) = N(x_t^o; alpha_t y,
-  std_t^2 I) on the observed entries (the forward-noised observation), the particles target
+  std_t^2 I) on the observed entries (the forward-noised observation; with observation noise the
+  variance is std_t^2 + alpha_t^2 noise_std^2, the likelihood itself at t = 0), the particles target
   p(x_t) g_t(x_t) at every grid time: the proposal is q times g_s (Gaussian: exact on the observed
   entries, q on the others) and the incremental log weight is
 
@@ -18,7 +21,7 @@ Two methods:
 
   Resampling (systematic) happens when the effective sample size falls below ``ess_threshold`` N.
   At eps one particle per observation is drawn by weight, denoised with Tweedie's formula, and its
-  observed entries are set to y exactly. As N grows the output converges to the reverse chain's
+  exactly observed entries are set to y. As N grows the output converges to the reverse chain's
   p(x | y); with the exact score and a fine grid, to the true posterior. Cost: n_steps (+1)
   score calls on a batch of B N.
 * ``"replace"`` (the paper's method): any fixed-grid sampler, with a step hook that replaces the

@@ -237,6 +237,20 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(kind, trained, tmp_pat
     assert os.path.isdir(bad)
 
 
+def test_checkpoints_all_skips_a_corrupt_one(trained, tmp_path, monkeypatch, capsys):
+    workdir = copy_of(trained, tmp_path)
+    corrupt(workdir, "empty")
+
+    def light_eval(config, workdir, step, test, train_split=None):  # the restore of --mode=eval, nothing more
+        return {"step": evaluate.load_score_fn(config, workdir, test.data_shape, step).step}
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", light_eval)
+    assert cli.run(tiny_config(), workdir, "eval", "all") == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"step": 2}  # step 2 evaluated, step 4 skipped
+    assert "skipped: the checkpoint at step 4" in out.err and "Traceback" not in out.err
+
+
 def test_sample_falls_back_through_the_cli(trained, tmp_path, capsys):
     workdir = copy_of(trained, tmp_path)
     corrupt(workdir, "truncated")
@@ -395,4 +409,4 @@ def test_huge_learning_rate_is_stopped_with_one_line(tmp_path, capsys):
     c.training.update(n_iters=20, snapshot_freq=10, log_freq=2)
     assert cli.run(c, str(tmp_path / "run"), "train") == 2
     line = one_error_line(capsys)
-    assert "the loss diverged" in line or "non-finite" in line
+    assert "the loss diverged" in line and "no checkpoint was saved yet" in line

@@ -318,3 +318,6 @@ def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
     assert os.path.exists(os.path.join(workdir, "eval", "inception_stats_7_ode.npz"))
     with pytest.raises(ValueError, match="not an image dataset"):
         evaluation.check_image_data((2,), "moons")
+    c.eval.num_samples = 1
+    with pytest.raises(ValueError, match="eval.num_samples must be >= 2"):
+        evaluate.inception_quality_of(c, workdir, loaded, os.path.join(workdir, "eval"))

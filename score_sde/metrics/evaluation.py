@@ -93,6 +93,9 @@ def sample_quality(config, workdir: str, batches: Iterable[np.ndarray], data_sha
     """
     ec = config.eval
     check_image_data(data_shape, config.data.dataset)
+    if ec.num_samples < 2 or ec.batch_size < 1:
+        raise ValueError(f"eval.num_samples must be >= 2 and eval.batch_size >= 1, got {ec.num_samples} and "
+                         f"{ec.batch_size}")
     net = F.load_inception(ec.inception_weights, cache_dir=workdir)
     ref_stats, ref_kid, ref_path = reference(config, workdir, net)
     images = (F.to_uint8(x, config.data.centered) for x in batches)

@@ -239,6 +239,25 @@ def prune(manager: ocp.CheckpointManager, keep: int) -> list[int]:
     return extra
 
 
+def check_unlocked(workdir: str) -> None:
+    """Raises WorkdirLockedError when a training run holds `workdir/.lock`; creates and changes nothing
+    (a probe before any work; `workdir_lock` takes the lock itself)."""
+    path = os.path.join(workdir, ".lock")
+    try:
+        fh = open(path)
+    except OSError:
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = fh.read().strip()
+            raise WorkdirLockedError(
+                f"another training run{f' (pid {holder})' if holder else ''} is using {workdir}; "
+                "wait for it to finish or use another --workdir") from None
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class workdir_lock:
     """Context manager: an exclusive `flock` on `workdir/.lock`, held while training.
 
@@ -277,5 +296,5 @@ class workdir_lock:
         return False
 
 
-__all__ = ["make_manager", "save", "restore_latest", "restore_ema_params", "prune", "workdir_lock",
+__all__ = ["make_manager", "save", "restore_latest", "restore_ema_params", "prune", "workdir_lock", "check_unlocked",
            "CheckpointCorruptError", "CheckpointMismatchError", "WorkdirLockedError"]

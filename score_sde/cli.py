@@ -57,6 +57,8 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
     """
     if workdir is not None:
         check_outputs(workdir, mode)
+        if mode == "train":
+            checkpoint.check_unlocked(workdir)  # a second run on a busy workdir stops before loading anything
     sde = config_utils.sde_from_config(config.sde)
     schema.validate(config, sde.T)
     config_utils.model_from_config(config.model)

@@ -51,11 +51,13 @@ def test_sigterm_and_a_second_run_on_a_locked_workdir(tmp_path):
     first = start(workdir)
     try:
         wait_for_step(workdir, 4, first)
+        first.send_signal(signal.SIGSTOP)  # paused (lock still held), so the second run gets the CPU
         second = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", "--mode=train", *TINY],
                                 cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
         assert second.returncode == 2
         err = [line for line in second.stderr.splitlines() if line.strip()]
         assert len(err) == 1 and err[0].startswith("error: another training run (pid ") and "--workdir" in err[0], err
+        first.send_signal(signal.SIGCONT)
         rc, lines, err = stop(first, signal.SIGTERM)
     finally:
         if first.poll() is None:

@@ -63,6 +63,9 @@ CANDIDATES = {
     "dpm_solver++ 3S (logSNR)": ("dpm_solver", lambda n: dict(nfe=n, order=3, method="singlestep"), False),
     "dpm_solver++ 3S (time_quadratic)": (
         "dpm_solver", lambda n: dict(nfe=n, order=3, method="singlestep", skip="time_quadratic"), False),
+    "unipc 2 bh2 (time_quadratic)": ("unipc", lambda n: dict(n_steps=n, order=2, variant="bh2"), False),
+    "unipc 3 bh2 (time_quadratic)": ("unipc", lambda n: dict(n_steps=n, order=3, variant="bh2"), False),
+    "unipc 2 bh1 (logSNR)": ("unipc", lambda n: dict(n_steps=n, order=2, skip="logSNR"), False),
     "edm_heun (karras)": ("edm_heun", lambda n: dict(n_steps=(n + 1) // 2), True),
     "edm_heun (time_uniform)": ("edm_heun", lambda n: dict(n_steps=(n + 1) // 2, schedule="time_uniform"), True),
     "edm_heun (time_quadratic)": ("edm_heun", lambda n: dict(n_steps=(n + 1) // 2, schedule="time_quadratic"), True),

@@ -244,3 +244,11 @@ def test_float64_score_with_float32_sampling_is_cast(x64):
     for sampler in (solvers.get("dpm_solver", n_steps=4, denoise_to_zero=True), solvers.get("pc", n_steps=4)):
         x, _ = sampler(jax.random.PRNGKey(0), sde, mix64.score_fn(sde), (4, 2), jnp.float32)
         assert x.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_unipc_with_a_hook_keeps_the_hooked_state():
+    """UniPC's corrector would overwrite a hook's change; with a hook it is off, so the pin holds."""
+    sde = SDES["vp"]
+    x, info = solvers.get("unipc", n_steps=8)(jax.random.PRNGKey(1), sde, MIX2D.score_fn(sde), (16, 2),
+                                              hook=PinFirstCoordinate())
+    assert bool(jnp.all(x[:, 0] == 0.25)) and int(info.nfe) == 8

@@ -10,9 +10,8 @@ hidden features:
     predicted-class histogram (log 10 = perfectly balanced), again with the test split's
     values as reference.
 
-Standard FID needs Inception weights, which are never downloaded here: a user who has
-them locally passes a `feature_fn(images) -> (N, F)` to `frechet_distance_of` (see
-`fid_with_features`); building that network is not part of the library.
+Standard FID / KID / Inception Score with pytorch-fid's Inception network and a local weights
+file live in `score_sde.metrics`; `fid_with_features` here takes any `feature_fn(images) -> (N, F)`.
 """
 
 from __future__ import annotations

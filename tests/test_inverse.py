@@ -21,7 +21,7 @@ import score_sde as ss
 from score_sde import inverse
 from score_sde.analytic import linear_conditional, mask_conditional
 
-from helpers import SDES, sliced_w1
+from helpers import SDES, CountingScore, sliced_w1
 
 # Two big modes at x1 = -1.5 and 1.5 (x2 = -2) and a small one at (0, 2). Observing x1 = 0, between
 # the big modes, the exact conditional puts 96% of its mass on the small mode (x2 ~ N(2, 0.25)).
@@ -166,23 +166,26 @@ MIXIMG = ss.GaussianMixture(jnp.array([0.5, 0.5]),
 
 
 def test_mask_broadcasting_and_resampling():
-    """A one-example mask equals the same mask repeated over the batch (same key, both methods); the
-    known half is returned exactly; RePaint resampling (n_resample = 2) costs 2 evaluations a step."""
+    """A one-example mask equals the same mask repeated over the batch (same key, both methods), and
+    the second call does not recompile; the known half is returned exactly; RePaint resampling
+    (n_resample = 2) costs 2 evaluations a step."""
     sde = SDES["vp"]
     x_known = MIXIMG.sample(jax.random.PRNGKey(0), 3)
     mask = np.zeros((4, 4, 1), np.float32)
     mask[:2] = 1.0  # top half known
     full = np.broadcast_to(mask, x_known.shape)
-    sf = MIXIMG.score_fn(sde)
+    sf = CountingScore(MIXIMG.score_fn(sde))
     for method, opts in (("smc", dict(n_particles=4, n_steps=20)), ("replace", dict(n_steps=20))):
         a, _ = inverse.inpaint(jax.random.PRNGKey(2), sde, sf, x_known, mask, method=method, **opts)
+        traces = sf.traces
         b, _ = inverse.inpaint(jax.random.PRNGKey(2), sde, sf, x_known, full, method=method, **opts)
+        assert sf.traces == traces, f"{method}: the second call re-traced (recompiled)"
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a[:, :2], x_known[:, :2])
         assert np.all(np.isfinite(np.asarray(a)))
     em = ss.solvers.get("euler_maruyama", n_steps=20)
-    x, info = inverse.inpaint(jax.random.PRNGKey(3), sde, sf, x_known, mask, method="replace", sampler=em,
-                              n_resample=2)
+    x, info = inverse.inpaint(jax.random.PRNGKey(3), sde, sf.score_fn, x_known, mask, method="replace",
+                              sampler=em, n_resample=2)
     assert int(info.nfe) == 2 * 20 + 1 and np.all(np.isfinite(np.asarray(x)))
     np.testing.assert_array_equal(x[:, :2], x_known[:, :2])
 

@@ -294,6 +294,11 @@ def test_no_readable_checkpoint_says_so(trained, tmp_path, capsys):
     corrupt(workdir, "empty", 2)
     assert cli.run(tiny_config(), workdir, "likelihood") == 2
     assert "no readable checkpoint" in one_error_line(capsys)
+    assert cli.run(tiny_config(), workdir, "train") == 0  # train: both moved aside, a fresh start
+    err = capsys.readouterr().err
+    assert err.count("starting from step 0") == 2
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints_corrupt"))) == ["2", "4"]
+    assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [2, 4]
     monitor_text = train._last_checkpoint(checkpoint.make_manager(str(tmp_path / "empty_run"), 1))
     assert "no checkpoint was saved yet" in monitor_text and "None" not in monitor_text
 

@@ -53,7 +53,7 @@ try:  # the default config file is loaded, with the overrides applied, when the 
 except _CONFIG_ERRORS as err:
     _fail(_config_error(err, sys.argv))
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and results.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "likelihood", "eval"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "likelihood", "eval", "edit"], "What to run.")
 flags.DEFINE_string("checkpoints", "latest", "eval/sample/likelihood: 'latest', 'all', or steps like 1000,2000.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS

@@ -100,6 +100,17 @@ def get_default_configs() -> ml_collections.ConfigDict:
     ev.stats_path = ""               # reference mu/sigma .npz (pytorch-fid layout); "" : computed from the local
                                      # training split once, cached as <workdir>/inception_<dataset>_train.npz
 
+    # --mode=edit: inpainting / colourisation / SDEdit / interpolation of the first test examples.
+    config.edit = ed = ml_collections.ConfigDict()
+    ed.task = "inpaint"              # inpaint | colorize (RGB data) | sdedit | interpolate
+    ed.num_examples = 8              # first test examples used (interpolate: paths between consecutive ones)
+    ed.mask = "bottom_half"          # inpaint: the unknown half, bottom_half | top_half | left_half | right_half
+    ed.method = "smc"                # inpaint / colorize: smc (asymptotically exact) | replace (Song et al. 2021)
+    ed.n_particles = 64              # smc: particles per example
+    ed.n_steps = 500                 # inpaint / colorize: reverse-process steps
+    ed.t0 = 0.5                      # sdedit: noise the input to t0, then sample back with config.sampling
+    ed.n_interp = 8                  # interpolate: images per path, endpoints included
+
     config.distributed = distributed = ml_collections.ConfigDict()
     distributed.coordinator_address = ""  # set (with the two below) to call jax.distributed.initialize
     distributed.num_processes = 1

@@ -19,7 +19,7 @@ import sys
 
 import jax
 
-from score_sde import checkpoint, config_utils, data, evaluate, likelihood, schema, train
+from score_sde import checkpoint, config_utils, data, edit_driver, evaluate, likelihood, schema, train
 from score_sde.lookup import check_choice
 
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError, checkpoint.WorkdirLockedError)
@@ -30,6 +30,7 @@ OUTPUTS = {
     "sample": [("checkpoints", "dir"), ("samples", "dir")],
     "likelihood": [("checkpoints", "dir"), ("likelihood", "dir")],
     "eval": [("checkpoints", "dir"), ("eval", "dir"), ("digits_classifier.npz", "file")],
+    "edit": [("checkpoints", "dir"), ("edit", "dir")],
 }
 
 
@@ -67,6 +68,8 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
     split = data.load_split(config, "train" if mode == "train" else "test")
     if mode == "train":
         train.check_batch_config(config.training)
+    if mode == "edit":
+        edit_driver.check_edit_config(config, split.data_shape)
     for name in ("num_samples", "batch_size"):
         if config.sampling[name] <= 0:
             raise ValueError(f"sampling.{name} must be positive, got {config.sampling[name]}")
@@ -104,6 +107,7 @@ def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) ->
         "sample": lambda step: evaluate.sample(config, workdir, split.data_shape, step),
         "likelihood": lambda step: evaluate.likelihood_bpd(config, workdir, split, step),
         "eval": lambda step: evaluate.evaluate_checkpoint(config, workdir, step, split, train_split),
+        "edit": lambda step: edit_driver.run_edit(config, workdir, split, step),
     }[mode]
     for step in steps:
         try:

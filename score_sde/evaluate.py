@@ -130,14 +130,14 @@ def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: d
     return summary
 
 
-def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4) -> None:
-    """Writes images (N, H, W, C) in model scale as a square PNG grid."""
+def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4, cols: int | None = None) -> None:
+    """Writes images (N, H, W, C) in model scale as a PNG grid, square unless `cols` is given."""
     from PIL import Image
 
     x = (samples + 1.0) / 2.0 if centered else samples
     x = np.clip(x, 0.0, 1.0)
     n, h, w, c = x.shape
-    cols = int(math.ceil(math.sqrt(n)))
+    cols = cols or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
     for i in range(n):

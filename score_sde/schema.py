@@ -66,6 +66,10 @@ SCHEMA: dict[str, Rule] = {
     "likelihood.rtol": _NONNEG,
     "likelihood.atol": _NONNEG,
     "likelihood.max_steps": _POSITIVE_INT,
+    "edit.num_examples": _POSITIVE_INT,
+    "edit.n_particles": _POSITIVE_INT,
+    "edit.n_steps": _POSITIVE_INT,
+    "edit.n_interp": _at_least(2),
     "distributed.num_processes": _POSITIVE_INT,
     "distributed.process_id": _at_least(0),
 }

@@ -191,3 +191,28 @@ def test_user_error(case, existing, tmp_path):
     for text in expected:
         assert text.replace("{workdir}", str(workdir)) in lines[0], lines[0]
     assert tree(workdir) == before  # not created, or unchanged
+
+
+@pytest.mark.slow
+def test_edit_inpaint_and_interpolate(trained):
+    """--mode=edit writes a grid, .npz and .json per task: smc inpainting keeps the known half exactly
+    (noiseless observation), and an interpolation path starts and ends at the two examples (the
+    probability-flow round trip at rtol 1e-5; asserted within 1e-2); colorize on grey data is a user error."""
+    workdir = trained[0]
+    ok(run_cli(workdir, "edit", "--config.edit.task=inpaint", "--config.edit.num_examples=3",
+               "--config.edit.n_particles=4", "--config.edit.n_steps=10"))
+    out = np.load(workdir / "edit" / "edit_6_inpaint.npz")
+    x, result = out["inputs"], out["result"]
+    assert result.shape == x.shape == (3, 8, 8, 1)
+    np.testing.assert_array_equal(result[:, :4], x[:, :4])  # bottom_half unknown: the top rows are known
+    assert not np.allclose(result[:, 4:], x[:, 4:])
+    assert (workdir / "edit" / "edit_6_inpaint.png").exists()
+    ok(run_cli(workdir, "edit", "--config.edit.task=interpolate", "--config.edit.num_examples=2",
+               "--config.edit.n_interp=3"))
+    out = np.load(workdir / "edit" / "edit_6_interpolate.npz")
+    path, x = out["result"], out["inputs"]
+    assert path.shape == (1, 3, 8, 8, 1)
+    np.testing.assert_allclose(path[0, 0], x[0], atol=1e-2)
+    np.testing.assert_allclose(path[0, -1], x[1], atol=1e-2)
+    proc = run_cli(workdir, "edit", "--config.edit.task=colorize")
+    assert proc.returncode == 2 and "colorize needs RGB data" in proc.stderr

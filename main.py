@@ -1,9 +1,10 @@
-"""Command line: train a score model, sample from it, compute its bits/dim, evaluate checkpoints.
+"""Command line: train a score model, sample from it, compute its bits/dim, evaluate checkpoints, edit examples.
 
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=train
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=sample --config.sampling.method=ode
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=likelihood
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=eval --checkpoints=all
+    python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=edit --config.edit.task=inpaint
 
 Any config key can be overridden with --config.<key>=<value>. Errors a user can cause (bad flags
 or overrides included) print one line `error: ...` and exit with status 2, before anything is

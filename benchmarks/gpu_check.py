@@ -1,6 +1,6 @@
 """A prepared check for a lent accelerator: CIFAR-10 DDPM++ training and sampling speed in one script.
 
-    python -m benchmarks.gpu_check          # paper-size DDPM++ (configs/cifar10_vp.py), batch 128; <= 5 min, one H100
+    python -m benchmarks.gpu_check          # paper-size DDPM++ (configs/cifar10_vp.py), batch 128; more than 5 min on one H200 (train compile alone 99 s): give it --budget 500 or more
     python -m benchmarks.gpu_check --smoke  # nf=16, ch_mult (1, 2), 8x8 images, batch 4, few steps; ~1 min on CPU
 
 Sections (each one prints its error and the script goes on if it fails):
@@ -15,7 +15,7 @@ Sections (each one prints its error and the script goes on if it fails):
   host_vs_device  the probability-flow ODE on device (diffrax dopri5) vs the 2021 way, scipy RK45 on the
                host with one device round trip per evaluation, same tolerances: the time ratio.
 Compile times are measured apart: every sampler / likelihood program is lowered ahead of time and
-compiled in a background thread pool (concurrently, which is what fits the 5 minutes; each program's
+compiled in a background thread pool (concurrently, to save wall time; each program's
 figure is its own compile time, with some contention), the pmapped training step compiles on its
 first call (figure: first call minus a warm step) while they do; nothing is timed while compiling.
 The network has random weights (speed only): the adaptive solvers' NFE belong to that untrained

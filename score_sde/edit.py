@@ -13,15 +13,13 @@
 
 from __future__ import annotations
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from score_sde import solvers
-from score_sde.sde import SDE, Array, ScoreFn, expand_to, probability_flow_drift
-from score_sde.solvers.base import Sampler, check_n_steps
-from score_sde.solvers.ode import get_ode_solver
+from score_sde.sde import SDE, Array, ScoreFn, expand_to
+from score_sde.solvers.base import Sampler
 
 
 def sdedit(key: Array, sampler: Sampler, sde: SDE, score_fn: ScoreFn, x_guide: Array, t0) -> tuple[Array, object]:
@@ -71,26 +69,15 @@ def encode(sde: SDE, score_fn: ScoreFn, x: Array, solver="tsit5", rtol: float = 
         x = x.astype(jnp.float32)
     if x.ndim < 2:
         raise ValueError(f"x must be (B, *dims) with at least one data dim, got shape {tuple(x.shape)}")
-    get_ode_solver(solver)  # validates the name before tracing
-    if n_steps is not None:
-        check_n_steps(n_steps)
-    eps = sde.sampling_eps if eps is None else float(eps)
-    return _encode(sde, score_fn, x, solver, rtol, atol, n_steps, eps, max_steps)
+    ode = solvers.get("ode", solver=solver, rtol=rtol, atol=atol, n_steps=n_steps, max_steps=max_steps,
+                      denoise=False)  # validates the options before tracing
+    return _encode(ode, sde, score_fn, x, ode.resolved_eps(sde) if eps is None else float(eps))
 
 
 @eqx.filter_jit
-def _encode(sde, score_fn, x, solver, rtol, atol, n_steps, eps, max_steps):
-    term = diffrax.ODETerm(lambda t, y, args: probability_flow_drift(sde, score_fn, y, t))
-    t0, t1 = jnp.asarray(eps, x.dtype), jnp.asarray(sde.T, x.dtype)
-    if n_steps is None:
-        controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), (t1 - t0) / 100
-    else:
-        controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / n_steps
-    sol = diffrax.diffeqsolve(term, get_ode_solver(solver), t0, t1, dt0, x, stepsize_controller=controller,
-                              max_steps=max_steps if n_steps is None else n_steps + 2, throw=False)
-    return eqx.error_if(sol.ys[-1], sol.result != diffrax.RESULTS.successful,
-                        f"probability-flow ODE encoding did not reach T (max_steps={max_steps} exceeded or "
-                        "non-finite values): pass a larger max_steps or looser rtol/atol")
+def _encode(ode, sde, score_fn, x, eps):
+    """The `ode` sampler's solve, run forward from eps to T (the same solver the decoder uses)."""
+    return ode.solve(sde, score_fn, x, sde.T, t_start=eps, end_name="T")[0]
 
 
 def decode(sde: SDE, score_fn: ScoreFn, z: Array, solver="tsit5", rtol: float = 1e-5, atol: float = 1e-5,

@@ -82,30 +82,16 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
 
     `loaded`: the output of `load_score_fn`, when the caller already restored the checkpoint.
     """
-    score_fn, sde, shape, step = loaded or load_score_fn(config, workdir, data_shape, step)
-    sampler = config_utils.sampler_from_config(config.sampling)
-    n_dev = jax.local_device_count()
-    per_dev = _per_device(min(config.sampling.batch_size, config.sampling.num_samples), n_dev)
-    batch = (per_dev,) + shape
-
-    def draw(key, sf):
-        return sampler(key, sde, sf, batch)
-
-    p_draw = jax.pmap(draw, in_axes=(0, None))
-    key = jax.random.PRNGKey(config.seed)
-    outs, nfes, t0, done, i = [], [], time.perf_counter(), 0, 0
-    with tqdm(total=config.sampling.num_samples, desc=f"sampling ({config.sampling.method})", unit="img") as bar:
-        while done < config.sampling.num_samples:
-            keys = jax.random.split(jax.random.fold_in(key, i), n_dev)
-            x, info = p_draw(keys, score_fn)
-            x = np.asarray(x).reshape((-1,) + shape)
+    loaded = loaded or load_score_fn(config, workdir, data_shape, step)
+    num = config.sampling.num_samples
+    outs, nfes, t0 = [], [], time.perf_counter()
+    with tqdm(total=num, desc=f"sampling ({config.sampling.method})", unit="img") as bar:
+        for x, nfe in draw_batches(config, loaded, num, config.sampling.batch_size, config.seed):
             outs.append(x)
-            nfes.append(int(np.max(info.nfe)))
-            done += len(x)
-            i += 1
+            nfes.append(nfe)
             bar.update(len(x))
     elapsed = time.perf_counter() - t0
-    samples = np.concatenate(outs)[: config.sampling.num_samples]
+    samples, step = np.concatenate(outs), loaded.step
     out_dir = out_dir or os.path.join(workdir, "samples")
     return write_samples(config, samples, out_dir, step, {"nfe": int(np.mean(nfes)), "seconds": elapsed})
 
@@ -262,17 +248,24 @@ def digits_quality_of(config, workdir: str, samples: np.ndarray, train_split: da
     return quality.digits_quality(clf, to01(samples)[..., 0], train01[..., 0], test01[..., 0])
 
 
-def sample_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int):
-    """Yields `num_samples` samples (model scale) in batches of about `batch_size`, drawn on every local device."""
+def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int):
+    """Yields (samples (model scale), NFE) for `num_samples` samples in batches of about `batch_size`,
+    drawn with `config.sampling`'s sampler on every local device; batch i uses fold_in(PRNGKey(seed), i)."""
     sampler = config_utils.sampler_from_config(config.sampling)
     n_dev = jax.local_device_count()
     shape = (_per_device(min(batch_size, num_samples), n_dev),) + loaded.data_shape
-    p_draw = jax.pmap(lambda key, sf: sampler(key, loaded.sde, sf, shape)[0], in_axes=(0, None))
+    p_draw = jax.pmap(lambda key, sf: sampler(key, loaded.sde, sf, shape), in_axes=(0, None))
     key, done, i = jax.random.PRNGKey(seed), 0, 0
     while done < num_samples:
-        x = np.asarray(p_draw(jax.random.split(jax.random.fold_in(key, i), n_dev), loaded.score_fn))
-        x = x.reshape((-1,) + loaded.data_shape)[: num_samples - done]
+        x, info = p_draw(jax.random.split(jax.random.fold_in(key, i), n_dev), loaded.score_fn)
+        x = np.asarray(x).reshape((-1,) + loaded.data_shape)[: num_samples - done]
         done, i = done + len(x), i + 1
+        yield x, int(np.max(info.nfe))
+
+
+def sample_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int):
+    """Yields the samples of `draw_batches` alone."""
+    for x, _ in draw_batches(config, loaded, num_samples, batch_size, seed):
         yield x
 
 
@@ -289,4 +282,4 @@ def inception_quality_of(config, workdir: str, loaded: Loaded, out_dir: str) -> 
 
 __all__ = ["Loaded", "load_score_fn", "sample", "write_samples", "save_grid", "likelihood_bpd", "test_loss",
            "needs_train_split", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError",
-           "sample_batches", "inception_quality_of"]
+           "draw_batches", "sample_batches", "inception_quality_of"]

@@ -229,7 +229,6 @@ def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: 
     keys split(fold_in(key, i)) (step, hook), so every step's randomness is reproducible and
     independent of how the steps are grouped.
     """
-    check_score_shape(score_fn, x)
     n = ts.shape[0] - 1
     carry = (x, sampler.init(sde, score_fn, x, ts))
     hooked = hook is not None

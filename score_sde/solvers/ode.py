@@ -125,8 +125,10 @@ class ODESampler(StepSampler):
         x, _, _, state, _ = solver.step(_flow_term(sde, score_fn), t, t_next, x, None, state, made_jump=hooked)
         return x, state
 
-    def solve(self, sde, score_fn, x, eps, t_start=None):
-        """Integrates the probability-flow ODE from (t_start, x) to eps; t_start defaults to T.
+    def solve(self, sde, score_fn, x, eps, t_start=None, end_name: str = "eps"):
+        """Integrates the probability-flow ODE from (t_start, x) to the time `eps`; t_start defaults to T.
+
+        Either direction: `edit.encode` solves from eps up to T (`end_name` names the end in errors).
 
         Returns:
           (x_eps like x, nfe int32 scalar, step statistics dict with "num_steps" (attempted steps)
@@ -148,7 +150,7 @@ class ODESampler(StepSampler):
         sol = diffrax.diffeqsolve(term, solver, t0, t1, (t1 - t0) / 100, x,
                                   stepsize_controller=diffrax.PIDController(rtol=self.rtol, atol=self.atol),
                                   max_steps=self.max_steps, throw=False, solver_state=solver_state)
-        x_eps = _raise_if_failed(sol, self.max_steps)
+        x_eps = _raise_if_failed(sol, self.max_steps, end_name)
         return x_eps, jnp.asarray(solve_nfe(solver, sol.stats["num_steps"]), jnp.int32), sol.stats
 
     def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None):
@@ -171,11 +173,11 @@ def _flow_term(sde, score_fn) -> diffrax.ODETerm:
     return diffrax.ODETerm(lambda t, y, args: probability_flow_drift(sde, score_fn, y, t))
 
 
-def _raise_if_failed(sol: diffrax.Solution, max_steps: int):
+def _raise_if_failed(sol: diffrax.Solution, max_steps: int, end_name: str = "eps"):
     """The final state, with a run-time error (raised by the jitted call) if the solve failed."""
     x = sol.ys[-1]
     msgs = ("",
-            f"probability-flow ODE solve stopped after max_steps={max_steps} steps before reaching eps; "
+            f"probability-flow ODE solve stopped after max_steps={max_steps} steps before reaching {end_name}; "
             "pass a larger max_steps (e.g. score_sde.solvers.get('ode', max_steps=...)) or looser rtol/atol",
             "probability-flow ODE solve failed (non-finite values or step size underflow); "
             "check the score function for NaN/inf")

@@ -226,8 +226,21 @@ class DPMSolverSampler(StepSampler):
         orders = self.step_orders()
         if self.method == "singlestep" and self.nfe is not None and self.skip != "logSNR":
             fine = time_steps(sde, self.skip, t_start, t_end, sum(orders), dtype)
-            return fine[np.cumsum([0] + orders)], None
-        return time_steps(sde, self.skip, t_start, t_end, len(orders), dtype), None
+            ts = fine[np.cumsum([0] + orders)]
+        else:
+            ts = time_steps(sde, self.skip, t_start, t_end, len(orders), dtype)
+        return ts, (self.inner_times(sde, ts, orders) if self.method == "singlestep" else None)
+
+    def inner_times(self, sde, ts, orders: list[int]) -> Array:
+        """(N, 2) intermediate times of each singlestep step (unused entries repeat its end), computed
+        once before the loop (the logSNR fractions need a bisection each): the fractions 1/2 (order 2)
+        or 1/3, 2/3 (order 3) in logSNR, else the step's own `skip` spacing (the reference code)."""
+        if self.skip == "logSNR":
+            lam = sde.log_snr(ts)
+            r = jnp.asarray([[0.5, 1.0] if o == 2 else [1.0 / 3.0, 2.0 / 3.0] for o in orders], ts.dtype)
+            return inverse_log_snr(sde, lam[:-1, None] + r * (lam[1:] - lam[:-1])[:, None], sde.T)
+        rows = [time_steps(sde, self.skip, ts[i], ts[i + 1], max(o, 2), ts.dtype)[1:-1] for i, o in enumerate(orders)]
+        return jnp.stack([jnp.pad(row, (0, 2 - row.shape[0]), mode="edge") for row in rows])
 
     def init(self, sde, score_fn, x, ts):
         """Multistep: the last max(order) predictions and their times, most recent first."""
@@ -238,11 +251,9 @@ class DPMSolverSampler(StepSampler):
 
     def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
         """A step of order `kind`: singlestep (kind evaluations), or multistep (one evaluation, at x)."""
-        if self.method == "singlestep":
-            inner = None  # logSNR spacing: the fractions 1/2 or 1/3, 2/3
-            if kind > 1 and self.skip != "logSNR":  # intermediate times follow the spacing (reference code)
-                inner = tuple(time_steps(sde, self.skip, t, t_next, kind, t.dtype)[1:-1])
-            return singlestep_update(sde, score_fn, x, t, t_next, kind, self.algorithm, inner), state
+        if self.method == "singlestep":  # inputs: this step's intermediate times (`inner_times`)
+            inner = tuple(inputs[j] for j in range(kind - 1))
+            return singlestep_update(sde, score_fn, x, t, t_next, kind, self.algorithm, inner or None), state
         ms, hist = state
         ms = jnp.concatenate([prediction(sde, score_fn, x, t, self.algorithm).astype(ms.dtype)[None], ms[:-1]])
         hist = jnp.concatenate([t[None], hist[:-1]])

@@ -94,7 +94,7 @@ class EDMHeunSampler(StepSampler):
 
     def grid(self, sde, t_start, t_end, dtype):
         """Times of the noise levels sigma_0 > ... > sigma_{N-1} > sigma_N = 0, and per step
-        (sigma, sigma_hat, sigma_next)."""
+        (sigma, sigma_hat, sigma_next, t(sigma_hat), t(sigma_next))."""
         t_end = jnp.asarray(t_end, dtype)
         if self.schedule == "karras" or self.n_steps == 1:
             sigmas = edm_sigmas(sde.std(t_end) / sde.alpha(t_end), sde.std(t_start) / sde.alpha(t_start),
@@ -104,19 +104,20 @@ class EDMHeunSampler(StepSampler):
             sigmas = jnp.append(sde.std(levels) / sde.alpha(levels), jnp.zeros((), dtype))
         hats = churn_levels(sigmas, self.s_churn, self.s_min, self.s_max)
         ts = jnp.append(sigma_to_time(sde, sigmas[:-1]).at[0].set(t_start), jnp.zeros((), dtype))
-        return ts, (sigmas[:-1], hats, sigmas[1:])
+        # the times of sigma_hat and sigma_next, by bisection once here rather than in every step
+        return ts, (sigmas[:-1], hats, sigmas[1:], sigma_to_time(sde, hats), sigma_to_time(sde, sigmas[1:]))
 
     def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
         """One step of Algorithm 2 from sigma (raised to sigma_hat) to sigma_next, in y = x / alpha."""
-        sigma, sigma_hat, sigma_next = inputs
+        sigma, sigma_hat, sigma_next, t_hat, t_sigma_next = inputs
         y = x / sde.alpha(t)
         if self.s_churn > 0:
             z = jax.random.normal(key, y.shape, y.dtype)
             y = y + jnp.sqrt(sigma_hat**2 - sigma**2) * self.s_noise * z
-        d = (y - _denoiser(sde, score_fn, y, sigma_to_time(sde, sigma_hat))) / sigma_hat
+        d = (y - _denoiser(sde, score_fn, y, t_hat)) / sigma_hat
         y_next = y + (sigma_next - sigma_hat) * d
         if kind == "heun":
-            d_next = (y_next - _denoiser(sde, score_fn, y_next, sigma_to_time(sde, sigma_next))) / sigma_next
+            d_next = (y_next - _denoiser(sde, score_fn, y_next, t_sigma_next)) / sigma_next
             y_next = y + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
         return sde.alpha(t_next) * y_next, state
 

@@ -72,6 +72,7 @@ def test_edm_spacing_and_time_derivative(x64):
     np.testing.assert_allclose(d, -1.0 / np.log(50.0 / 0.01), rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_optimised_grid_beats_the_spacing_on_new_noise(x64):
     """optimise_grid on 256 draws of x_T (2-D mixture, VP, UniPC-2 bh2, 10 steps) lowers the path error on 2000
     other draws. Measured: 0.0178 -> 0.0016 on the fit draws, 0.0294 (time_quadratic) -> 0.0131 on the new ones

@@ -64,6 +64,7 @@ class CLD(ForwardSDE):
     T: float = eqx.field(default=1.0, static=True, kw_only=True)
     sampling_eps: ClassVar[float] = 1e-3
     capabilities: ClassVar[frozenset] = frozenset({"reverse_sde", "sscs_split"})
+    training_objective: ClassVar[str] = "hsm"
 
     def __check_init__(self):
         v = _concrete(beta=self.beta, m_inv=self.m_inv, gamma=self.gamma, T=self.T)

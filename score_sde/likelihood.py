@@ -157,6 +157,9 @@ __all__ = [
 ]
 
 
+_AUX_STREAM = 0x5EED  # fold_in constant of the auxiliary-variable draws in `augmented_elbo`
+
+
 def augmented_elbo(key: Array, sde, score_fn: ScoreFn, x0: Array, *, n_samples: int = 1,
                    **options) -> tuple[Array, Array]:
     """A lower bound on log p(x0) for an SDE whose state carries auxiliary variables (CLD's velocity).
@@ -179,8 +182,10 @@ def augmented_elbo(key: Array, sde, score_fn: ScoreFn, x0: Array, *, n_samples: 
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
     total, nfe = 0.0, 0
     for i in range(n_samples):
-        k_aux, k_ll = jax.random.split(jax.random.fold_in(key, i))
-        u0, log_q = sde.augment(k_aux, jnp.asarray(x0))
+        # draw i: probes from k_ll (the key itself for draw 0, so without auxiliary variables this is
+        # `log_likelihood(key, ...)` exactly), auxiliary variables from fold_in(k_ll, _AUX_STREAM)
+        k_ll = key if i == 0 else jax.random.fold_in(key, i)
+        u0, log_q = sde.augment(jax.random.fold_in(k_ll, _AUX_STREAM), jnp.asarray(x0))
         res = log_likelihood(k_ll, sde, score_fn, u0, **options)
         total, nfe = total + res.logp - log_q, nfe + res.nfe
     return total / n_samples, nfe

@@ -73,6 +73,9 @@ class ForwardSDE(eqx.Module):
     """
 
     capabilities: ClassVar[frozenset] = frozenset({"reverse_sde"})
+    # The training objective `losses.get_loss_fn` builds: "dsm" (denoising score matching) or
+    # "hsm" (CLD's hybrid score matching, `losses.hsm_loss`).
+    training_objective: ClassVar[str] = "dsm"
 
     # --- the state -------------------------------------------------------------------
     def state_shape(self, shape) -> tuple[int, ...]:
@@ -191,6 +194,19 @@ class SDE(ForwardSDE):
         d = math.prod(z.shape[1:])
         sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)) ** 2, axis=1)
         return -0.5 * d * math.log(2 * math.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
+
+    # --- the network parameterisation (used by `score_sde.models.parameterization`) ---
+    def network_input(self, x: Array) -> Array:
+        """What the network sees: x itself."""
+        return x
+
+    def noise_conditioning(self, t: Array) -> Array:
+        """c_noise(t) = log(std(t) / alpha(t)) = -lambda(t), (B,)."""
+        return -self.log_snr(t)
+
+    def score_from_network(self, out: Array, x: Array, t: Array) -> Array:
+        """The network predicts the noise z of x_t = alpha x0 + std z: score = -out / std(t)."""
+        return -out / expand_to(self.std(t), x)
 
     def score_drift(self, x: Array, score: Array, t: Array) -> Array:
         """g(t)^2 score (like x); t: (B,)."""

@@ -126,7 +126,7 @@ def test_mixture_oracle_is_gradient_of_its_density():
 @eqx.filter_jit
 def _draw_all(key, score_fns):
     samplers = [solvers.get("sscs", n_steps=100), solvers.get("euler_maruyama", n_steps=200, denoise=False),
-                solvers.get("ode", denoise=False), solvers.get("sscs", n_steps=100)]
+                solvers.get("ode", denoise=False)]
     out = []
     for s, f in zip(samplers, score_fns):
         u, info = s.sample(key, CLD, f, (2000, 2), jnp.float32)
@@ -136,8 +136,7 @@ def _draw_all(key, score_fns):
 
 def test_sscs_em_ode_match_mixture():
     """SSCS (100 steps), EM (200) and the adaptive probability-flow ODE on the 2-D mixture, in one compile."""
-    wrong = ss.GaussianMixture(MIX2D.weights, MIX2D.means + 0.5, MIX2D.stds)
-    outs = _draw_all(jax.random.PRNGKey(0), [MIX2D.score_fn(CLD)] * 3 + [wrong.score_fn(CLD)])
+    outs = _draw_all(jax.random.PRNGKey(0), [MIX2D.score_fn(CLD)] * 3)
     a, b = (np.asarray(MIX2D.sample(jax.random.PRNGKey(k), 2000)) for k in (101, 102))
     sw_ref = sliced_w1(a, b)
     sws = [sliced_w1(np.asarray(x), a) for x, _ in outs]
@@ -145,7 +144,8 @@ def test_sscs_em_ode_match_mixture():
         assert np.all(np.isfinite(np.asarray(x))) and int(nfe) > 0, label
         np.testing.assert_allclose(np.asarray(x).mean(0), a.mean(0), atol=0.15, err_msg=label)
         assert sw <= 3 * sw_ref + 0.03, f"{label}: SW {sw:.4f} > 3 x {sw_ref:.4f} + 0.03"
-    assert sws[3] > 3 * sw_ref + 0.03, "the statistic must reject the shifted mixture"
+    # the statistic rejects the SSCS samples against a mixture shifted by 0.2 (so it can fail)
+    assert sliced_w1(np.asarray(outs[0][0]), a + 0.2) > 3 * sw_ref + 0.03
 
 
 def test_sampler_call_returns_data_and_velocity_and_refuses_scalar_kernel_samplers():

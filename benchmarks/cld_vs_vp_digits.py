@@ -46,6 +46,8 @@ def main():
     p.add_argument("--nfe", default="50,100")
     p.add_argument("--num_samples", type=int, default=512)
     p.add_argument("--likelihood_examples", type=int, default=300)
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the config's); "
+                   "another seed labels its results <label>_seed<seed>")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     runs = {"vp": (digits_vp.get_config(), args.vp_workdir), "cld": (digits_cld.get_config(), args.cld_workdir)}
@@ -70,7 +72,9 @@ def main():
                 for label, (name, opts) in samplers_at(m, nfe).items():
                     config.sampling.method = name
                     config.sampling[name].update(opts)
-                    draws = list(evaluate.draw_batches(config, loaded, args.num_samples, 256, config.seed))
+                    seed = config.seed if args.seed is None else args.seed
+                    label = label if args.seed is None else f"{label}_seed{seed}"
+                    draws = list(evaluate.draw_batches(config, loaded, args.num_samples, 256, seed))
                     samples = np.concatenate([x for x, _ in draws])
                     q = evaluate.digits_quality_of(config, args.out, samples, train_split, test)
                     q.update(nfe=max(n for _, n in draws), step=int(loaded.step))

@@ -157,7 +157,7 @@ __all__ = [
 ]
 
 
-_AUX_STREAM = 0x5EED  # fold_in constant of the auxiliary-variable draws in `augmented_elbo`
+AUX_STREAM = 0x5EED  # draw 0 of `augmented_elbo` takes its auxiliary variables from fold_in(key, AUX_STREAM)
 
 
 def augmented_elbo(key: Array, sde, score_fn: ScoreFn, x0: Array, *, n_samples: int = 1,
@@ -183,9 +183,9 @@ def augmented_elbo(key: Array, sde, score_fn: ScoreFn, x0: Array, *, n_samples: 
     total, nfe = 0.0, 0
     for i in range(n_samples):
         # draw i: probes from k_ll (the key itself for draw 0, so without auxiliary variables this is
-        # `log_likelihood(key, ...)` exactly), auxiliary variables from fold_in(k_ll, _AUX_STREAM)
+        # `log_likelihood(key, ...)` exactly), auxiliary variables from fold_in(k_ll, AUX_STREAM)
         k_ll = key if i == 0 else jax.random.fold_in(key, i)
-        u0, log_q = sde.augment(jax.random.fold_in(k_ll, _AUX_STREAM), jnp.asarray(x0))
+        u0, log_q = sde.augment(jax.random.fold_in(k_ll, AUX_STREAM), jnp.asarray(x0))
         res = log_likelihood(k_ll, sde, score_fn, u0, **options)
         total, nfe = total + res.logp - log_q, nfe + res.nfe
     return total / n_samples, nfe

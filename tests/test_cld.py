@@ -172,7 +172,7 @@ def test_likelihood_of_joint_state_and_velocity_elbo():
     sf = gauss.score_fn(CLD)
     x0 = gauss.sample(jax.random.PRNGKey(3), 16)
     key = jax.random.PRNGKey(4)
-    u0, log_q = CLD.augment(jax.random.split(jax.random.fold_in(key, 0))[0], x0)  # augmented_elbo's first draw
+    u0, log_q = CLD.augment(jax.random.fold_in(key, ss.likelihood.AUX_STREAM), x0)  # augmented_elbo's draw 0
     eps = 1e-3
     res = ss.likelihood.log_likelihood(None, CLD, sf, u0, eps=eps)
     np.testing.assert_allclose(res.logp, sf.log_prob(u0, eps), atol=2e-2)
@@ -191,7 +191,7 @@ def test_hsm_loss_differences_equal_explicit_score_matching():
     gauss = ss.GaussianMixture(jnp.array([0.4, 0.6]), jnp.array([[-1.0], [1.0]]), jnp.array([0.3, 0.4]))
     exact = gauss.score_fn(CLD)
     wrong = lambda u, t: exact(u, t) + 0.5 * u[:, 1]  # noqa: E731
-    n = 20000
+    n = 8000
     x0 = gauss.sample(jax.random.PRNGKey(0), n)
     keys = losses.example_keys(jax.random.PRNGKey(1), n)
     state = jax.ShapeDtypeStruct(CLD.state_shape(x0.shape), x0.dtype)
@@ -243,15 +243,15 @@ def test_cli_train_sample_likelihood(tmp_path):
 
     c = digits_cld.get_config()
     c.model.name, c.model.hidden = "mlp", (32, 32)
-    c.training.update(n_iters=2, snapshot_freq=2, log_freq=1, batch_size=8)
-    c.sampling.update(num_samples=8, batch_size=8)
-    c.sampling.sscs.n_steps = 5
-    c.likelihood.update(num_examples=4, batch_size=4, rtol=1e-2, atol=1e-2)
+    c.training.update(n_iters=1, snapshot_freq=1, log_freq=1, batch_size=8)
+    c.sampling.update(num_samples=4, batch_size=4)
+    c.sampling.sscs.n_steps = 3
+    c.likelihood.update(num_examples=2, batch_size=2, rtol=1e-2, atol=1e-2)
     work = str(tmp_path / "run")
     for mode in ("train", "sample", "likelihood"):
         assert cli.run(c, work, mode) == 0, mode
-    samples = np.load(tmp_path / "run" / "samples" / "samples_2_sscs.npz")["samples"]
-    assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
-    with open(tmp_path / "run" / "likelihood" / "likelihood_2.json") as f:
+    samples = np.load(tmp_path / "run" / "samples" / "samples_1_sscs.npz")["samples"]
+    assert samples.shape == (4, 8, 8, 1) and np.all(np.isfinite(samples))
+    with open(tmp_path / "run" / "likelihood" / "likelihood_1.json") as f:
         res = json.load(f)
-    assert res["num_examples"] == 4 and np.isfinite(res["bits_per_dim"]) and res["bits_per_dim"] > 0
+    assert res["num_examples"] == 2 and np.isfinite(res["bits_per_dim"]) and res["bits_per_dim"] > 0

@@ -17,6 +17,11 @@ absorbed into the prediction). The conditioning is
 minus the log signal-to-noise ratio: the log of the noise level of the equivalent VE
 process. It spans roughly [-7, 5] for the default VP and [-4.6, 3.9] for the default VE,
 so one network design serves every SDE and no `t * 999` constant appears anywhere.
+
+The SDE supplies these three pieces (`sde.network_input`, `sde.noise_conditioning`,
+`sde.score_from_network`), so an SDE with another state needs no branch here: CLD feeds the
+network x and v concatenated along the channel axis and turns its output into the hybrid
+(mixed) velocity score (`score_sde.cld`).
 """
 
 from __future__ import annotations
@@ -25,21 +30,29 @@ from typing import Any
 
 import equinox as eqx
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from score_sde.sde import SDE, Array, batch_times, expand_to
 
 
 def noise_conditioning(sde: SDE, t: Array) -> Array:
-    """c_noise(t) = log(std(t) / alpha(t)), the value fed to the network, (B,)."""
-    return -sde.log_snr(t)
+    """c_noise(t) = log(std(t) / alpha(t)), the value fed to the network, (B,) (`sde.noise_conditioning`)."""
+    return sde.noise_conditioning(t)
 
 
 def model_score(model: nn.Module, variables: Any, sde: SDE, x: Array, t, *, train: bool = False,
                 rngs: dict | None = None) -> Array:
     """score(x, t) = -net(x, c_noise(t)) / std(t), like x."""
     t = batch_times(t, x.shape[0], x.dtype)
-    out = model.apply(variables, x, noise_conditioning(sde, t), train=train, rngs=rngs)
-    return -out / expand_to(sde.std(t), x)
+    out = model.apply(variables, sde.network_input(x), noise_conditioning(sde, t), train=train, rngs=rngs)
+    return sde.score_from_network(out, x, t)
+
+
+def network_input_shape(sde: SDE, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one example as the network sees it (data_shape, or (*dims[:-1], 2 C) for CLD)."""
+    state = jax.ShapeDtypeStruct(sde.state_shape((1, *data_shape)), jnp.float32)
+    return tuple(jax.eval_shape(sde.network_input, state).shape[1:])
 
 
 class ModelScore(eqx.Module):
@@ -62,4 +75,4 @@ def score_fn(model: nn.Module, variables: Any, sde: SDE) -> ModelScore:
     return ModelScore(model, variables, sde)
 
 
-__all__ = ["noise_conditioning", "model_score", "ModelScore", "score_fn"]
+__all__ = ["noise_conditioning", "model_score", "network_input_shape", "ModelScore", "score_fn"]

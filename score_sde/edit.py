@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from score_sde import solvers
-from score_sde.sde import SDE, Array, ScoreFn, expand_to
+from score_sde.sde import SDE, Array, ScoreFn, expand_to, require_capability
 from score_sde.solvers.base import Sampler
 
 
@@ -36,6 +36,7 @@ def sdedit(key: Array, sampler: Sampler, sde: SDE, score_fn: ScoreFn, x_guide: A
     Returns:
       (x (B, *dims), the sampler's info).
     """
+    require_capability(sde, "scalar_kernel", "edit.sdedit")
     x_guide = jnp.asarray(x_guide)
     if not jnp.issubdtype(x_guide.dtype, jnp.floating):
         x_guide = x_guide.astype(jnp.float32)
@@ -64,6 +65,7 @@ def encode(sde: SDE, score_fn: ScoreFn, x: Array, solver="tsit5", rtol: float = 
     Returns:
       z, like x.
     """
+    require_capability(sde, "scalar_kernel", "edit.encode")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float32)
@@ -89,6 +91,7 @@ def decode(sde: SDE, score_fn: ScoreFn, z: Array, solver="tsit5", rtol: float = 
     Returns:
       x, like z.
     """
+    require_capability(sde, "scalar_kernel", "edit.decode")
     z = jnp.asarray(z)
     sampler = solvers.get("ode", solver=solver, rtol=rtol, atol=atol, n_steps=n_steps, eps=eps,
                           max_steps=max_steps, denoise=False)
@@ -129,6 +132,7 @@ def interpolate(sde: SDE, score_fn: ScoreFn, x_a: Array, x_b: Array, n: int, **o
     Returns:
       (B, n, *dims); [:, 0] reproduces x_a and [:, -1] x_b up to the ODE tolerance.
     """
+    require_capability(sde, "scalar_kernel", "edit.interpolate")
     x_a, x_b = jnp.asarray(x_a), jnp.asarray(x_b)
     if x_a.shape != x_b.shape:
         raise ValueError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}")

@@ -47,7 +47,7 @@ from jax import lax
 
 from score_sde import solvers
 from score_sde.lookup import check_choice
-from score_sde.sde import SDE, Array, ScoreFn, batch_times, expand_to
+from score_sde.sde import SDE, Array, ScoreFn, batch_times, expand_to, require_capability
 from score_sde.solvers.base import StepSampler
 from score_sde.solvers.data_prediction import data_prediction
 from score_sde.solvers.timesteps import time_steps
@@ -96,6 +96,7 @@ def inpaint(key: Array, sde: SDE, score_fn: ScoreFn, x_known: Array, mask, metho
     Returns:
       (x (B, *dims), equal to x_known on the mask when noiseless, InverseInfo).
     """
+    require_capability(sde, "scalar_kernel", "inverse.inpaint")
     check_choice(method, METHODS, "inpainting method", "methods")
     opts = _resolve_options(method, opts)
     x_known = jnp.asarray(x_known)
@@ -130,6 +131,7 @@ def colorize(key: Array, sde: SDE, score_fn: ScoreFn, gray: Array, method: str =
       (x (B, H, W, 3) with mean over channels = gray up to rounding, InverseInfo with particles in
       RGB).
     """
+    require_capability(sde, "scalar_kernel", "inverse.colorize")
     gray = jnp.asarray(gray)
     if gray.ndim == 4 and gray.shape[-1] == 1:
         gray = gray[..., 0]
@@ -165,6 +167,7 @@ def linear(key: Array, sde: SDE, score_fn: ScoreFn, y: Array, A, shape, method: 
     Returns:
       (x (B, *shape), InverseInfo with the particles in the original coordinates).
     """
+    require_capability(sde, "scalar_kernel", "inverse.linear")
     shape = tuple(int(d) for d in shape)
     y = jnp.asarray(y)
     if not jnp.issubdtype(y.dtype, jnp.floating):

@@ -62,6 +62,14 @@ CAPABILITIES = {
 }
 
 
+def require_capability(sde, capability: str, user: str) -> None:
+    """Raises ValueError, in one line, when `sde` lacks `capability` (a key of CAPABILITIES) that
+    `user` (a function's name, for the message) needs."""
+    if capability not in sde.capabilities:
+        raise ValueError(f"{user} needs {capability} ({CAPABILITIES[capability]}), which "
+                         f"{type(sde).__name__} does not offer; it works with VPSDE, SubVPSDE and VESDE")
+
+
 class ForwardSDE(eqx.Module):
     """Any forward SDE du = f(u, t) dt + G(t) dw that samplers and the likelihood can run.
 

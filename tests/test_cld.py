@@ -165,6 +165,26 @@ def test_sampler_call_returns_data_and_velocity_and_refuses_scalar_kernel_sample
         sampler(jax.random.PRNGKey(0), CLD, lambda u, t: u, (4, 2))
 
 
+
+def test_inverse_and_edit_refuse_cld_in_one_line():
+    """inpainting, colourisation, linear inverse problems and the editing tools use alpha(t) / std(t):
+    with CLD they fail before any work with the capability they need."""
+    from score_sde import edit, inverse
+
+    sf, key, x = MIX2D.score_fn(CLD), jax.random.PRNGKey(0), jnp.zeros((4, 2))
+    calls = {
+        "inverse.inpaint": lambda: inverse.inpaint(key, CLD, sf, x, jnp.ones(2)),
+        "inverse.colorize": lambda: inverse.colorize(key, CLD, sf, jnp.zeros((1, 2, 2, 1))),
+        "inverse.linear": lambda: inverse.linear(key, CLD, sf, jnp.zeros((4, 1)), jnp.ones((1, 2)), (4, 2)),
+        "edit.sdedit": lambda: edit.sdedit(key, solvers.get("sscs", n_steps=4), CLD, sf, x, 0.5),
+        "edit.encode": lambda: edit.encode(CLD, sf, x),
+        "edit.decode": lambda: edit.decode(CLD, sf, x),
+        "edit.interpolate": lambda: edit.interpolate(CLD, sf, x, x, 3),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=rf"{name} needs scalar_kernel .* which CLD does not offer"):
+            call()
+
 def test_likelihood_of_joint_state_and_velocity_elbo():
     """ODE log p(x, v) with the exact score equals the oracle's density; the ELBO over v0 lies below
     log p(x0) (exact for this Gaussian) and above it minus a stated gap."""

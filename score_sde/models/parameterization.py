@@ -17,6 +17,10 @@ absorbed into the prediction). The conditioning is
 minus the log signal-to-noise ratio: the log of the noise level of the equivalent VE
 process. It spans roughly [-7, 5] for the default VP and [-4.6, 3.9] for the default VE,
 so one network design serves every SDE and no `t * 999` constant appears anywhere.
+
+A class-conditional network (built with num_classes > 0) also takes labels y (B,) ints; y = None
+is the null class, i.e. the unconditional score the same network learned through label dropout.
+`cond_score_fn` wraps it as cond_score(x, t, y), the form `score_sde.guidance` consumes.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ def noise_conditioning(sde: SDE, t: Array) -> Array:
 
 
 def model_score(model: nn.Module, variables: Any, sde: SDE, x: Array, t, *, train: bool = False,
-                rngs: dict | None = None) -> Array:
-    """score(x, t) = -net(x, c_noise(t)) / std(t), like x."""
+                rngs: dict | None = None, y: Array | None = None) -> Array:
+    """score(x, t[, y]) = -net(x, c_noise(t)[, y]) / std(t), like x; y (B,) class labels or None."""
     t = batch_times(t, x.shape[0], x.dtype)
-    out = model.apply(variables, x, noise_conditioning(sde, t), train=train, rngs=rngs)
+    extra = {} if y is None else {"y": y}  # unconditional networks are called exactly as before
+    out = model.apply(variables, x, noise_conditioning(sde, t), train=train, rngs=rngs, **extra)
     return -out / expand_to(sde.std(t), x)
 
 
@@ -62,4 +67,24 @@ def score_fn(model: nn.Module, variables: Any, sde: SDE) -> ModelScore:
     return ModelScore(model, variables, sde)
 
 
-__all__ = ["noise_conditioning", "model_score", "ModelScore", "score_fn"]
+class ConditionalModelScore(eqx.Module):
+    """A class-conditional network as cond_score(x, t, y): y (B,) ints, or None for the null class.
+
+    Called with two arguments it is the null-class (unconditional) score, so it is also a plain
+    score_fn(x, t) for every sampler, the likelihood and the edit tasks.
+    """
+
+    model: nn.Module = eqx.field(static=True)
+    variables: Any
+    sde: SDE
+
+    def __call__(self, x: Array, t, y: Array | None = None) -> Array:
+        return model_score(self.model, self.variables, self.sde, x, t, train=False, y=y)
+
+
+def cond_score_fn(model: nn.Module, variables: Any, sde: SDE) -> ConditionalModelScore:
+    """Wraps a class-conditional (model, variables) as an evaluation-mode cond_score(x, t, y)."""
+    return ConditionalModelScore(model, variables, sde)
+
+
+__all__ = ["noise_conditioning", "model_score", "ModelScore", "score_fn", "ConditionalModelScore", "cond_score_fn"]

@@ -1,6 +1,6 @@
 """score_sde: score-based generative modeling with SDEs in JAX."""
 
-from score_sde import analytic, bpd, likelihood, solvers
+from score_sde import analytic, bpd, guidance, likelihood, solvers
 from score_sde import edit, inverse  # after solvers: they build on them
 from score_sde.analytic import GaussianMixture
 from score_sde.sde import (
@@ -22,6 +22,7 @@ __all__ = [
     "analytic",
     "bpd",
     "edit",
+    "guidance",
     "inverse",
     "likelihood",
     "solvers",

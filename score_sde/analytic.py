@@ -70,12 +70,19 @@ class GaussianMixture(eqx.Module):
 
     # --- t = 0 ----------------------------------------------------------------------
     def sample(self, key: Array, n: int) -> Array:
-        """Draws n samples, shape (n, *event_shape)."""
+        """Draws n samples, shape (n, *event_shape) (the x of `sample_labeled(key, n)`)."""
+        return self.sample_labeled(key, n)[0]
+
+    def sample_labeled(self, key: Array, n: int) -> tuple[Array, Array]:
+        """n samples and the component each came from: (x (n, *event_shape), y (n,) int32).
+
+        The same draw as `sample`: sample_labeled(key, n)[0] == sample(key, n).
+        """
         kc, kz = jax.random.split(key)
         comp = jax.random.choice(kc, self.weights.shape[0], (n,), p=self.weights)
         z = jax.random.normal(kz, (n, self.dim), self.means.dtype)
         x = self.means[comp] + self.stds[comp, None] * z
-        return x.reshape((n,) + self.event_shape)
+        return x.reshape((n,) + self.event_shape), comp.astype(jnp.int32)
 
     def log_prob(self, x: Array) -> Array:
         """log p_0(x) in nats, (B,)."""
@@ -136,6 +143,62 @@ class GaussianMixture(eqx.Module):
         """The exact score of p_t as a callable score_fn(x, t) (a pytree, safe to pass to jit)."""
         return MixtureScore(self, sde)
 
+    # --- labels: the component id as a class ------------------------------------------
+    def _check_labels(self, y, batch: int) -> Array:
+        y = jnp.asarray(y)
+        if not jnp.issubdtype(y.dtype, jnp.integer) or y.shape != (batch,):
+            raise ValueError(f"y must be integer component ids of shape ({batch},) (one per example), "
+                             f"got {y.dtype} {y.shape}")
+        k = self.weights.shape[0]
+        if not isinstance(y, jax.core.Tracer) and y.size and not bool(jnp.all((y >= 0) & (y < k))):
+            raise ValueError(f"y must lie in [0, {k}) (the mixture's components), got values in "
+                             f"[{int(jnp.min(y))}, {int(jnp.max(y))}]")
+        return y
+
+    def joint_log_prob(self, sde: SDE, x: Array, t) -> Array:
+        """log p_t(x, y = k) = log w_k + log N(x; alpha mu_k, v_k I) for every k, (B, K) nats."""
+        xf = self._flat(x)
+        means, var = self.marginal_params(sde, t, xf.shape[0], xf.dtype)
+        return self._component_logp(xf, means, var)
+
+    def conditional_score(self, sde: SDE, x: Array, t, y) -> Array:
+        """Exact grad_x log p_t(x | y) = -(x - alpha mu_y) / v_y, like x; y (B,) ints.
+
+        y = None gives the unconditional score grad_x log p_t(x) (`marginal_score`).
+        """
+        if y is None:
+            return self.marginal_score(sde, x, t)
+        xf = self._flat(x)
+        y = self._check_labels(y, xf.shape[0])
+        means, var = self.marginal_params(sde, t, xf.shape[0], xf.dtype)
+        m_y = jnp.take_along_axis(means, y[:, None, None], axis=1)[:, 0]  # (B, D)
+        v_y = jnp.take_along_axis(var, y[:, None], axis=1)  # (B, 1)
+        return (-(xf - m_y) / v_y).reshape(x.shape)
+
+    def class_log_prob(self, sde: SDE, x: Array, t, y) -> Array:
+        """Exact log p_t(y | x), (B,): the log posterior responsibility of component y_b at x_b,
+        log_softmax_k(log w_k + log N(x; alpha mu_k, v_k I)) taken at k = y_b (Bayes' rule)."""
+        if y is None:
+            raise ValueError("class_log_prob needs labels y of shape (B,), got None")
+        log_post = jax.nn.log_softmax(self.joint_log_prob(sde, x, t), axis=1)  # (B, K)
+        y = self._check_labels(y, log_post.shape[0])
+        return jnp.take_along_axis(log_post, y[:, None], axis=1)[:, 0]
+
+    def conditional_score_fn(self, sde: SDE) -> "MixtureConditionalScore":
+        """The exact class-conditional score as cond_score_fn(x, t, y) (y (B,) ints or None), a pytree.
+
+        p_t(x | y) is component y's perturbed marginal N(alpha mu_y, v_y I); y = None gives the
+        mixture's score, like `score_fn(sde)`. The oracle for `score_sde.guidance.classifier_free`.
+        """
+        return MixtureConditionalScore(self, sde)
+
+    def class_log_prob_fn(self, sde: SDE) -> "MixtureClassLogProb":
+        """The exact noisy classifier as log_prob_fn(x, t, y) -> (B,) log p_t(y | x), a pytree.
+
+        The oracle for `score_sde.guidance.classifier`.
+        """
+        return MixtureClassLogProb(self, sde)
+
 
 class MixtureScore(eqx.Module):
     """score_fn(x, t) -> grad log p_t(x) for a Gaussian mixture under an SDE."""
@@ -145,6 +208,26 @@ class MixtureScore(eqx.Module):
 
     def __call__(self, x: Array, t) -> Array:
         return self.mixture.marginal_score(self.sde, x, t)
+
+
+class MixtureConditionalScore(eqx.Module):
+    """cond_score_fn(x, t, y) -> grad log p_t(x | y) for a Gaussian mixture's components (y None: p_t)."""
+
+    mixture: GaussianMixture
+    sde: SDE
+
+    def __call__(self, x: Array, t, y) -> Array:
+        return self.mixture.conditional_score(self.sde, x, t, y)
+
+
+class MixtureClassLogProb(eqx.Module):
+    """log_prob_fn(x, t, y) -> log p_t(y | x), (B,), for a Gaussian mixture's components."""
+
+    mixture: GaussianMixture
+    sde: SDE
+
+    def __call__(self, x: Array, t, y) -> Array:
+        return self.mixture.class_log_prob(self.sde, x, t, y)
 
 
 def gaussian_flow_map(gaussian: GaussianMixture, sde: SDE, x_t: Array, t, s) -> Array:

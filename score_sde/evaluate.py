@@ -238,12 +238,15 @@ def test_loss(config, score_fn, sde, test: data.Split, max_examples: int = 2048)
 
     loss_fn = jax.jit(train.loss_fn_from_config(config, score_fn.model, sde, train=False))
     key, total, count = jax.random.PRNGKey(config.seed + 2), 0.0, 0
-    for i, x in enumerate(data.iterate_once(config, "test", batch_size=config.sampling.batch_size, loaded=test)):
-        if count >= max_examples or len(x) == 0:
+    labeled = data.num_classes(config) > 0  # a conditional model's loss takes {"image", "label"} batches
+    for i, x in enumerate(data.iterate_once(config, "test", batch_size=config.sampling.batch_size, loaded=test,
+                                            with_labels=labeled)):
+        n = len(x["image"]) if labeled else len(x)
+        if count >= max_examples or n == 0:
             break
-        keys = losses.example_keys(jax.random.fold_in(key, i), len(x))
-        total += float(loss_fn(score_fn.variables["params"], jnp.asarray(x), keys)) * len(x)
-        count += len(x)
+        keys = losses.example_keys(jax.random.fold_in(key, i), n)
+        total += float(loss_fn(score_fn.variables["params"], jax.tree.map(jnp.asarray, x), keys)) * n
+        count += n
     return total / max(count, 1)
 
 

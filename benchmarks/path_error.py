@@ -1,6 +1,6 @@
 """Path error of the deterministic samplers at small budgets: distance to a converged ODE solve from the same x_T.
 
-    python -m benchmarks.path_error [--quick] [--out DIR]
+    python -m benchmarks.path_error [--quick] [--out DIR] [--workers K]
 
 For each problem (an exact Gaussian-mixture score: the 4-component 2-D mixture of
 accuracy_vs_nfe, and a 64-dimensional "digits-like" mixture whose 10 means are the class means of
@@ -10,6 +10,9 @@ float64, and the figure is the mean over samples of || x - x_ref ||_2, where x_r
 probability-flow ODE solved by diffrax Tsit5 at rtol = atol = 1e-9 from that x_T to eps, followed
 by Tweedie's denoising at eps when the sampler ends with it (edm_heun, denoise_to_zero).
 This is the measure of issue 17 (its DPM-Solver++ baselines: 0.0395 at 10 NFE, 0.0083 at 20).
+Rows marked "optimised grid" use a grid fitted by `score_sde.solvers.grid_opt.optimise_grid` per
+problem, SDE and budget on OTHER prior draws (FIT_KEY, n_fit) than the evaluation's x_T; the fitted
+fractions are written to <out>/path_error_grids.json.
 Writes <out>/path_error.md and path_error.png (default benchmarks/results). A benchmark, not a test:
 tests/test_path_error.py runs `path_errors` on a small case.
 """
@@ -17,6 +20,9 @@ tests/test_path_error.py runs `path_errors` on a small case.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import json
+import multiprocessing
 import pathlib
 
 import diffrax
@@ -27,6 +33,7 @@ import numpy as np
 import score_sde as ss
 import score_sde.solvers as solvers
 from benchmarks.common import RESULTS, write_result
+from score_sde.solvers import grid_opt
 from score_sde.solvers.data_prediction import data_prediction
 
 BUDGETS = (5, 8, 10, 15, 20)
@@ -66,10 +73,39 @@ CANDIDATES = {
     "unipc 2 bh2 (time_quadratic)": ("unipc", lambda n: dict(n_steps=n, order=2, variant="bh2"), False),
     "unipc 3 bh2 (time_quadratic)": ("unipc", lambda n: dict(n_steps=n, order=3, variant="bh2"), False),
     "unipc 2 bh1 (logSNR)": ("unipc", lambda n: dict(n_steps=n, order=2, skip="logSNR"), False),
+    "ipndm 4 (logSNR)": ("ipndm", lambda n: dict(n_steps=n, order=4, skip="logSNR"), False),
+    "ipndm 4 (time_quadratic)": ("ipndm", lambda n: dict(n_steps=n, order=4, skip="time_quadratic"), False),
     "edm_heun (karras)": ("edm_heun", lambda n: dict(n_steps=(n + 1) // 2), True),
     "edm_heun (time_uniform)": ("edm_heun", lambda n: dict(n_steps=(n + 1) // 2, schedule="time_uniform"), True),
     "edm_heun (time_quadratic)": ("edm_heun", lambda n: dict(n_steps=(n + 1) // 2, schedule="time_quadratic"), True),
 }
+
+
+# label -> (sampler name, options for nfe evaluations): the sampler's grid is fitted, then used as custom_grid
+OPTIMISED = {
+    "unipc 2 bh2 (optimised grid)": ("unipc", lambda n: dict(n_steps=n, order=2, variant="bh2")),
+    "ipndm 4 (optimised grid)": ("ipndm", lambda n: dict(n_steps=n, order=4, skip="time_quadratic")),
+    "dpm_solver++ 2M (optimised grid)": ("dpm_solver", lambda n: dict(n_steps=n, order=2, skip="time_quadratic")),
+}
+FIT_KEY = 1  # prior draws for fitting grids: split(PRNGKey(FIT_KEY))[0], not the evaluation's PRNGKey(0)
+
+
+def fit_grids(mix, sde, optimised, budgets, n_fit, n_iter=200):
+    """{label: {nfe: (fractions, info)}}: each optimised candidate's grid fitted on n_fit draws of FIT_KEY."""
+    score = mix.score_fn(sde)
+    x_fit = sde.prior_sampling(jax.random.split(jax.random.PRNGKey(FIT_KEY))[0],
+                               (n_fit,) + tuple(mix.means.shape[1:]), jnp.float64)
+    x_ref = reference(sde, score, x_fit, ss.default_eps(sde))[0]
+    return {label: {nfe: grid_opt.optimise_grid(solvers.get(name, **opts(nfe)), sde, score, x_fit, x_ref=x_ref,
+                                                n_iter=n_iter)
+                    for nfe in budgets}
+            for label, (name, opts) in optimised.items()}
+
+
+def with_grids(optimised, grids):
+    """CANDIDATES-style rows for the optimised candidates, using the fitted grids."""
+    return {label: (name, lambda n, opts=opts, g=grids[label]: dict(opts(n), custom_grid=g[n][0]), False)
+            for label, (name, opts) in optimised.items()}
 
 
 def reference(sde, score_fn, x_T, eps):
@@ -125,26 +161,42 @@ def plot(results, path):
     fig.savefig(path, dpi=100)
 
 
+def run_case(problem, sde_name, budgets, n, n_fit):
+    """One (problem, SDE): (path errors of CANDIDATES and the optimised rows, the fitted grids)."""
+    jax.config.update("jax_enable_x64", True)
+    mix, sde = PROBLEMS[problem](), SDES[sde_name]
+    grids = fit_grids(mix, sde, OPTIMISED, budgets, n_fit)
+    rows = path_errors(mix, sde, dict(CANDIDATES, **with_grids(OPTIMISED, grids)), budgets, n)
+    return rows, {label: {str(b): {"fractions": list(u), **info} for b, (u, info) in g.items()} for label, g in grids.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="NFE 5, 10, 20 on the 2-D mixture under VP only")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    ap.add_argument("--workers", type=int, default=1, help="processes, one (problem, SDE) each")
     args = ap.parse_args()
     jax.config.update("jax_enable_x64", True)  # here, not at import: tests import this module
     budgets = (5, 10, 20) if args.quick else BUDGETS
     n_of = {"2-D mixture": 2000, "64-d digits-like mixture": 500}
+    fit_of = {"2-D mixture": 1000, "64-d digits-like mixture": 250}
     problems = ["2-D mixture"] if args.quick else list(PROBLEMS)
     sdes = ["VP"] if args.quick else list(SDES)
-    results = {}
-    for problem in problems:
-        mix = PROBLEMS[problem]()
-        for sde_name in sdes:
-            print(f"== {problem}, {sde_name}", flush=True)
-            results[problem, sde_name] = path_errors(mix, SDES[sde_name], CANDIDATES, budgets, n_of[problem])
+    cases = [(p, s) for p in problems for s in sdes]
+    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {c: pool.submit(run_case, *c, budgets, n_of[c[0]], fit_of[c[0]]) for c in cases}
+        done = {c: f.result() for c, f in futures.items()}
+    results = {c: done[c][0] for c in cases}
+    grids = {f"{p}, {s}": done[p, s][1] for p, s in cases}
     out = pathlib.Path(args.out) if args.out else RESULTS
     text = ("Mean distance || x - x_ref || over samples to a Tsit5 (rtol = atol = 1e-9) probability-flow solve "
             "from the same x_T (float64, exact mixture score); the best per column in bold, the actual NFE in "
-            "brackets where it differs from the budget.\n" + markdown(results, budgets, n_of))
+            "brackets where it differs from the budget. \"optimised grid\" rows: grids fitted (optimise_grid, "
+            f"200 Adam steps) on {fit_of['2-D mixture']} (2-D) / {fit_of['64-d digits-like mixture']} (64-d) "
+            "OTHER prior draws (key 1) than the evaluation's x_T (key 0); fractions in path_error_grids.json.\n"
+            + markdown(results, budgets, n_of))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "path_error_grids.json").write_text(json.dumps(grids, indent=1))
     write_result("path_error", text + "\n![path error](path_error.png)\n",
                  "python -m benchmarks.path_error" + (" --quick" if args.quick else ""), title="Path error vs NFE",
                  directory=out)

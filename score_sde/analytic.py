@@ -9,6 +9,9 @@ so its log-density, score (sum_k r_k (-(x - m_k) / v_k), r = posterior
 responsibilities) and Hessian trace are exact. These are the oracles the tests
 and benchmarks measure solvers against. A single Gaussian is the K = 1 case,
 for which the probability-flow map is also closed form (`gaussian_flow_map`).
+Taking the component id as a class label y, p_t(x | y) = N(alpha mu_y, v_y I) and the posterior
+p_t(y | x) = r_y are exact as well (`conditional_score_fn`, `class_log_prob_fn`, `sample_labeled`):
+the oracles for `score_sde.guidance`.
 """
 
 from __future__ import annotations

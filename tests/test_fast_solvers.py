@@ -132,6 +132,7 @@ def test_few_step_samplers_reach_the_data_where_euler_maruyama_does_not():
     ("dpm_solver", dict(n_steps=6, order=3, method="multistep", denoise_to_zero=True), 7),
     ("edm_heun", dict(n_steps=4, s_churn=10.0, s_min=0.05, s_max=50.0), 7),
     ("unipc", dict(n_steps=6, order=3), 6),
+    ("ipndm", dict(n_steps=6, order=4, variable_step=True), 6),
 ])
 def test_nfe_is_the_number_of_evaluations_and_no_recompilation(name, opts, want):
     sde = SDES["vp"]

@@ -35,7 +35,7 @@ def test_overrides_reach_the_chosen_sampler_and_none_means_its_default():
 def test_bad_values_and_names_are_clear_errors():
     config = get_default_configs()
     config.sampling.method = "nope"
-    with pytest.raises(ValueError, match="valid samplers: ddim, dpm_solver, edm_heun, euler_maruyama, ode, pc"):
+    with pytest.raises(ValueError, match="valid samplers: ddim, dpm_solver, edm_heun, euler_maruyama, ipndm, ode, pc"):
         config_utils.sampler_from_config(config.sampling)
     config.sampling.method = "dpm_solver"
     config.sampling.dpm_solver.order = 5

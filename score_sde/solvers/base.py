@@ -126,6 +126,9 @@ def _check_start(sampler, sde, shape, dtype, x_init, t_init):
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2:
         raise ValueError(f"shape must be (B, *dims) with at least one data dim, got {shape}")
+    eps = getattr(sampler, "eps", None)
+    if eps is not None and not isinstance(eps, jax.core.Tracer) and not 0 < float(eps) < sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}) of the SDE, got {eps}")
     if t_init is not None and not isinstance(t_init, jax.core.Tracer):
         t, eps = float(jnp.asarray(t_init)), sampler.resolved_eps(sde)
         if not eps < t <= sde.T:

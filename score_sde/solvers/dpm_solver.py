@@ -26,7 +26,7 @@ from score_sde.lookup import check_choice
 from score_sde.sde import SDE, Array, ScoreFn
 from score_sde.solvers.base import StepSampler, check_n_steps
 from score_sde.solvers.data_prediction import data_prediction, noise_prediction
-from score_sde.solvers.timesteps import check_skip, inverse_log_snr, time_steps
+from score_sde.solvers.timesteps import as_custom_grid, check_grid_steps, check_skip, fraction_steps, inverse_log_snr, time_steps
 
 ALGORITHMS = ("dpmsolver", "dpmsolver++")
 METHODS = ("singlestep", "multistep")
@@ -161,8 +161,11 @@ class DPMSolverSampler(StepSampler):
         into steps of decreasing order (`budget_orders`), equal in logSNR (skip="logSNR") or placed
         on the `skip` grid of nfe intervals; multistep uses nfe steps (nfe - 1 with denoise_to_zero).
         Give n_steps or nfe.
-      skip: time spacing "logSNR", "time_uniform" or "time_quadratic".
+      skip: time spacing "logSNR", "time_uniform", "time_quadratic" or "edm".
       eps: smallest time; None -> the SDE's convention.
+      custom_grid: instead of `skip`, the logSNR fractions 0 = u_0 < ... < u_N = 1 of the N steps'
+        boundaries (singlestep intermediate times at the logSNR fractions), or the path of a JSON grid
+        file written by `score_sde.solvers.grid_opt` (an optimised grid).
       denoise_to_zero: finish with Tweedie's x0_hat at eps (one more evaluation).
       lower_order_final: multistep with fewer than 10 steps lowers the order of the last steps,
         which stabilises very small budgets (Lu et al. 2022b).
@@ -177,6 +180,7 @@ class DPMSolverSampler(StepSampler):
     eps: float | None = eqx.field(default=None, static=True)
     denoise_to_zero: bool = eqx.field(default=False, static=True)
     lower_order_final: bool = eqx.field(default=True, static=True)
+    custom_grid: str | tuple[float, ...] | None = eqx.field(default=None, static=True, converter=as_custom_grid)
 
     def __check_init__(self):
         if self.order not in (1, 2, 3):
@@ -190,6 +194,7 @@ class DPMSolverSampler(StepSampler):
         check_n_steps(self.nfe, "nfe", allow_none=True)
         if self.nfe is not None and self.method == "multistep" and self.nfe < 1 + self.denoise_to_zero:
             raise ValueError(f"nfe = {self.nfe} leaves no step after denoise_to_zero; use nfe >= 2")
+        check_grid_steps(self.custom_grid, len(self.step_orders()))
 
     @classmethod
     def for_budget(cls, nfe: int) -> dict:
@@ -224,7 +229,9 @@ class DPMSolverSampler(StepSampler):
         places the steps on the grid of nfe intervals (each step spans as many as its order); on
         logSNR its steps are equal in logSNR, as in Lu et al. (2022a, Sec. 3.4) and their code."""
         orders = self.step_orders()
-        if self.method == "singlestep" and self.nfe is not None and self.skip != "logSNR":
+        if self.custom_grid is not None:
+            ts = fraction_steps(sde, self.custom_grid, t_start, t_end, dtype)
+        elif self.method == "singlestep" and self.nfe is not None and self.skip != "logSNR":
             fine = time_steps(sde, self.skip, t_start, t_end, sum(orders), dtype)
             ts = fine[np.cumsum([0] + orders)]
         else:
@@ -235,7 +242,7 @@ class DPMSolverSampler(StepSampler):
         """(N, 2) intermediate times of each singlestep step (unused entries repeat its end), computed
         once before the loop (the logSNR fractions need a bisection each): the fractions 1/2 (order 2)
         or 1/3, 2/3 (order 3) in logSNR, else the step's own `skip` spacing (the reference code)."""
-        if self.skip == "logSNR":
+        if self.skip == "logSNR" or self.custom_grid is not None:
             lam = sde.log_snr(ts)
             r = jnp.asarray([[0.5, 1.0] if o == 2 else [1.0 / 3.0, 2.0 / 3.0] for o in orders], ts.dtype)
             return inverse_log_snr(sde, lam[:-1, None] + r * (lam[1:] - lam[:-1])[:, None], sde.T)

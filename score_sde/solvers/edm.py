@@ -28,7 +28,7 @@ from score_sde.solvers.data_prediction import data_prediction
 from score_sde.solvers.timesteps import SKIP_TYPES, edm_sigmas, sigma_to_time, time_steps
 
 
-SCHEDULES = ("karras",) + SKIP_TYPES
+SCHEDULES = ("karras",) + tuple(s for s in SKIP_TYPES if s != "edm")  # "edm" spacing = the karras levels
 
 
 def _denoiser(sde: SDE, score_fn: ScoreFn, y: Array, t: Array) -> Array:

@@ -11,6 +11,7 @@ from score_sde.solvers.base import Sampler, check_n_steps
 from score_sde.solvers.ddim import DDIMSampler
 from score_sde.solvers.dpm_solver import DPMSolverSampler
 from score_sde.solvers.edm import EDMHeunSampler
+from score_sde.solvers.ipndm import IPNDMSampler
 from score_sde.solvers.ode import ODESampler
 from score_sde.solvers.pc import EulerMaruyamaSampler, PCSampler
 from score_sde.solvers.unipc import UniPCSampler
@@ -21,6 +22,7 @@ SAMPLERS: types.MappingProxyType = types.MappingProxyType({
     "dpm_solver": DPMSolverSampler,
     "edm_heun": EDMHeunSampler,
     "euler_maruyama": EulerMaruyamaSampler,
+    "ipndm": IPNDMSampler,
     "ode": ODESampler,
     "pc": PCSampler,
     "unipc": UniPCSampler,

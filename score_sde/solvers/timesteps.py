@@ -1,8 +1,13 @@
 """Time grids for the fast samplers, all derived from the SDE's log-SNR lambda(t) = log(alpha / std).
 
 * `time_steps`: the N + 1 times T = t_0 > ... > t_N = eps of every fixed-grid sampler, spaced
-  uniformly in logSNR, in t (the predictor-corrector and fixed-step ODE grid), or in sqrt(t)
-  ("time_quadratic"; Lu et al. 2022a, Sec. 3.3 / App. D.1).
+  uniformly in logSNR, in t (the predictor-corrector and fixed-step ODE grid), in sqrt(t)
+  ("time_quadratic"; Lu et al. 2022a, Sec. 3.3 / App. D.1), or uniformly in sigma^(1/7) with
+  sigma = exp(-lambda) ("edm": Karras et al.'s rho = 7 spacing, defined through lambda so that it
+  is the same for VP, sub-VP and VE).
+* `fraction_steps`: the times of a grid given as logSNR fractions u_0 = 0 < ... < u_N = 1
+  (lambda_i = lambda(t_start) + u_i (lambda(t_end) - lambda(t_start))), e.g. an optimised grid
+  (`grid_opt`), for any start and end time.
 * `edm_sigmas`: Karras et al. (2022) eq. 5, sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho.
 * `inverse_log_snr`: t(lambda) by bisection on the monotone lambda(t), so that every SDE
   works without a per-SDE closed form.
@@ -16,7 +21,8 @@ import jax.numpy as jnp
 from score_sde.lookup import check_choice
 from score_sde.sde import SDE, Array
 
-SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic")
+SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic", "edm")
+EDM_RHO = 7.0
 
 
 def check_skip(skip: str) -> None:
@@ -28,6 +34,8 @@ def inverse_log_snr(sde: SDE, lam: Array, t_max: float, n_iter: int = 64) -> Arr
     """Solves lambda(t) = lam for t in (0, 2 t_max] by bisection (lambda is decreasing in t).
 
     64 halvings of [0, 2 t_max] reach the float64 resolution of t; float32 stops earlier at its own.
+    A last Newton step t - (lambda(t) - lam) / lambda'(t) from the bisection's (gradient-stopped)
+    answer gives the derivative dt/dlam = 1 / lambda'(t), so grids can be optimised by gradient.
 
     Args:
       sde: the forward SDE (gives `log_snr`).
@@ -48,7 +56,9 @@ def inverse_log_snr(sde: SDE, lam: Array, t_max: float, n_iter: int = 64) -> Arr
         return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
 
     lo, hi = jax.lax.fori_loop(0, n_iter, halve, (lo, hi))
-    return 0.5 * (lo + hi)
+    t = jax.lax.stop_gradient(0.5 * (lo + hi))
+    lam_t, dlam = jax.jvp(sde.log_snr, (t,), (jnp.ones_like(t),))
+    return t - (lam_t - lam) / dlam
 
 
 def time_steps(sde: SDE, skip: str, t_start: float, t_end: float, n: int, dtype) -> Array:
@@ -56,8 +66,8 @@ def time_steps(sde: SDE, skip: str, t_start: float, t_end: float, n: int, dtype)
 
     Args:
       sde: the forward SDE.
-      skip: "logSNR" (uniform in lambda), "time_uniform" (uniform in t) or "time_quadratic"
-        (uniform in sqrt(t)).
+      skip: "logSNR" (uniform in lambda), "time_uniform" (uniform in t), "time_quadratic"
+        (uniform in sqrt(t)) or "edm" (uniform in exp(-lambda)^(1/7)).
       t_start, t_end: first and last time, t_start > t_end > 0.
       n: number of intervals N (static).
       dtype: dtype of the result.
@@ -72,10 +82,70 @@ def time_steps(sde: SDE, skip: str, t_start: float, t_end: float, n: int, dtype)
         ts = t0 + u * (t1 - t0)
     elif skip == "time_quadratic":
         ts = (jnp.sqrt(t0) + u * (jnp.sqrt(t1) - jnp.sqrt(t0))) ** 2
+    elif skip == "edm":  # sigma^(1/rho) uniform, sigma = exp(-lambda)
+        a, b = jnp.exp(-sde.log_snr(t0) / EDM_RHO), jnp.exp(-sde.log_snr(t1) / EDM_RHO)
+        ts = inverse_log_snr(sde, -EDM_RHO * jnp.log(a + u * (b - a)), sde.T)
     else:
         l0, l1 = sde.log_snr(t0), sde.log_snr(t1)
         ts = inverse_log_snr(sde, l0 + u * (l1 - l0), sde.T)
     return ts.at[0].set(t0).at[-1].set(t1)
+
+
+def check_fractions(fractions) -> tuple[float, ...]:
+    """A grid of logSNR fractions as a tuple of floats; ValueError unless 0 = u_0 < u_1 < ... < u_N = 1, N >= 1."""
+    try:
+        u = tuple(float(v) for v in fractions)
+    except (TypeError, ValueError):
+        raise ValueError(f"a grid is a sequence of N + 1 increasing logSNR fractions from 0 to 1, got {fractions!r}") from None
+    if len(u) < 2 or u[0] != 0.0 or u[-1] != 1.0 or any(b <= a for a, b in zip(u, u[1:])):
+        raise ValueError(f"a grid must increase strictly from 0 to 1 with at least 2 points, got {u}")
+    return u
+
+
+def as_custom_grid(value) -> tuple[float, ...] | None:
+    """A sampler's `custom_grid` option: None, N + 1 logSNR fractions, or the path of a JSON grid file
+    (`grid_opt.save_grid`), read once when the sampler is built; returns the checked fractions."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        import json  # a grid file: {"fractions": [...], ...}
+        try:
+            with open(value) as f:
+                value = json.load(f)["fractions"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"custom_grid {value!r} is not a readable grid file with a 'fractions' list: {err}") from None
+    return check_fractions(value)
+
+
+def check_grid_steps(custom_grid, n_steps: int) -> None:
+    """Raises ValueError unless a custom grid (if any) has n_steps steps."""
+    if custom_grid is not None and len(custom_grid) != n_steps + 1:
+        raise ValueError(f"custom_grid has {len(custom_grid) - 1} steps but n_steps = {n_steps}; set n_steps to match")
+
+
+def fraction_steps(sde: SDE, fractions: Array, t_start, t_end, dtype) -> Array:
+    """The N + 1 times with lambda(t_i) = lambda(t_start) + u_i (lambda(t_end) - lambda(t_start)).
+
+    Args:
+      fractions: (N + 1,) logSNR fractions, 0 = u_0 < ... < u_N = 1 (a tuple or a traced array:
+        the times are differentiable in them).
+      t_start, t_end: first and last time.
+
+    Returns:
+      (N + 1,) decreasing times, endpoints exact.
+    """
+    u = jnp.asarray(fractions, dtype)
+    t0, t1 = jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype)
+    l0, l1 = sde.log_snr(t0), sde.log_snr(t1)
+    ts = inverse_log_snr(sde, l0 + u * (l1 - l0), sde.T)
+    return ts.at[0].set(t0).at[-1].set(t1)
+
+
+def sampler_steps(sde: SDE, skip: str, custom_grid, t_start, t_end, n: int, dtype) -> Array:
+    """A fixed-grid sampler's times: its `custom_grid` of logSNR fractions if given, else its `skip` spacing."""
+    if custom_grid is not None:
+        return fraction_steps(sde, custom_grid, t_start, t_end, dtype)
+    return time_steps(sde, skip, t_start, t_end, n, dtype)
 
 
 def edm_sigmas(sigma_min: Array, sigma_max: Array, n: int, rho: float, dtype) -> Array:
@@ -92,4 +162,5 @@ def sigma_to_time(sde: SDE, sigma: Array) -> Array:
     return inverse_log_snr(sde, -jnp.log(sigma), sde.T)
 
 
-__all__ = ["SKIP_TYPES", "check_skip", "inverse_log_snr", "time_steps", "edm_sigmas", "sigma_to_time"]
+__all__ = ["SKIP_TYPES", "EDM_RHO", "as_custom_grid", "check_fractions", "check_grid_steps", "check_skip", "fraction_steps", "inverse_log_snr", "sampler_steps",
+           "time_steps", "edm_sigmas", "sigma_to_time"]

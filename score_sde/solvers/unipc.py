@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from score_sde.lookup import check_choice
 from score_sde.solvers.base import StepSampler, check_n_steps
 from score_sde.solvers.data_prediction import data_prediction
-from score_sde.solvers.timesteps import check_skip, time_steps
+from score_sde.solvers.timesteps import as_custom_grid, check_grid_steps, check_skip, sampler_steps
 
 VARIANTS = ("bh1", "bh2")
 
@@ -78,7 +78,9 @@ class UniPCSampler(StepSampler):
       order: 1, 2 or 3 (predictor order; the corrector adds one).
       variant: "bh1" (B(h) = h) or "bh2" (B(h) = e^h - 1).
       n_steps: number of steps N from T (or t_init) to eps; NFE = N.
-      skip: time spacing "logSNR", "time_uniform" or "time_quadratic".
+      skip: time spacing "logSNR", "time_uniform", "time_quadratic" or "edm".
+      custom_grid: instead of `skip`, the N + 1 logSNR fractions 0 = u_0 < ... < u_N = 1 of the steps, or
+        the path of a JSON grid file written by `score_sde.solvers.grid_opt` (an optimised grid).
       eps: smallest time; None -> the SDE's convention. The output is x_eps (no denoising).
       lower_order_final: lower the order of the last steps (min(order, N - i)), as the reference code.
     """
@@ -89,6 +91,7 @@ class UniPCSampler(StepSampler):
     skip: str = eqx.field(default="time_quadratic", static=True)
     eps: float | None = eqx.field(default=None, static=True)
     lower_order_final: bool = eqx.field(default=True, static=True)
+    custom_grid: str | tuple[float, ...] | None = eqx.field(default=None, static=True, converter=as_custom_grid)
 
     def __check_init__(self):
         if self.order not in (1, 2, 3):
@@ -96,6 +99,7 @@ class UniPCSampler(StepSampler):
         check_choice(self.variant, VARIANTS, "variant")
         check_n_steps(self.n_steps)
         check_skip(self.skip)
+        check_grid_steps(self.custom_grid, self.n_steps)
 
     @classmethod
     def for_budget(cls, nfe: int) -> dict:
@@ -117,7 +121,7 @@ class UniPCSampler(StepSampler):
         return [(0 if i == 0 else p[i - 1], p[i]) for i in range(self.n_steps)]
 
     def grid(self, sde, t_start, t_end, dtype):
-        return time_steps(sde, self.skip, t_start, t_end, self.n_steps, dtype), None
+        return sampler_steps(sde, self.skip, self.custom_grid, t_start, t_end, self.n_steps, dtype), None
 
     def init(self, sde, score_fn, x, ts):
         """(the corrected previous state, the last `order` predictions and their times, most recent first)."""

@@ -352,8 +352,9 @@ def _image_folder(config, split: str) -> Split:
         raise FileNotFoundError(
             f"image_folder: config.data.data_dir={config.data.data_dir!r} is not a directory; set "
             f"--config.data.data_dir to a folder of PNG/JPEG images (searched recursively)")
+    class_root = root
     if all(os.path.isdir(os.path.join(root, s)) for s in SPLITS):
-        root = os.path.join(root, split)  # class subfolders, if any, are those of train/ and test/
+        root, class_root = os.path.join(root, split), os.path.join(root, "train")  # classes: train/'s subfolders
         paths = _image_paths(root)
     else:  # hold out a fixed fraction of the sorted files as the test split
         paths = _image_paths(root)
@@ -367,22 +368,25 @@ def _image_folder(config, split: str) -> Split:
     load = lambda p: _load_image(p, size, channels)  # noqa: E731
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         images = np.stack(list(pool.map(load, paths)))
-    labels, classes = _folder_labels(root, paths)
+    labels, classes = _folder_labels(root, paths, class_root)
     return Split(ArraySource(images), (size, size, channels), 256, labels=labels, num_classes=len(classes))
 
 
-def _folder_labels(root: str, paths: list[str]) -> tuple[np.ndarray | None, list[str]]:
-    """Class labels from the first subfolder under `root` of each image (sorted names -> 0, 1, ...).
+def _folder_labels(root: str, paths: list[str], class_root: str) -> tuple[np.ndarray | None, list[str]]:
+    """Class labels from the first subfolder under `root` of each image; the classes are the sorted
+    subfolder names of `class_root` (the folder itself, or train/ for train/ and test/ layouts) -> 0, 1, ...
 
     Images directly in `root` (no class subfolder) mean an unlabelled folder: (None, []).
-    For train/ and test/ layouts the classes are the subfolders of each split folder, so keep the
-    same class subfolders in both.
     """
     first = [os.path.relpath(p, root).split(os.sep) for p in paths]
     if any(len(parts) < 2 for parts in first):
         return None, []
-    classes = sorted({parts[0] for parts in first})
+    classes = sorted(d for d in os.listdir(class_root) if os.path.isdir(os.path.join(class_root, d)))
     index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted({parts[0] for parts in first} - set(index))
+    if unknown:
+        raise ValueError(f"image_folder: class subfolder(s) {unknown} of {root} are not among the training "
+                         f"classes {classes} (subfolders of {class_root}); use the same class subfolders in both")
     return np.array([index[parts[0]] for parts in first], np.int32), classes
 
 

@@ -103,6 +103,16 @@ def test_image_folder_subfolders_are_classes(tmp_path):
         split = data.load_split(c, split_name)
         np.testing.assert_array_equal(split.labels, split.source.array[:, 0, 0, 0] // 60)
     assert len(data.load_split(c, "train").labels) == 9
+    # train/ and test/ layouts: the classes are train/'s subfolders, also where test/ lacks one
+    layout = tmp_path / "layout"
+    for split_name, names in (("train", ["ants", "bees", "cats"]), ("test", ["bees", "cats"])):
+        for name in names:
+            (layout / split_name / name).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), 60 * ["ants", "bees", "cats"].index(name), np.uint8)).save(
+                layout / split_name / name / "0.png")
+    c2 = config_with("image_folder", 3, data_dir=str(layout), image_size=8, num_channels=1, num_levels=256)
+    test = data.load_split(c2, "test")
+    np.testing.assert_array_equal(test.labels, [1, 2])
     (tmp_path / "loose.png").write_bytes((tmp_path / "ants" / "0.png").read_bytes())  # no longer one folder per class
     with pytest.raises(ValueError, match="no class labels.*num_classes=0"):
         data.load_split(c, "train")

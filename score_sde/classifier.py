@@ -19,6 +19,7 @@ networks. It trains with the score model's pmapped step, EMA and checkpoint code
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Any
 
@@ -100,10 +101,17 @@ def training_config(config) -> ml_collections.ConfigDict:
         "max_nonfinite": tc.max_nonfinite, "divergence_factor": 0.0})
 
 
-def _optimizer(config) -> optax.GradientTransformation:
-    optim = ml_collections.ConfigDict(config.optim.to_dict())
-    optim.lr, optim.warmup = config.classifier.lr, config.classifier.warmup
-    return train.make_optimizer(optim)
+def _optim_settings(config) -> tuple:
+    """config.optim with the classifier's lr and warmup, as a hashable snapshot."""
+    optim = dict(config.optim.to_dict(), lr=config.classifier.lr, warmup=config.classifier.warmup)
+    return train._frozen(optim)
+
+
+@functools.lru_cache(maxsize=4)
+def _step(model: nn.Module, sde: SDE, eps: float, optim, ema_rate: float):
+    """(optimizer, pmapped step), cached so that a resumed run in the same process does not recompile."""
+    optimizer = train.make_optimizer(optim)
+    return optimizer, train.make_pmapped_step(classifier_loss_fn(model, sde, eps), optimizer, ema_rate)
 
 
 def train_classifier(config, workdir: str, train_iter=None) -> train.TrainState:
@@ -122,9 +130,8 @@ def train_classifier(config, workdir: str, train_iter=None) -> train.TrainState:
 
         train_iter = data.get_dataset(config, "train", jax.process_index(), jax.process_count(),
                                       batch_size=tc.batch_size)
-    optimizer = _optimizer(config)
-    p_step = train.make_pmapped_step(classifier_loss_fn(model, sde, config.classifier.eps), optimizer,
-                                     config.classifier.ema_rate)
+    optimizer, p_step = _step(model, sde, float(config.classifier.eps), _optim_settings(config),
+                              float(config.classifier.ema_rate))
     state = train.create_train_state(jax.random.PRNGKey(config.seed + 7), model, optimizer,
                                      tuple(train_iter.data_shape))
     out, primary = classifier_workdir(workdir), jax.process_index() == 0

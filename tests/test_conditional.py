@@ -182,9 +182,9 @@ def toy_config(n_iters=4):
     return c
 
 
-def test_conditional_train_step_under_pmap(tmp_path):
+def test_conditional_train_step_under_pmap():
     """The labelled pmapped step (2 devices x 8) equals the jitted single-device step on the batch of 16
-    (same per-example keys, so the same dropped labels; rtol 1e-5), and train() runs on labelled data."""
+    (same per-example keys, so the same dropped labels; rtol 1e-5)."""
     assert jax.local_device_count() == 2
     c = toy_config()
     model = config_utils.model_from_config(c.model, 8)
@@ -204,18 +204,17 @@ def test_conditional_train_step_under_pmap(tmp_path):
     moved = np.abs(np.asarray(single.params["class_embedding"]["embedding"])
                    - np.asarray(state.params["class_embedding"]["embedding"])).max()
     assert moved > 1e-4  # the class embedding is trained
-    final = train.train(c, str(tmp_path))
-    assert int(final.step) == 4 and "class_embedding" in final.params
+    # (train.train on labelled data, prefetch included: test_cli_sample_one_row_per_class trains through main.py)
 
 
 def test_classifier_learns_the_mixture_posterior(tmp_path):
-    """600 steps on toy_gmm: the test cross-entropy falls from log 8 to within 0.1 nats of the exact
+    """1000 steps on toy_gmm: the test cross-entropy falls from log 8 to within 0.06 nats of the exact
     classifier's (GaussianMixture.class_log_prob_fn) on the same x_t; rerunning resumes."""
     c = toy_config()
-    c.classifier.update(nf=8, n_iters=600, batch_size=128, lr=3e-3, warmup=0, snapshot_freq=600, log_freq=200,
+    c.classifier.update(nf=16, n_iters=1000, batch_size=128, lr=3e-3, warmup=0, snapshot_freq=1000, log_freq=200,
                         ema_rate=0.9)
     state = classifier.train_classifier(c, str(tmp_path))
-    assert int(state.step) == 600
+    assert int(state.step) == 1000
     model, sde = classifier.classifier_from_config(c), config_utils.sde_from_config(c.sde)
     learned = classifier.ClassifierLogProb(model, {"params": state.ema_params}, sde)
     loaded = classifier.load_classifier(c, str(tmp_path), (2,))
@@ -229,9 +228,9 @@ def test_classifier_learns_the_mixture_posterior(tmp_path):
     ce_learned, ce_exact = -float(jnp.mean(learned(xt, t, y))), -float(jnp.mean(exact(xt, t, y)))
     np.testing.assert_allclose(loaded(xt, t, y), learned(xt, t, y), rtol=1e-5, atol=1e-5)
     assert ce_exact < 0.8 * np.log(8)  # the task is learnable at small t
-    assert ce_learned < ce_exact + 0.1, (ce_learned, ce_exact)
-    c.classifier.n_iters = 610
-    assert int(classifier.train_classifier(c, str(tmp_path)).step) == 610
+    assert ce_learned < ce_exact + 0.06, (ce_learned, ce_exact)  # measured: 1.544 vs 1.525
+    c.classifier.n_iters = 1010
+    assert int(classifier.train_classifier(c, str(tmp_path)).step) == 1010
     rows = [json.loads(line) for line in open(tmp_path / "classifier" / "metrics.jsonl")]
     assert rows[0]["loss"] > rows[2]["loss"]
 

@@ -3,8 +3,10 @@
 from score_sde import analytic, bpd, guidance, likelihood, solvers
 from score_sde import edit, inverse  # after solvers: they build on them
 from score_sde.analytic import GaussianMixture
+from score_sde.cld import CLD
 from score_sde.sde import (
     SDE,
+    ForwardSDE,
     VESDE,
     VPSDE,
     SubVPSDE,
@@ -15,6 +17,8 @@ from score_sde.sde import (
 
 __all__ = [
     "SDE",
+    "CLD",
+    "ForwardSDE",
     "VPSDE",
     "SubVPSDE",
     "VESDE",

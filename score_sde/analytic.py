@@ -143,8 +143,11 @@ class GaussianMixture(eqx.Module):
         return self.dim * sde.drift_coef(t) - 0.5 * sde.diffusion_sq(t) * self.score_laplacian(sde, x, t)
 
     def score_fn(self, sde: SDE) -> "MixtureScore":
-        """The exact score of p_t as a callable score_fn(x, t) (a pytree, safe to pass to jit)."""
-        return MixtureScore(self, sde)
+        """The exact score of p_t as a callable score_fn(x, t) (a pytree, safe to pass to jit).
+
+        An SDE with its own kernel (CLD) gives its own oracle (`sde.mixture_score_fn`)."""
+        custom = sde.mixture_score_fn(self)
+        return MixtureScore(self, sde) if custom is None else custom
 
     # --- labels: the component id as a class ------------------------------------------
     def _check_labels(self, y, batch: int) -> Array:

@@ -48,6 +48,15 @@ def classifier_workdir(workdir: str) -> str:
     return os.path.join(workdir, CLASSIFIER_DIR)
 
 
+def _sde(config) -> SDE:
+    """config.sde; the classifier perturbs data with sde.marginal_prob (VP, sub-VP, VE; not CLD's (x, v) state)."""
+    sde = config_utils.sde_from_config(config.sde)
+    if getattr(sde, "training_objective", "dsm") != "dsm":
+        raise ValueError(f"the noise-conditional classifier supports sde.name = vpsde | subvpsde | vesde, "
+                         f"got {config.sde.name!r}; use classifier-free guidance (sampling.guidance=free)")
+    return sde
+
+
 def classifier_from_config(config) -> NoisyClassifier:
     """`config.classifier` and `config.data.num_classes` -> a `NoisyClassifier`."""
     k = int(config.data.get("num_classes", 0) or 0)
@@ -124,7 +133,7 @@ def train_classifier(config, workdir: str, train_iter=None) -> train.TrainState:
     train.maybe_initialize_distributed(config.distributed)
     tc = training_config(config)
     per_device = train.check_batch_config(tc)
-    model, sde = classifier_from_config(config), config_utils.sde_from_config(config.sde)
+    model, sde = classifier_from_config(config), _sde(config)
     if train_iter is None:
         from score_sde import data
 
@@ -158,7 +167,7 @@ def load_classifier(config, workdir: str, data_shape: tuple[int, ...]) -> Classi
     Raises:
       ClassifierNotFoundError: no classifier was trained in this workdir.
     """
-    model, sde = classifier_from_config(config), config_utils.sde_from_config(config.sde)
+    model, sde = classifier_from_config(config), _sde(config)
     out = classifier_workdir(workdir)
     missing = ClassifierNotFoundError(
         f"sampling.guidance=classifier needs a trained classifier in {os.path.join(out, 'checkpoints')}; "

@@ -11,12 +11,14 @@ from ml_collections import config_dict
 
 from score_sde import models, solvers
 from score_sde.lookup import lookup
+from score_sde.cld import CLD
 from score_sde.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 _SDES = {
     "vpsde": lambda c: VPSDE(beta_min=c.beta_min, beta_max=c.beta_max),
     "subvpsde": lambda c: SubVPSDE(beta_min=c.beta_min, beta_max=c.beta_max),
     "vesde": lambda c: VESDE(sigma_min=c.sigma_min, sigma_max=c.sigma_max),
+    "cld": lambda c: CLD(beta=c.beta, m_inv=c.m_inv, gamma=c.gamma),
 }
 
 # Discrete training objective for each SDE (training.continuous = False).
@@ -24,7 +26,7 @@ DISCRETE_LOSS = {"vpsde": "ddpm", "vesde": "smld"}
 
 
 def sde_from_config(sde_config) -> SDE:
-    """`config.sde` -> an SDE: name in {vpsde, subvpsde, vesde} with its schedule parameters."""
+    """`config.sde` -> an SDE: name in {vpsde, subvpsde, vesde, cld} with its schedule parameters."""
     return lookup(_SDES, sde_config.name.lower(), "sde", "sdes")(sde_config)
 
 

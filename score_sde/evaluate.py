@@ -62,7 +62,8 @@ def load_score_fn(config, workdir: str, data_shape: tuple[int, ...], step: int |
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
-    template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape), jnp.float32),
+    net_shape = models.network_input_shape(sde, shape)
+    template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *net_shape), jnp.float32),
                                                  jnp.zeros((1,), jnp.float32))["params"])
     manager = checkpoint.make_manager(workdir, config.training.keep_checkpoints)
     try:
@@ -197,10 +198,9 @@ def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = No
     levels = test.num_levels  # None: continuous data (toys), no dequantisation and no offset
     it = data.iterate_once(config, "test", batch_size=per_dev * n_dev, dequantize=levels is not None, loaded=test)
 
-    def solve(key, x, sf):
-        res = likelihood.log_likelihood(key, sde, sf, x, divergence=lc.divergence, solver=lc.solver,
-                                        rtol=lc.rtol, atol=lc.atol, max_steps=lc.get("max_steps", 4096))
-        return res.logp, res.nfe
+    def solve(key, x, sf):  # log p(x); for CLD the ELBO over v0 (`likelihood.augmented_elbo`)
+        return likelihood.augmented_elbo(key, sde, sf, x, divergence=lc.divergence, solver=lc.solver,
+                                         rtol=lc.rtol, atol=lc.atol, max_steps=lc.get("max_steps", 4096))
 
     p_solve = jax.pmap(solve, in_axes=(0, 0, None))
     bpds, nfes, key, t0 = [], [], jax.random.PRNGKey(config.seed + 1), time.perf_counter()

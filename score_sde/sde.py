@@ -54,7 +54,84 @@ def expand_to(c: Array, x: Array) -> Array:
     return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
 
-class SDE(eqx.Module):
+# What an SDE can offer a sampler (`ForwardSDE.capabilities`; samplers declare what they need):
+CAPABILITIES = {
+    "reverse_sde": "drift, diffusion and the score term of the reverse SDE / probability-flow ODE",
+    "scalar_kernel": "a scalar Gaussian kernel N(alpha(t) x0, std(t)^2 I) (alpha, std, log-SNR, Tweedie)",
+    "sscs_split": "an analytic flow of the linear part of the reverse SDE (CLD's symmetric splitting)",
+}
+
+
+class ForwardSDE(eqx.Module):
+    """Any forward SDE du = f(u, t) dt + G(t) dw that samplers and the likelihood can run.
+
+    The state u may carry more than the data: `state_shape` maps a data shape (B, *dims) to the
+    state's shape (the identity for VP / sub-VP / VE; (B, 2, *dims) for CLD's (x, v)), and a score
+    function returns `score_shape(state_shape)` (the gradient of log p_t with respect to the noised
+    part of the state). `capabilities` names what the SDE offers (keys of `CAPABILITIES`); each
+    sampler declares what it needs and `Sampler.__call__` checks it in one place.
+    """
+
+    capabilities: ClassVar[frozenset] = frozenset({"reverse_sde"})
+    # The training objective `losses.get_loss_fn` builds: "dsm" (denoising score matching) or
+    # "hsm" (CLD's hybrid score matching, `losses.hsm_loss`).
+    training_objective: ClassVar[str] = "dsm"
+
+    # --- the state -------------------------------------------------------------------
+    def state_shape(self, shape) -> tuple[int, ...]:
+        """The shape of the state u for data of shape (B, *dims)."""
+        return tuple(shape)
+
+    def data_shape(self, state_shape) -> tuple[int, ...]:
+        """The data shape (B, *dims) of a state of shape `state_shape` (inverse of `state_shape`)."""
+        return tuple(state_shape)
+
+    def score_shape(self, state_shape) -> tuple[int, ...]:
+        """The shape of score_fn(u, t) for a state u of shape `state_shape`."""
+        return tuple(state_shape)
+
+    def data_part(self, u: Array) -> Array:
+        """The data x in the state u, (B, *dims)."""
+        return u
+
+    def velocity_part(self, u: Array) -> Array | None:
+        """Auxiliary variables in the state u (None when the state is the data)."""
+        return None
+
+    def augment(self, key: Array, x0: Array) -> tuple[Array, Array]:
+        """(u0, log q(aux)): the state at t = 0 for data x0, with auxiliary variables drawn from
+        their initial distribution q and their log-density (B,) (0 when there are none)."""
+        return x0, jnp.zeros(x0.shape[:1], x0.dtype)
+
+    # --- the process -----------------------------------------------------------------
+    @abc.abstractmethod
+    def sde(self, u: Array, t) -> tuple[Array, Array]:
+        """Drift f(u, t) (like u) and the diffusion coefficient (B,)."""
+
+    @abc.abstractmethod
+    def prior_sampling(self, key: Array, shape, dtype=jnp.float32) -> Array:
+        """A draw of the state at T for data shape `shape` = (B, *dims)."""
+
+    @abc.abstractmethod
+    def prior_logp(self, u: Array) -> Array:
+        """log density of the prior at the state u, (B,) nats."""
+
+    # --- what the reverse SDE needs --------------------------------------------------
+    @abc.abstractmethod
+    def score_drift(self, u: Array, score: Array, t: Array) -> Array:
+        """G G^T grad log p_t(u) (like u) from score = score_fn(u, t); t: (B,)."""
+
+    @abc.abstractmethod
+    def noise(self, u: Array, z: Array, t: Array) -> Array:
+        """G(t) z for standard normal z like u; t: (B,)."""
+
+    def mixture_score_fn(self, mixture):
+        """The exact score of a `GaussianMixture` data distribution under this SDE, or None when the
+        scalar-kernel oracle of `score_sde.analytic` applies."""
+        return None
+
+
+class SDE(ForwardSDE):
     """A linear forward SDE with Gaussian perturbation kernels.
 
     Subclasses define the scalar schedule functions of t (arrays of any shape):
@@ -65,6 +142,7 @@ class SDE(eqx.Module):
     T: float = eqx.field(default=1.0, static=True, kw_only=True)
     # Conventional smallest sampling time (Song et al. 2021); likelihoods use 1e-5 for all.
     sampling_eps: ClassVar[float] = 1e-3
+    capabilities: ClassVar[frozenset] = frozenset({"reverse_sde", "scalar_kernel"})
 
     # --- schedule, elementwise in t -------------------------------------------------
     @abc.abstractmethod
@@ -116,6 +194,27 @@ class SDE(eqx.Module):
         d = math.prod(z.shape[1:])
         sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)) ** 2, axis=1)
         return -0.5 * d * math.log(2 * math.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
+
+    # --- the network parameterisation (used by `score_sde.models.parameterization`) ---
+    def network_input(self, x: Array) -> Array:
+        """What the network sees: x itself."""
+        return x
+
+    def noise_conditioning(self, t: Array) -> Array:
+        """c_noise(t) = log(std(t) / alpha(t)) = -lambda(t), (B,)."""
+        return -self.log_snr(t)
+
+    def score_from_network(self, out: Array, x: Array, t: Array) -> Array:
+        """The network predicts the noise z of x_t = alpha x0 + std z: score = -out / std(t)."""
+        return -out / expand_to(self.std(t), x)
+
+    def score_drift(self, x: Array, score: Array, t: Array) -> Array:
+        """g(t)^2 score (like x); t: (B,)."""
+        return expand_to(jnp.sqrt(self.diffusion_sq(t)) ** 2, x) * score
+
+    def noise(self, x: Array, z: Array, t: Array) -> Array:
+        """g(t) z (like x); t: (B,)."""
+        return expand_to(jnp.sqrt(self.diffusion_sq(t)), x) * z
 
     # --- discrete transitions, derived from the continuous marginal -------------------
     def transition(self, s, t) -> tuple[Array, Array]:
@@ -224,18 +323,21 @@ class VESDE(SDE):
         return self.sigma_max
 
 
-def reverse_drift(sde: SDE, score_fn: ScoreFn, x: Array, t) -> Array:
-    """Drift of the reverse-time SDE, f - g^2 s(x, t) (Song et al. 2021, eq. 6)."""
+def reverse_drift(sde: ForwardSDE, score_fn: ScoreFn, x: Array, t) -> Array:
+    """Drift of the reverse-time SDE, f - g^2 s(x, t) (Song et al. 2021, eq. 6).
+
+    For a general state, f - G G^T s (`ForwardSDE.score_drift`).
+    """
     t = batch_times(t, x.shape[0], x.dtype)
-    f, g = sde.sde(x, t)
-    return f - expand_to(g**2, x) * score_fn(x, t)
+    f, _ = sde.sde(x, t)
+    return f - sde.score_drift(x, score_fn(x, t), t)
 
 
-def probability_flow_drift(sde: SDE, score_fn: ScoreFn, x: Array, t) -> Array:
+def probability_flow_drift(sde: ForwardSDE, score_fn: ScoreFn, x: Array, t) -> Array:
     """Drift of the probability-flow ODE, f - g^2 s(x, t) / 2 (Song et al. 2021, eq. 13)."""
     t = batch_times(t, x.shape[0], x.dtype)
-    f, g = sde.sde(x, t)
-    return f - 0.5 * expand_to(g**2, x) * score_fn(x, t)
+    f, _ = sde.sde(x, t)
+    return f - 0.5 * sde.score_drift(x, score_fn(x, t), t)
 
 
 def default_eps(sde: SDE, purpose: str = "sampling") -> float:

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from score_sde import checkpoint, config_utils, losses
+from score_sde import checkpoint, config_utils, losses, models
 from score_sde.logging_utils import MetricLogger
 
 Array = jax.Array
@@ -497,7 +497,8 @@ def train(config, workdir: str, train_iter=None) -> TrainState:
     model = config_utils.model_from_config(config.model, config.data.get("num_classes", 0))
     sde = config_utils.sde_from_config(config.sde)
     optimizer, p_step = step_for_config(config, model, sde)
-    state = create_train_state(jax.random.PRNGKey(config.seed), model, optimizer, tuple(train_iter.data_shape))
+    state = create_train_state(jax.random.PRNGKey(config.seed), model, optimizer,
+                               models.network_input_shape(sde, tuple(train_iter.data_shape)))
     primary = jax.process_index() == 0
     with contextlib.ExitStack() as stack:
         if primary:  # one training run per workdir (multi-host: the primary process holds it)

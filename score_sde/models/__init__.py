@@ -8,12 +8,13 @@ from score_sde.models.ddpmpp import DDPMPP_SETTINGS, NCSNPP_SETTINGS, ddpmpp, nc
 from score_sde.models.mlp import MLP
 from score_sde.models.ncsnpp import NCSNpp
 from score_sde.models.parameterization import (ConditionalModelScore, ModelScore, cond_score_fn, model_score,
-                                               noise_conditioning, score_fn)
+                                               network_input_shape, noise_conditioning, score_fn)
 from score_sde.models.registry import MODELS, get_model, names
 from score_sde.models.unet import UNet
 
 __all__ = [
     "MLP", "UNet", "NCSNpp", "ddpmpp", "ncsnpp", "DDPMPP_SETTINGS", "NCSNPP_SETTINGS",
     "MODELS", "get_model", "names",
-    "ModelScore", "model_score", "noise_conditioning", "score_fn", "ConditionalModelScore", "cond_score_fn",
+    "ModelScore", "model_score", "network_input_shape", "noise_conditioning", "score_fn", "ConditionalModelScore",
+    "cond_score_fn",
 ]

@@ -18,6 +18,11 @@ minus the log signal-to-noise ratio: the log of the noise level of the equivalen
 process. It spans roughly [-7, 5] for the default VP and [-4.6, 3.9] for the default VE,
 so one network design serves every SDE and no `t * 999` constant appears anywhere.
 
+The SDE supplies these three pieces (`sde.network_input`, `sde.noise_conditioning`,
+`sde.score_from_network`), so an SDE with another state needs no branch here: CLD feeds the
+network x and v concatenated along the channel axis and turns its output into the hybrid
+(mixed) velocity score (`score_sde.cld`).
+
 A class-conditional network (built with num_classes > 0) also takes labels y (B,) ints; y = None
 is the null class, i.e. the unconditional score the same network learned through label dropout.
 `cond_score_fn` wraps it as cond_score(x, t, y), the form `score_sde.guidance` consumes.
@@ -29,13 +34,15 @@ from typing import Any
 
 import equinox as eqx
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from score_sde.sde import SDE, Array, batch_times, expand_to
 
 
 def noise_conditioning(sde: SDE, t: Array) -> Array:
-    """c_noise(t) = log(std(t) / alpha(t)), the value fed to the network, (B,)."""
-    return -sde.log_snr(t)
+    """c_noise(t) = log(std(t) / alpha(t)), the value fed to the network, (B,) (`sde.noise_conditioning`)."""
+    return sde.noise_conditioning(t)
 
 
 def model_score(model: nn.Module, variables: Any, sde: SDE, x: Array, t, *, train: bool = False,
@@ -43,8 +50,14 @@ def model_score(model: nn.Module, variables: Any, sde: SDE, x: Array, t, *, trai
     """score(x, t[, y]) = -net(x, c_noise(t)[, y]) / std(t), like x; y (B,) class labels or None."""
     t = batch_times(t, x.shape[0], x.dtype)
     extra = {} if y is None else {"y": y}  # unconditional networks are called exactly as before
-    out = model.apply(variables, x, noise_conditioning(sde, t), train=train, rngs=rngs, **extra)
-    return -out / expand_to(sde.std(t), x)
+    out = model.apply(variables, sde.network_input(x), noise_conditioning(sde, t), train=train, rngs=rngs, **extra)
+    return sde.score_from_network(out, x, t)
+
+
+def network_input_shape(sde: SDE, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one example as the network sees it (data_shape, or (*dims[:-1], 2 C) for CLD)."""
+    state = jax.ShapeDtypeStruct(sde.state_shape((1, *data_shape)), jnp.float32)
+    return tuple(jax.eval_shape(sde.network_input, state).shape[1:])
 
 
 class ModelScore(eqx.Module):
@@ -87,4 +100,5 @@ def cond_score_fn(model: nn.Module, variables: Any, sde: SDE) -> ConditionalMode
     return ConditionalModelScore(model, variables, sde)
 
 
-__all__ = ["noise_conditioning", "model_score", "ModelScore", "score_fn", "ConditionalModelScore", "cond_score_fn"]
+__all__ = ["noise_conditioning", "model_score", "network_input_shape", "ModelScore", "score_fn", "ConditionalModelScore",
+           "cond_score_fn"]

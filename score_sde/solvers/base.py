@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from score_sde.sde import SDE, Array, ScoreFn
+from score_sde.sde import CAPABILITIES, SDE, Array, ScoreFn
 from score_sde.solvers.data_prediction import data_prediction
 
 # hook(x, t_next, key) -> x, applied after every step of a fixed-grid sampler.
@@ -43,9 +43,12 @@ class SampleInfo(NamedTuple):
     Attributes:
       nfe: number of score evaluations actually made (int32 scalar array); adaptive solvers
         report their real count.
+      velocity: for an SDE whose state carries more than the data (CLD's (x, v)), the final
+        auxiliary part (B, *dims) (the sampler returns the data part x); None otherwise.
     """
 
     nfe: Array
+    velocity: Array | None = None
 
 
 def check_n_steps(value, name: str = "n_steps", allow_none: bool = False) -> None:
@@ -58,7 +61,21 @@ def check_n_steps(value, name: str = "n_steps", allow_none: bool = False) -> Non
 
 
 class Sampler(eqx.Module):
-    """Base class: subclasses implement `sample` (traced inside jit) and declare `eps`."""
+    """Base class: subclasses implement `sample` (traced inside jit) and declare `eps`.
+
+    `requires` names the SDE capabilities (`score_sde.sde.CAPABILITIES`) the sampler needs with
+    its most permissive options; `required_capabilities()` those of this instance. The default is
+    a scalar Gaussian kernel (alpha(t), std(t)); samplers that only integrate the reverse SDE or
+    the probability-flow ODE declare less and so also run CLD.
+    """
+
+    requires: ClassVar[frozenset] = frozenset({"scalar_kernel"})
+    # The options under which the sampler needs only `requires` (for error messages), e.g. "denoise=False".
+    requires_options: ClassVar[str] = ""
+
+    def required_capabilities(self) -> frozenset:
+        """The SDE capabilities this sampler, with its options, needs."""
+        return self.requires
 
     @abc.abstractmethod
     def sample(self, key: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], dtype,
@@ -89,8 +106,11 @@ class Sampler(eqx.Module):
             so a new function object recompiles.
 
         Returns:
-          (x (B, *dims), SampleInfo).
+          (x (B, *dims), SampleInfo). For an SDE whose state carries more than the data (CLD),
+          x is the data part and `info.velocity` the rest; x_init is then a full state
+          (`sde.state_shape`) and `shape` the data shape.
         """
+        check_capabilities(self, sde)
         shape, dtype = _check_start(self, sde, shape, dtype, x_init, t_init)
         if x_init is not None:
             x_init = jnp.asarray(x_init, dtype)
@@ -113,7 +133,7 @@ class Sampler(eqx.Module):
 def _check_start(sampler, sde, shape, dtype, x_init, t_init):
     """Validates shape / x_init / t_init before tracing; returns (shape, dtype)."""
     if x_init is not None:
-        x_shape = tuple(int(s) for s in jnp.shape(x_init))
+        x_shape = sde.data_shape(tuple(int(s) for s in jnp.shape(x_init)))
         if shape is not None and tuple(int(s) for s in shape) != x_shape:
             raise ValueError(f"shape {tuple(shape)} differs from x_init's shape {x_shape}; pass one of them")
         shape = x_shape
@@ -136,8 +156,9 @@ def _check_start(sampler, sde, shape, dtype, x_init, t_init):
     return shape, jnp.dtype(jnp.float32 if dtype is None else dtype)
 
 
-def check_score_shape(score_fn: ScoreFn, x: Array) -> None:
-    """Raises ValueError unless score_fn(x, t) has x's shape (checked at trace time, no evaluation).
+def check_score_shape(score_fn: ScoreFn, x: Array, expected: tuple[int, ...] | None = None) -> None:
+    """Raises ValueError unless score_fn(x, t) has shape `expected` (default x's shape; checked at
+    trace time, no evaluation). A CLD state (B, 2, *dims) expects (B, *dims) (`sde.score_shape`).
 
     A score of another shape, e.g. (B, 1) for x (B, D), would broadcast silently in the update.
     An empty batch (B = 0) is refused too: there is nothing to sample.
@@ -147,15 +168,33 @@ def check_score_shape(score_fn: ScoreFn, x: Array) -> None:
     t = jax.ShapeDtypeStruct(x.shape[:1], x.dtype)
     out = jax.eval_shape(score_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), t)
     got = getattr(out, "shape", None)
-    if got != tuple(x.shape):
-        raise ValueError(f"score_fn(x, t) returned shape {got} for x of shape {tuple(x.shape)}; "
-                         "a score has the shape of x")
+    want = tuple(x.shape) if expected is None else tuple(expected)
+    if got != want:
+        what = "a score has the shape of x" if expected is None else f"this SDE's score has shape {want}"
+        raise ValueError(f"score_fn(x, t) returned shape {got} for x of shape {tuple(x.shape)}; {what}")
+
+
+def check_capabilities(sampler: Sampler, sde) -> None:
+    """Raises ValueError, in one line, when the SDE lacks a capability the sampler needs; the message
+    names the missing capability and the registered samplers that can run this SDE."""
+    missing = sorted(sampler.required_capabilities() - sde.capabilities)
+    if not missing:
+        return
+    from score_sde.solvers.registry import SAMPLERS  # the table imports this module
+
+    ok = [name + (f" ({cls.requires_options})" if cls.requires_options else "")
+          for name, cls in sorted(SAMPLERS.items()) if cls.requires <= sde.capabilities]
+    raise ValueError(f"sampler {type(sampler).__name__} with these options needs {', '.join(missing)} "
+                     f"({'; '.join(CAPABILITIES[m] for m in missing)}), which {type(sde).__name__} does "
+                     f"not offer; samplers that can run {type(sde).__name__}: {', '.join(ok)}")
 
 
 @eqx.filter_jit
 def _sample_jit(sampler, key, sde, score_fn, shape, dtype, x_init, t_init, hook):
-    check_score_shape(score_fn, jax.ShapeDtypeStruct(shape, dtype))
-    return sampler.sample(key, sde, SameDtypeScore(score_fn), shape, dtype, x_init, t_init, hook)
+    state_shape = sde.state_shape(shape)
+    check_score_shape(score_fn, jax.ShapeDtypeStruct(state_shape, dtype), sde.score_shape(state_shape))
+    u, info = sampler.sample(key, sde, SameDtypeScore(score_fn), shape, dtype, x_init, t_init, hook)
+    return sde.data_part(u), info._replace(velocity=sde.velocity_part(u))
 
 
 class SameDtypeScore(eqx.Module):
@@ -214,6 +253,10 @@ class StepSampler(Sampler):
         """Whether the solve ends with Tweedie's x0_hat at eps (one more evaluation)."""
         return False
 
+    def required_capabilities(self) -> frozenset:
+        """The class's needs, plus a scalar kernel for a final Tweedie denoising."""
+        return self.requires | (frozenset({"scalar_kernel"}) if self.final_denoise else frozenset())
+
     def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None):
         x, t_start, k_loop = self.start(key, sde, shape, dtype, x_init, t_init)
         eps = self.resolved_eps(sde)
@@ -267,4 +310,5 @@ def _runs(kinds: list | None, n: int) -> list[tuple[Any, int, int]]:
     return out
 
 
-__all__ = ["Hook", "Sampler", "SampleInfo", "StepSampler", "check_n_steps", "check_score_shape", "run_steps"]
+__all__ = ["Hook", "Sampler", "SampleInfo", "StepSampler", "check_capabilities", "check_n_steps", "check_score_shape",
+           "run_steps"]

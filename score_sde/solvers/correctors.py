@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import types
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -37,6 +38,7 @@ class Corrector(eqx.Module):
 
     snr: float = eqx.field(default=0.16, static=True)
     n_steps: int = eqx.field(default=1, static=True)
+    requires: ClassVar[frozenset] = frozenset({"scalar_kernel"})  # the step size uses SDE.transition
 
     def __check_init__(self):
         if not self.snr > 0:
@@ -95,6 +97,8 @@ class AnnealedLangevinCorrector(Corrector):
 
 class NoneCorrector(Corrector):
     """No corrector: x unchanged, zero evaluations."""
+
+    requires: ClassVar[frozenset] = frozenset()
 
     @property
     def nfe_per_call(self) -> int:

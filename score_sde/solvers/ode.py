@@ -18,6 +18,7 @@ initial solver state, so a rejected first step costs s - 1 like any other.
 from __future__ import annotations
 
 import types
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -94,6 +95,8 @@ class ODESampler(StepSampler):
     max_steps: int = eqx.field(default=4096, static=True)
     eps: float | None = eqx.field(default=None, static=True)
     denoise: bool = eqx.field(default=True, static=True)
+    requires: ClassVar[frozenset] = frozenset({"reverse_sde"})
+    requires_options: ClassVar[str] = "denoise=False"
 
     def __check_init__(self):
         solver = get_ode_solver(self.solver)

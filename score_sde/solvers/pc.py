@@ -9,6 +9,8 @@ NFE = N (predictor.nfe + corrector.nfe_per_call) + denoise, known statically.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 
@@ -37,6 +39,8 @@ class PCSampler(StepSampler):
     predictor: Predictor
     corrector: Corrector
     n_steps: int = eqx.field(static=True)
+    requires: ClassVar[frozenset] = frozenset({"reverse_sde"})
+    requires_options: ClassVar[str] = "predictor='euler_maruyama', corrector='none', denoise=False"
     eps: float | None = eqx.field(static=True)
     denoise: bool = eqx.field(static=True)
 
@@ -49,6 +53,10 @@ class PCSampler(StepSampler):
 
     def __check_init__(self):
         check_n_steps(self.n_steps)
+
+    def required_capabilities(self) -> frozenset:
+        """The predictor's and the corrector's needs (and a scalar kernel for denoising)."""
+        return super().required_capabilities() | self.predictor.requires | self.corrector.requires
 
     @property
     def snr(self) -> float:
@@ -86,6 +94,8 @@ class EulerMaruyamaSampler(StepSampler):
     n_steps: int = eqx.field(default=1000, static=True)
     eps: float | None = eqx.field(default=None, static=True)
     denoise: bool = eqx.field(default=True, static=True)
+    requires: ClassVar[frozenset] = frozenset({"reverse_sde"})
+    requires_options: ClassVar[str] = "denoise=False"
 
     def __check_init__(self):
         check_n_steps(self.n_steps)

@@ -23,9 +23,10 @@ from score_sde.sde import SDE, Array, ScoreFn, batch_times, expand_to, reverse_d
 
 
 class Predictor(eqx.Module):
-    """Base class of the predictors."""
+    """Base class of the predictors; `requires` names the SDE capabilities a step uses."""
 
     nfe: ClassVar[int] = 1
+    requires: ClassVar[frozenset] = frozenset({"scalar_kernel"})
 
     @abc.abstractmethod
     def step(self, key: Array, sde: SDE, score_fn: ScoreFn, x: Array, t, s) -> Array:
@@ -41,15 +42,17 @@ class EulerMaruyamaPredictor(Predictor):
     """Euler–Maruyama on the reverse SDE dx = [f - g^2 s] dt + g dw-bar (Song et al. 2021, eq. 6).
 
     x_s = x_t + (f - g^2 s(x_t, t)) (s - t) + g(t) sqrt(t - s) z,  z ~ N(0, I).
+    Any SDE with a reverse SDE (CLD too: f - G G^T s and G z, `sde.score_drift` / `sde.noise`).
     """
+
+    requires: ClassVar[frozenset] = frozenset({"reverse_sde"})
 
     def step(self, key, sde, score_fn, x, t, s):
         tb = batch_times(t, x.shape[0], x.dtype)
         drift = reverse_drift(sde, score_fn, x, tb)
-        g = expand_to(jnp.sqrt(sde.diffusion_sq(tb)), x)
         dt = jnp.asarray(s - t, x.dtype)
         z = jax.random.normal(key, x.shape, x.dtype)
-        return x + drift * dt + g * jnp.sqrt(-dt) * z
+        return x + drift * dt + sde.noise(x, z, tb) * jnp.sqrt(-dt)
 
 
 class ReverseDiffusionPredictor(Predictor):
@@ -86,6 +89,7 @@ class NonePredictor(Predictor):
     """No predictor: x is unchanged (the corrector alone samples; zero evaluations)."""
 
     nfe: ClassVar[int] = 0
+    requires: ClassVar[frozenset] = frozenset()
 
     def step(self, key, sde, score_fn, x, t, s):
         return x

@@ -14,6 +14,7 @@ from score_sde.solvers.edm import EDMHeunSampler
 from score_sde.solvers.ipndm import IPNDMSampler
 from score_sde.solvers.ode import ODESampler
 from score_sde.solvers.pc import EulerMaruyamaSampler, PCSampler
+from score_sde.solvers.sscs import SSCSSampler
 from score_sde.solvers.unipc import UniPCSampler
 
 # name -> Sampler subclass, sorted by name. Add a row here when a sampler lands; nothing registers itself.
@@ -25,6 +26,7 @@ SAMPLERS: types.MappingProxyType = types.MappingProxyType({
     "ipndm": IPNDMSampler,
     "ode": ODESampler,
     "pc": PCSampler,
+    "sscs": SSCSSampler,
     "unipc": UniPCSampler,
 })
 

@@ -5,6 +5,8 @@
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=likelihood
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=eval --checkpoints=all
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=edit --config.edit.task=inpaint
+    python main.py --config=configs/digits_cond.py --workdir=runs/digits_cond --mode=train_classifier
+    python main.py --config=configs/digits_cond.py --workdir=runs/digits_cond --mode=sample --config.sampling.class_label=-1
 
 Any config key can be overridden with --config.<key>=<value>. Errors a user can cause (bad flags
 or overrides included) print one line `error: ...` and exit with status 2, before anything is
@@ -54,7 +56,8 @@ try:  # the default config file is loaded, with the overrides applied, when the 
 except _CONFIG_ERRORS as err:
     _fail(_config_error(err, sys.argv))
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and results.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "likelihood", "eval", "edit"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "likelihood", "eval", "edit", "train_classifier"],
+                  "What to run.")
 flags.DEFINE_string("checkpoints", "latest", "eval/sample/likelihood: 'latest', 'all', or steps like 1000,2000.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS

@@ -4,6 +4,7 @@ The key names below are part of the command-line interface (`--config.training.n
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from score_sde.config_utils import sampler_options_config
 
@@ -22,6 +23,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.uniform_dequantization = False
     data.num_levels = 17             # grey levels of the raw data (digits: 17, 8-bit images: 256)
     data.test_fraction = 0.1         # image_folder without train/ and test/ subfolders: held-out share
+    data.num_classes = 0             # > 0: class-conditional (labels from the dataset; digits/cifar10 10, toy_gmm 8)
 
     config.sde = sde = ml_collections.ConfigDict()
     sde.name = "vpsde"               # vpsde | subvpsde | vesde
@@ -64,6 +66,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.reduce_mean = True
     training.likelihood_weighting = False
     training.eps = 1e-5              # smallest training time
+    training.label_dropout = 0.0     # class-conditional: share of labels replaced by the null class (CFG)
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.lr = 2e-4
@@ -81,6 +84,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.update(sampler_options_config())
     sampling.num_samples = 64
     sampling.batch_size = 64
+    # Class-conditional models (data.num_classes > 0) only: unset = the null class (unconditional);
+    # k = class k; -1 = every class, one row of the grid each (num_samples split over the rows).
+    sampling.class_label = config_dict.placeholder(int)
+    sampling.guidance = "free"       # free: classifier-free (1 + w) s(x,t,y) - w s(x,t); classifier: + w grad log p_t(y|x)
+    sampling.guidance_scale = 0.0    # w; 0 is the plain conditional model (free) / no guidance (classifier)
 
     config.likelihood = likelihood = ml_collections.ConfigDict()
     likelihood.num_examples = 256
@@ -110,6 +118,21 @@ def get_default_configs() -> ml_collections.ConfigDict:
     ed.n_steps = 500                 # inpaint / colorize: reverse-process steps
     ed.t0 = 0.5                      # sdedit: noise the input to t0, then sample back with config.sampling
     ed.n_interp = 8                  # interpolate: images per path, endpoints included
+
+    # --mode=train_classifier: a noise-conditional classifier p_t(y | x_t) for sampling.guidance=classifier,
+    # trained with cross-entropy on x_t ~ p_t(x_t | x_0) at t ~ U(eps, T); saved in <workdir>/classifier/.
+    config.classifier = clf = ml_collections.ConfigDict()
+    clf.nf = 16                      # images: the UNet encoder's base width; 2-D data: the MLP width is 8 nf
+    clf.ch_mult = (1, 2)
+    clf.num_res_blocks = 1
+    clf.n_iters = 2000
+    clf.batch_size = 128
+    clf.lr = 1e-3
+    clf.warmup = 100
+    clf.ema_rate = 0.999
+    clf.eps = 1e-5                   # smallest training time
+    clf.snapshot_freq = 1000
+    clf.log_freq = 100
 
     config.distributed = distributed = ml_collections.ConfigDict()
     distributed.coordinator_address = ""  # set (with the two below) to call jax.distributed.initialize

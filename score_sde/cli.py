@@ -31,6 +31,7 @@ OUTPUTS = {
     "likelihood": [("checkpoints", "dir"), ("likelihood", "dir")],
     "eval": [("checkpoints", "dir"), ("eval", "dir"), ("digits_classifier.npz", "file")],
     "edit": [("checkpoints", "dir"), ("edit", "dir")],
+    "train_classifier": [("classifier", "dir")],
 }
 
 
@@ -60,14 +61,23 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
         check_outputs(workdir, mode)
         if mode == "train":
             checkpoint.check_unlocked(workdir)  # a second run on a busy workdir stops before loading anything
+        if mode == "train_classifier":
+            checkpoint.check_unlocked(os.path.join(workdir, "classifier"))
     sde = config_utils.sde_from_config(config.sde)
     schema.validate(config, sde.T)
-    config_utils.model_from_config(config.model)
+    config_utils.model_from_config(config.model, config.data.get("num_classes", 0))
     config_utils.sampler_from_config(config.sampling)
     check_choice(config.likelihood.divergence, likelihood.DIVERGENCES, "likelihood.divergence", "divergences")
-    split = data.load_split(config, "train" if mode == "train" else "test")
+    split = data.load_split(config, "train" if mode in ("train", "train_classifier") else "test")
     if mode == "train":
         train.check_batch_config(config.training)
+    if mode == "train_classifier" or (mode == "sample" and config.sampling.get("guidance", "free") == "classifier"
+                                      and config.sampling.get("class_label", None) is not None):
+        from score_sde import classifier
+
+        classifier.classifier_from_config(config)  # needs data.num_classes >= 2
+        if mode == "train_classifier":
+            train.check_batch_config(classifier.training_config(config))
     if mode == "edit":
         edit_driver.check_edit_config(config, split.data_shape)
     for name in ("num_samples", "batch_size"):
@@ -100,6 +110,13 @@ def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) ->
     if mode == "train":
         it = data.get_dataset(config, "train", jax.process_index(), jax.process_count(), loaded=split)
         train.train(config, workdir, train_iter=it)
+        return
+    if mode == "train_classifier":
+        from score_sde import classifier
+
+        it = data.get_dataset(config, "train", jax.process_index(), jax.process_count(),
+                              batch_size=config.classifier.batch_size, loaded=split)
+        classifier.train_classifier(config, workdir, train_iter=it)
         return
     steps = checkpoint_steps(workdir, which)  # load_score_fn checks the folder before touching it
     train_split = data.load_split(config, "train") if evaluate.needs_train_split(config, mode) else None

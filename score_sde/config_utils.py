@@ -30,14 +30,16 @@ def sde_from_config(sde_config) -> SDE:
     return lookup(_SDES, sde_config.name.lower(), "sde", "sdes")(sde_config)
 
 
-def model_from_config(model_config) -> nn.Module:
+def model_from_config(model_config, num_classes: int = 0) -> nn.Module:
     """`config.model` -> a Flax network, through `score_sde.models.get_model` when it exists.
+
+    `num_classes`: `config.data.num_classes`; > 0 adds the class embedding (class-conditional model).
 
     Without it, only the small MLP (model.name = "mlp", widths `model.hidden`) is available.
     """
     get_model = getattr(models, "get_model", None)
     if get_model is not None:
-        return get_model(model_config)
+        return get_model(model_config, num_classes)
     if model_config.name != "mlp":
         raise ValueError(f"model {model_config.name!r} is not available in this build; use model.name='mlp'")
     return models.MLP(hidden=tuple(model_config.hidden))

@@ -151,13 +151,16 @@ class ArraySource:
 class Split:
     """One split of a dataset: its source, example shape and number of grey levels (None: continuous).
 
-    `labels`: class labels in the order of the source's examples, when the dataset has them (digits).
+    `labels`: integer class labels (N,) in the order of the source's examples, when the dataset has
+    them (digits, CIFAR-10, image_folder class subfolders, the toy_gmm component), else None.
+    `num_classes`: the number of classes the labels index (0 when there are no labels).
     """
 
     source: Source
     data_shape: tuple[int, ...]
     num_levels: int | None
     labels: np.ndarray | None = None
+    num_classes: int = 0
 
 
 # --- embedded datasets -----------------------------------------------------------------
@@ -173,7 +176,8 @@ def _digits(config, split: str) -> Split:
     digits = load_digits()
     images = digits.images.astype(np.uint8)[..., None]  # (1797, 8, 8, 1), 0..16
     chosen = _digits_indices(images.shape[0], split)
-    return Split(ArraySource(images[chosen]), (8, 8, 1), 17, labels=digits.target[chosen])
+    return Split(ArraySource(images[chosen]), (8, 8, 1), 17, labels=digits.target[chosen].astype(np.int32),
+                 num_classes=10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,9 +217,14 @@ def toy_gmm_mixture():
     return GaussianMixture(*toy_gmm_params())
 
 
-def _gmm_points(rng: np.random.Generator, n: int) -> np.ndarray:
+def _gmm_labeled(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(points (n, 2), component ids (n,)) of the toy_gmm mixture."""
     comp = rng.choice(TOY_GMM.n_modes, size=n, p=TOY_GMM.weights)
-    return TOY_GMM.means[comp] + TOY_GMM.std * rng.standard_normal((n, 2))
+    return TOY_GMM.means[comp] + TOY_GMM.std * rng.standard_normal((n, 2)), comp.astype(np.int32)
+
+
+def _gmm_points(rng: np.random.Generator, n: int) -> np.ndarray:
+    return _gmm_labeled(rng, n)[0]
 
 
 def _checkerboard_points(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -250,6 +259,9 @@ _TOY_GENERATORS: Mapping[str, Callable[[np.random.Generator, int], np.ndarray]] 
 def _toy(name: str) -> Callable[..., Split]:
     def load(config, split: str) -> Split:
         rng = np.random.default_rng([SPLIT_SEED, _SPLIT_CODE[split]])
+        if name == "toy_gmm":  # the same draws as _gmm_points, with the component id as the label
+            points, comp = _gmm_labeled(rng, TOY_SIZES[split])
+            return Split(ArraySource(points.astype(np.float32)), (2,), None, labels=comp, num_classes=TOY_GMM.n_modes)
         points = _TOY_GENERATORS[name](rng, TOY_SIZES[split]).astype(np.float32)
         return Split(ArraySource(points), (2,), None)
 
@@ -270,10 +282,10 @@ def _cifar10(config, split: str) -> Split:
     for folder in folders:
         if data_dir and os.path.isfile(os.path.join(folder, _CIFAR10_FILES[split][0])):
             read = lambda name, folder=folder: _read_file(os.path.join(folder, name))  # noqa: E731
-            return Split(ArraySource(_cifar10_batches(read, split, where=folder)), (32, 32, 3), 256)
+            return _cifar10_split(_cifar10_batches(read, split, where=folder, with_labels=True))
     for archive in archives:
         if data_dir and os.path.isfile(archive) and (archive.endswith(CIFAR10_ARCHIVE) or tarfile.is_tarfile(archive)):
-            return Split(ArraySource(_cifar10_archive(archive, split)), (32, 32, 3), 256)
+            return _cifar10_split(_cifar10_archive(archive, split))
     if data_dir and os.path.isdir(os.path.join(data_dir, "cifar10")):
         return _tfds_split(config, "cifar10", split)
     raise FileNotFoundError(
@@ -289,8 +301,8 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
-def _cifar10_archive(archive: str, split: str) -> np.ndarray:
-    """The split's images from cifar-10-python.tar.gz; a damaged archive is a ValueError naming it."""
+def _cifar10_archive(archive: str, split: str):
+    """(images, labels) of the split from cifar-10-python.tar.gz; a damaged archive is a ValueError naming it."""
     try:
         with tarfile.open(archive, "r:*") as tar:
             def read(name):
@@ -299,28 +311,38 @@ def _cifar10_archive(archive: str, split: str) -> np.ndarray:
                     raise KeyError(name)
                 return member.read()
 
-            return _cifar10_batches(read, split, where=archive)
+            return _cifar10_batches(read, split, where=archive, with_labels=True)
     except (tarfile.TarError, EOFError, OSError, KeyError, zlib.error) as e:
         raise ValueError(f"CIFAR-10 archive {archive} is damaged or incomplete ({type(e).__name__}: {e}); "
                          f"download {CIFAR10_ARCHIVE} again (or extract it to {CIFAR10_FOLDER}/)") from None
 
 
-def _cifar10_batches(read: Callable[[str], bytes], split: str, where: str = "") -> np.ndarray:
+def _cifar10_split(images_labels) -> Split:
+    images, labels = images_labels
+    return Split(ArraySource(images), (32, 32, 3), 256, labels=labels, num_classes=0 if labels is None else 10)
+
+
+def _cifar10_batches(read: Callable[[str], bytes], split: str, where: str = "", with_labels: bool = False):
     """Parses the pickled batches (dicts with b'data' uint8 (N, 3072) in CHW order) -> (N, 32, 32, 3).
 
+    With `with_labels`: (images, labels (N,) int32 from b'labels'; None if a batch has none).
     A file that is not such a pickle is a ValueError naming it (`where`: the folder or archive).
     """
-    arrays = []
+    arrays, labels = [], []
     for name in _CIFAR10_FILES[split]:
         raw = read(name)
         try:
             batch = pickle.loads(raw, encoding="bytes")
             data = np.asarray(batch[b"data"], np.uint8)
             arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch[b"labels"], np.int32) if b"labels" in batch else None)
         except Exception as e:  # noqa: BLE001  (unpickling garbage raises almost anything)
             raise ValueError(f"CIFAR-10 batch {name} in {where or 'the data folder'} is not a CIFAR-10 python "
                              f"batch ({type(e).__name__}: {e}); replace it with the original file") from None
-    return np.ascontiguousarray(np.concatenate(arrays))
+    images = np.ascontiguousarray(np.concatenate(arrays))
+    if not with_labels:
+        return images
+    return images, None if any(lab is None for lab in labels) else np.concatenate(labels)
 
 
 # --- the user's own images ---------------------------------------------------------------
@@ -330,8 +352,10 @@ def _image_folder(config, split: str) -> Split:
         raise FileNotFoundError(
             f"image_folder: config.data.data_dir={config.data.data_dir!r} is not a directory; set "
             f"--config.data.data_dir to a folder of PNG/JPEG images (searched recursively)")
+    class_root = root
     if all(os.path.isdir(os.path.join(root, s)) for s in SPLITS):
-        paths = _image_paths(os.path.join(root, split))
+        root, class_root = os.path.join(root, split), os.path.join(root, "train")  # classes: train/'s subfolders
+        paths = _image_paths(root)
     else:  # hold out a fixed fraction of the sorted files as the test split
         paths = _image_paths(root)
         perm = np.random.default_rng(SPLIT_SEED).permutation(len(paths))
@@ -344,7 +368,26 @@ def _image_folder(config, split: str) -> Split:
     load = lambda p: _load_image(p, size, channels)  # noqa: E731
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         images = np.stack(list(pool.map(load, paths)))
-    return Split(ArraySource(images), (size, size, channels), 256)
+    labels, classes = _folder_labels(root, paths, class_root)
+    return Split(ArraySource(images), (size, size, channels), 256, labels=labels, num_classes=len(classes))
+
+
+def _folder_labels(root: str, paths: list[str], class_root: str) -> tuple[np.ndarray | None, list[str]]:
+    """Class labels from the first subfolder under `root` of each image; the classes are the sorted
+    subfolder names of `class_root` (the folder itself, or train/ for train/ and test/ layouts) -> 0, 1, ...
+
+    Images directly in `root` (no class subfolder) mean an unlabelled folder: (None, []).
+    """
+    first = [os.path.relpath(p, root).split(os.sep) for p in paths]
+    if any(len(parts) < 2 for parts in first):
+        return None, []
+    classes = sorted(d for d in os.listdir(class_root) if os.path.isdir(os.path.join(class_root, d)))
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted({parts[0] for parts in first} - set(index))
+    if unknown:
+        raise ValueError(f"image_folder: class subfolder(s) {unknown} of {root} are not among the training "
+                         f"classes {classes} (subfolders of {class_root}); use the same class subfolders in both")
+    return np.array([index[parts[0]] for parts in first], np.int32), classes
 
 
 def _image_paths(root: str) -> list[str]:
@@ -421,7 +464,17 @@ def _tfds_split(config, name: str, split: str) -> Split:
     tfds_split = split if split == "train" else _tfds_test_split(tfds, name, data_dir)
     ds = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False)
     size, channels = config.data.image_size, config.data.num_channels
-    return Split(TfdsSource(ds, size, channels), (size, size, channels), 256)
+    labels, num_classes = _tfds_labels(tfds, name, data_dir, ds) if config.data.get("num_classes", 0) else (None, 0)
+    return Split(TfdsSource(ds, size, channels), (size, size, channels), 256, labels=labels, num_classes=num_classes)
+
+
+def _tfds_labels(tfds, name: str, data_dir: str, ds) -> tuple[np.ndarray | None, int]:
+    """The 'label' feature of every example (read once; only when the config asks for labels)."""
+    feature = tfds.builder(name, data_dir=data_dir).info.features
+    if "label" not in feature:
+        return None, 0
+    labels = np.array([int(ds[i]["label"]) for i in range(len(ds))], np.int32)
+    return labels, int(feature["label"].num_classes)
 
 
 def _tfds_test_split(tfds, name: str, data_dir: str) -> str:
@@ -462,7 +515,29 @@ def load_split(config, split: str = "train") -> Split:
         check_choice(name, dataset_names(), "dataset", "datasets")
     # before any file is read, so a bad config fails fast
     _check_levels(config, name, None if name in _TOY_GENERATORS else 17 if name == "digits" else 256)
-    return _tfds_split(config, tfds_name, split) if tfds_name else LOADERS[name](config, split)
+    loaded = _tfds_split(config, tfds_name, split) if tfds_name else LOADERS[name](config, split)
+    check_labels(config, loaded)
+    return loaded
+
+
+def num_classes(config) -> int:
+    """`config.data.num_classes`: 0 (unconditional, the default) or the number of class labels."""
+    return int(config.data.get("num_classes", 0) or 0)
+
+
+def check_labels(config, split: Split) -> None:
+    """A ValueError when `config.data.num_classes` > 0 but the split has no labels or another class count."""
+    want = num_classes(config)
+    if not want:
+        return
+    name = config.data.dataset
+    if split.labels is None:
+        raise ValueError(f"dataset {name!r} has no class labels, but config.data.num_classes={want}; set "
+                         f"--config.data.num_classes=0 (labels: digits, cifar10, toy_gmm, image_folder with "
+                         f"one subfolder per class)")
+    if split.num_classes != want:
+        raise ValueError(f"dataset {name!r} has {split.num_classes} classes but config.data.num_classes={want}; "
+                         f"set --config.data.num_classes={split.num_classes}")
 
 
 def _check_image_config(config, name: str, shape: tuple[int, int, int]) -> None:
@@ -524,11 +599,17 @@ class DataIterator:
       num_levels: grey levels of the raw data (17 digits, 256 8-bit images, None continuous).
       batch_size: examples per `next` on this process (global batch // process count).
       global_batch_size: examples per step over all processes.
+
+    Batches are float32 arrays (B, *data_shape), or with `with_labels` dicts
+    {"image": (B, *data_shape) float32, "label": (B,) int32}.
     """
 
     def __init__(self, split: Split, transform: Transform, global_batch: int, process_index: int,
-                 process_count: int):
+                 process_count: int, with_labels: bool = False):
+        if with_labels and split.labels is None:
+            raise ValueError("with_labels=True needs a split with class labels (Split.labels is None)")
         self._source, self._transform = split.source, transform
+        self._labels = split.labels if with_labels else None
         self.data_shape, self.num_levels = tuple(split.data_shape), split.num_levels
         self.num_examples = len(split.source)
         self.global_batch_size = global_batch
@@ -551,12 +632,15 @@ class DataIterator:
         n = self.num_examples
         start = self._epoch * n + self._index + self._offset  # stream position of this share
         epochs, index = np.divmod(np.arange(start, start + self.batch_size), n)
-        out = []
+        out, labels = [], []
         for epoch in np.unique(epochs).tolist():  # a batch may straddle epochs
             ids = self._order(epoch)[index[epochs == epoch]]
             out.append(self._transform(self._source.get(ids), epoch, ids))
+            labels.append(self._labels[ids] if self._labels is not None else None)
         self._epoch, self._index = divmod(self._epoch * n + self._index + self.global_batch_size, n)
-        return np.concatenate(out)
+        if self._labels is None:
+            return np.concatenate(out)
+        return {"image": np.concatenate(out), "label": np.concatenate(labels).astype(np.int32)}
 
     def get_state(self) -> dict:
         """The stream position {'epoch', 'index'} (JSON-serialisable; save it with the checkpoint)."""
@@ -604,19 +688,22 @@ def get_dataset(config, split: str = "train", process_index: int = 0, process_co
       loaded: `load_split(config, split)` when the caller has it already (it is not read again).
 
     Returns:
-      Batches of shape (global_batch // process_count, *data_shape), float32.
+      Batches of shape (global_batch // process_count, *data_shape), float32; when
+      `config.data.num_classes` > 0, dicts {"image": those, "label": (B,) int32}.
     """
     global_batch = int(batch_size or config.training.batch_size)
     _process_batch(global_batch, process_index, process_count)
     if not repeat:
         return iterate_once(config, split, global_batch, process_index, process_count, loaded=loaded)
     data = loaded if loaded is not None else load_split(config, split)
-    return DataIterator(data, _transform(config, data, split), global_batch, process_index, process_count)
+    check_labels(config, data)
+    return DataIterator(data, _transform(config, data, split), global_batch, process_index, process_count,
+                        with_labels=num_classes(config) > 0)
 
 
 def iterate_once(config, split: str = "test", batch_size: int | None = None, process_index: int = 0,
                  process_count: int = 1, dequantize: bool | None = None,
-                 loaded: Split | None = None) -> Iterator[np.ndarray]:
+                 loaded: Split | None = None, with_labels: bool = False) -> Iterator[np.ndarray]:
     """One pass over `split` in its stored order, every example exactly once (e.g. for bits/dim).
 
     Global batches hold `batch_size` examples except the last, which is smaller (the remainder).
@@ -625,19 +712,21 @@ def iterate_once(config, split: str = "test", batch_size: int | None = None, pro
     Dequantisation follows `config.data.uniform_dequantization` unless `dequantize` is given;
     its noise is a pure function of (config.seed, split, example), so bits/dim is reproducible.
     `loaded`: `load_split(config, split)` when the caller has it already (it is not read again).
+    `with_labels`: yield {"image", "label"} dicts (the split must have labels).
     """
     global_batch = int(batch_size or config.training.batch_size)
     _process_batch(global_batch, process_index, process_count)
     data = loaded if loaded is not None else load_split(config, split)  # errors surface here, not at the first `next`
-    return _one_pass(data, _transform(config, data, split, dequantize), global_batch, process_index, process_count)
+    if with_labels and data.labels is None:
+        raise ValueError(f"dataset {config.data.dataset!r} has no class labels to iterate over")
+    return _one_pass(data, _transform(config, data, split, dequantize), global_batch, process_index, process_count,
+                     with_labels)
 
 
 def _one_pass(data: Split, transform: Transform, global_batch: int, process_index: int,
-              process_count: int) -> Iterator[np.ndarray]:
+              process_count: int, with_labels: bool = False) -> Iterator[np.ndarray]:
     n = len(data.source)
     for start in range(0, n, global_batch):
         ids = np.array_split(np.arange(start, min(start + global_batch, n)), process_count)[process_index]
-        if ids.size == 0:
-            yield np.zeros((0,) + data.data_shape, np.float32)
-        else:
-            yield transform(data.source.get(ids), 0, ids)
+        x = np.zeros((0,) + data.data_shape, np.float32) if ids.size == 0 else transform(data.source.get(ids), 0, ids)
+        yield {"image": x, "label": data.labels[ids].astype(np.int32)} if with_labels else x

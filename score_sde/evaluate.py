@@ -5,6 +5,12 @@ is built, so changed `config.optim` settings never make a checkpoint unreadable)
 a `score_fn(x, t)`, and splits its work over the local devices with `jax.pmap`. The data splits
 are read once by the caller (`score_sde.data.load_split`) and passed in. Outputs go to
 `workdir/<mode>/` as .npz / .png / .json; nothing already written is modified.
+
+Class-conditional models (`config.data.num_classes` > 0) load as cond_score(x, t, y), which
+called as score(x, t) is the null-class (unconditional) score, so every mode works unchanged;
+`sampling.class_label` (k, or -1 for one row per class) samples with classifier-free guidance
+(`sampling.guidance="free"`) or with the trained noise-conditional classifier ("classifier"),
+weight `sampling.guidance_scale` (`score_sde.guidance`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from score_sde import checkpoint, config_utils, data, likelihood, models, train
+from score_sde import checkpoint, config_utils, data, guidance, likelihood, models, train
 from score_sde.bpd import bits_per_dim
 
 # Datasets whose --mode=eval adds the weight-free quality figures (they need the training split).
@@ -50,7 +56,7 @@ def load_score_fn(config, workdir: str, data_shape: tuple[int, ...], step: int |
       data_shape: the shape of one example, e.g. `data.load_split(config, "test").data_shape`.
       step: a saved step instead of the latest.
     """
-    model = config_utils.model_from_config(config.model)
+    model = config_utils.model_from_config(config.model, data.num_classes(config))
     sde = config_utils.sde_from_config(config.sde)
     shape = tuple(data_shape)
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -70,7 +76,8 @@ def load_score_fn(config, workdir: str, data_shape: tuple[int, ...], step: int |
     if restored is None:
         raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
     params, step = restored
-    return Loaded(models.score_fn(model, {"params": params}, sde), sde, shape, step)
+    wrap = models.cond_score_fn if data.num_classes(config) else models.score_fn  # cond: score(x, t) = null class
+    return Loaded(wrap(model, {"params": params}, sde), sde, shape, step)
 
 
 def _per_device(total: int, n_dev: int) -> int:
@@ -84,32 +91,73 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
     `loaded`: the output of `load_score_fn`, when the caller already restored the checkpoint.
     """
     loaded = loaded or load_score_fn(config, workdir, data_shape, step)
-    num = config.sampling.num_samples
+    labels = sample_labels(config)
+    num = config.sampling.num_samples if labels is None else len(labels)
+    log_prob = load_guidance_classifier(config, workdir, loaded.data_shape) if labels is not None else None
     outs, nfes, t0 = [], [], time.perf_counter()
     with tqdm(total=num, desc=f"sampling ({config.sampling.method})", unit="img") as bar:
-        for x, nfe in draw_batches(config, loaded, num, config.sampling.batch_size, config.seed):
+        for x, nfe in draw_batches(config, loaded, num, config.sampling.batch_size, config.seed, labels=labels,
+                                   log_prob=log_prob):
             outs.append(x)
             nfes.append(nfe)
             bar.update(len(x))
     elapsed = time.perf_counter() - t0
     samples, step = np.concatenate(outs), loaded.step
     out_dir = out_dir or os.path.join(workdir, "samples")
-    return write_samples(config, samples, out_dir, step, {"nfe": int(np.mean(nfes)), "seconds": elapsed})
+    extra, tag, cols = {"nfe": int(np.mean(nfes)), "seconds": elapsed}, "", None
+    if labels is not None:
+        sc = config.sampling
+        extra.update(class_label=int(sc.class_label), guidance=sc.guidance, guidance_scale=float(sc.guidance_scale))
+        tag = f"_class{'all' if sc.class_label == -1 else sc.class_label}_{sc.guidance}{float(sc.guidance_scale):g}"
+        cols = len(labels) // data.num_classes(config) if sc.class_label == -1 else None
+    return write_samples(config, samples, out_dir, step, extra, labels=labels, tag=tag, cols=cols)
 
 
-def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: dict) -> dict:
-    """samples_<step>_<method>.npz (model scale), a PNG grid (images only) and a JSON summary.
+def sample_labels(config) -> np.ndarray | None:
+    """The labels `sampling.class_label` asks for: None (unset), num_samples copies of k, or for -1
+    ceil(num_samples / K) of each class 0..K-1 in order (one grid row per class)."""
+    label = config.sampling.get("class_label", None)
+    if label is None:
+        return None
+    k, n = data.num_classes(config), config.sampling.num_samples
+    if label == -1:
+        return np.repeat(np.arange(k, dtype=np.int32), math.ceil(n / k))
+    return np.full((n,), label, np.int32)
+
+
+def load_guidance_classifier(config, workdir: str, data_shape: tuple[int, ...]):
+    """The classifier's log_prob(x, t, y) when `sampling.guidance` is "classifier", else None."""
+    if config.sampling.get("guidance", "free") != "classifier":
+        return None
+    from score_sde import classifier
+
+    return classifier.load_classifier(config, workdir, data_shape)
+
+
+def guided_score(config, cond_score, y, log_prob=None):
+    """score_fn(x, t) for labels y (B,): classifier-free or classifier guidance per `config.sampling`."""
+    sc = config.sampling
+    scale = float(sc.get("guidance_scale", 0.0))
+    if sc.get("guidance", "free") == "classifier":
+        return guidance.classifier(cond_score, log_prob, y, scale)
+    return guidance.classifier_free(cond_score, y, scale)
+
+
+def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: dict,
+                  labels: np.ndarray | None = None, tag: str = "", cols: int | None = None) -> dict:
+    """samples_<step>_<method><tag>.npz (model scale), a PNG grid (images only) and a JSON summary.
 
     The sampler's name is part of the file name, so sampling one checkpoint with several
-    methods keeps every result.
+    methods keeps every result. `labels`: the requested classes, saved in the npz beside the
+    samples; `tag`: a file-name suffix (class and guidance); `cols`: grid columns (one row per class).
     """
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"samples_{step}_{config.sampling.method}")
-    np.savez(stem + ".npz", samples=samples)
+    stem = os.path.join(out_dir, f"samples_{step}_{config.sampling.method}{tag}")
+    np.savez(stem + ".npz", samples=samples, **({} if labels is None else {"labels": labels}))
     summary = {"step": int(step), "method": config.sampling.method, "num_samples": int(len(samples)),
                "shape": list(samples.shape[1:]), **extra}
     if samples.ndim == 4:
-        save_grid(samples, config.data.centered, stem + ".png")
+        save_grid(samples, config.data.centered, stem + ".png", cols=cols)
         summary["grid"] = stem + ".png"
     summary["npz"] = stem + ".npz"
     with open(stem + ".json", "w") as f:
@@ -190,12 +238,15 @@ def test_loss(config, score_fn, sde, test: data.Split, max_examples: int = 2048)
 
     loss_fn = jax.jit(train.loss_fn_from_config(config, score_fn.model, sde, train=False))
     key, total, count = jax.random.PRNGKey(config.seed + 2), 0.0, 0
-    for i, x in enumerate(data.iterate_once(config, "test", batch_size=config.sampling.batch_size, loaded=test)):
-        if count >= max_examples or len(x) == 0:
+    labeled = data.num_classes(config) > 0  # a conditional model's loss takes {"image", "label"} batches
+    for i, x in enumerate(data.iterate_once(config, "test", batch_size=config.sampling.batch_size, loaded=test,
+                                            with_labels=labeled)):
+        n = len(x["image"]) if labeled else len(x)
+        if count >= max_examples or n == 0:
             break
-        keys = losses.example_keys(jax.random.fold_in(key, i), len(x))
-        total += float(loss_fn(score_fn.variables["params"], jnp.asarray(x), keys)) * len(x)
-        count += len(x)
+        keys = losses.example_keys(jax.random.fold_in(key, i), n)
+        total += float(loss_fn(score_fn.variables["params"], jax.tree.map(jnp.asarray, x), keys)) * n
+        count += n
     return total / max(count, 1)
 
 
@@ -248,16 +299,31 @@ def digits_quality_of(config, workdir: str, samples: np.ndarray, train_split: da
     return quality.digits_quality(clf, to01(samples)[..., 0], train01[..., 0], test01[..., 0])
 
 
-def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int):
+def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int,
+                 labels: np.ndarray | None = None, log_prob=None):
     """Yields (samples (model scale), NFE) for `num_samples` samples in batches of about `batch_size`,
-    drawn with `config.sampling`'s sampler on every local device; batch i uses fold_in(PRNGKey(seed), i)."""
+    drawn with `config.sampling`'s sampler on every local device; batch i uses fold_in(PRNGKey(seed), i).
+
+    `labels` (num_samples,): class labels of a conditional model, sampled with the guidance of
+    `config.sampling` (`guided_score`; `log_prob`: the classifier for sampling.guidance=classifier).
+    """
     sampler = config_utils.sampler_from_config(config.sampling)
     n_dev = jax.local_device_count()
     shape = (_per_device(min(batch_size, num_samples), n_dev),) + loaded.data_shape
-    p_draw = jax.pmap(lambda key, sf: sampler(key, loaded.sde, sf, shape), in_axes=(0, None))
+    if labels is None:
+        p_draw = jax.pmap(lambda key, sf: sampler(key, loaded.sde, sf, shape), in_axes=(0, None))
+    else:
+        guided = jax.pmap(lambda key, sf, y, lp: sampler(key, loaded.sde, guided_score(config, sf, y, lp), shape),
+                          in_axes=(0, None, 0, None))
+        per_call = n_dev * shape[0]
     key, done, i = jax.random.PRNGKey(seed), 0, 0
     while done < num_samples:
-        x, info = p_draw(jax.random.split(jax.random.fold_in(key, i), n_dev), loaded.score_fn)
+        keys = jax.random.split(jax.random.fold_in(key, i), n_dev)
+        if labels is None:
+            x, info = p_draw(keys, loaded.score_fn)
+        else:  # the labels of samples done .. done + per_call (the last call padded with the last label)
+            y = labels[np.minimum(np.arange(done, done + per_call), len(labels) - 1)].reshape(n_dev, shape[0])
+            x, info = guided(keys, loaded.score_fn, jnp.asarray(y), log_prob)
         x = np.asarray(x).reshape((-1,) + loaded.data_shape)[: num_samples - done]
         done, i = done + len(x), i + 1
         yield x, int(np.max(info.nfe))
@@ -280,6 +346,7 @@ def inception_quality_of(config, workdir: str, loaded: Loaded, out_dir: str) -> 
     return evaluation.sample_quality(config, workdir, batches, loaded.data_shape, out_stem=stem)
 
 
-__all__ = ["Loaded", "load_score_fn", "sample", "write_samples", "save_grid", "likelihood_bpd", "test_loss",
+__all__ = ["Loaded", "load_score_fn", "sample", "sample_labels", "guided_score", "load_guidance_classifier",
+           "write_samples", "save_grid", "likelihood_bpd", "test_loss",
            "needs_train_split", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError",
            "draw_batches", "sample_batches", "inception_quality_of"]

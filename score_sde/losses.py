@@ -23,6 +23,11 @@ batch does not depend on how the batch is split over devices or hosts.
 A loss needs a `score_apply(params, x, t, rng) -> score` callable; `score_apply_from_model`
 builds one from a Flax network through the one parameterisation in `score_sde.models`.
 No parallelism lives here: the training driver wraps these functions in `pmap`.
+
+Class-conditional training (`labeled_loss_fn`): the batch is {"image": x0, "label": y}; each
+label is replaced by the null class (index num_classes) with probability `label_dropout`, drawn
+from the example's own key, so one network learns s(x, t, y) and s(x, t, None) for
+classifier-free guidance (Ho & Salimans 2021).
 """
 
 from __future__ import annotations
@@ -48,6 +53,43 @@ def score_apply_from_model(model: nn.Module, sde: SDE, *, train: bool = True) ->
         return model_score(model, {"params": params}, sde, x, t, train=train, rngs=rngs)
 
     return score_apply
+
+
+def drop_labels(keys: Array, y: Array, num_classes: int, rate: float) -> Array:
+    """Labels y (B,) with each replaced by the null class `num_classes` with probability `rate`.
+
+    The decision for an example comes from fold_in(its key, 2), independent of its time and noise.
+    """
+    if rate <= 0:
+        return y
+    drop = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 2), rate))(keys)
+    return jnp.where(drop, num_classes, y).astype(jnp.int32)
+
+
+def labeled_loss_fn(model: nn.Module, sde: SDE, make_loss: Callable[[ScoreApply], LossFn], *,
+                    label_dropout: float = 0.0, train: bool = True) -> LossFn:
+    """loss_fn(params, batch, keys) for a class-conditional network, batch = {"image", "label"}.
+
+    Args:
+      model: a network built with num_classes > 0.
+      make_loss: score_apply -> loss_fn(params, x0, keys), e.g. `get_loss_fn` with its options bound.
+      label_dropout: probability of training an example with the null class.
+      train: dropout layers on (and label dropout applied) when True.
+    """
+    num_classes = int(getattr(model, "num_classes", 0))
+    if not num_classes:
+        raise ValueError("labeled_loss_fn needs a class-conditional network (num_classes > 0)")
+
+    def loss_fn(params, batch, keys):
+        y = drop_labels(keys, batch["label"], num_classes, label_dropout if train else 0.0)
+
+        def score_apply(p, x, t, rng):
+            rngs = None if rng is None else {"dropout": rng}
+            return model_score(model, {"params": p}, sde, x, t, train=train, rngs=rngs, y=y)
+
+        return make_loss(score_apply)(params, batch["image"], keys)
+
+    return loss_fn
 
 
 def example_keys(key: Array, n: int, offset=0) -> Array:
@@ -207,6 +249,6 @@ def hsm_loss(score_apply: ScoreApply, sde, params, x0: Array, keys: Array, *, re
     return jnp.mean(per)
 
 
-__all__ = ["ScoreApply", "LossFn", "score_apply_from_model", "example_keys", "draw_time_and_noise",
-           "dsm_per_example", "dsm_loss", "ddpm_grid", "smld_grid", "ddpm_loss", "smld_loss", "get_loss_fn",
+__all__ = ["ScoreApply", "LossFn", "score_apply_from_model", "drop_labels", "labeled_loss_fn", "example_keys",
+           "draw_time_and_noise", "dsm_per_example", "dsm_loss", "ddpm_grid", "smld_grid", "ddpm_loss", "smld_loss", "get_loss_fn",
            "hsm_per_example", "hsm_loss"]

@@ -33,12 +33,27 @@ _POSITIVE_INT = _at_least(1)
 _NONNEG = Rule(float, lambda v: v >= 0, ">= 0")
 _POSITIVE = Rule(float, lambda v: v > 0, "> 0")
 _UNIT = Rule(float, lambda v: 0 <= v < 1, "in [0, 1)")
+GUIDANCE = ("free", "classifier")  # sampling.guidance: classifier-free, or with the trained noisy classifier
 
 SCHEMA: dict[str, Rule] = {
     "seed": Rule(int),
     "data.image_size": _POSITIVE_INT,
     "data.num_levels": _at_least(0),
     "data.test_fraction": Rule(float, lambda v: 0 < v < 1, "in (0, 1)"),
+    "data.num_classes": _at_least(0),
+    "training.label_dropout": _UNIT,
+    "sampling.guidance_scale": Rule(float),
+    "sampling.guidance": Rule(str, lambda v: v in GUIDANCE, f"one of {', '.join(GUIDANCE)}"),
+    "classifier.nf": _POSITIVE_INT,
+    "classifier.ch_mult": Rule("ints", lambda v: len(v) > 0 and all(h >= 1 for h in v), "a tuple of positive ints"),
+    "classifier.num_res_blocks": _at_least(0),
+    "classifier.n_iters": _POSITIVE_INT,
+    "classifier.batch_size": _POSITIVE_INT,
+    "classifier.lr": _POSITIVE,
+    "classifier.warmup": _at_least(0),
+    "classifier.ema_rate": _UNIT,
+    "classifier.snapshot_freq": _POSITIVE_INT,
+    "classifier.log_freq": _POSITIVE_INT,
     "model.ema_rate": _UNIT,
     "model.nf": _POSITIVE_INT,
     "model.num_res_blocks": _at_least(0),
@@ -142,7 +157,27 @@ def check(config, sde_T: float | None = None) -> list[str]:
             problems.append(_time(f"sampling.{method}.eps", options["eps"], sde_T))
     if sde_T is not None and "training" in config and "eps" in config.training:
         problems.append(_time("training.eps", config.training.eps, sde_T))
+    if sde_T is not None and "classifier" in config and "eps" in config.classifier:
+        problems.append(_time("classifier.eps", config.classifier.eps, sde_T))
+    problems.append(_class_label(config))
     return [p for p in problems if p]
+
+
+def _class_label(config) -> str | None:
+    """sampling.class_label: unset, -1 (every class, one grid row each) or a class 0..K-1 of a
+    class-conditional config (data.num_classes = K > 0)."""
+    label = config.get("sampling", {}).get("class_label", None)
+    if label is None:
+        return None
+    k = config.get("data", {}).get("num_classes", 0) or 0
+    if not _type_ok(int, label):
+        return f"sampling.class_label must be an int (-1: every class, or a class 0..K-1), got {label!r}"
+    if not _type_ok(int, k) or k <= 0:
+        return (f"sampling.class_label={label} needs a class-conditional model, but data.num_classes={k!r}; "
+                f"train one with data.num_classes > 0 (e.g. configs/digits_cond.py) or leave class_label unset")
+    if not -1 <= label < k:
+        return f"sampling.class_label must be -1 (every class) or a class in 0..{k - 1}, got {label}"
+    return None
 
 
 def validate(config, sde_T: float | None = None) -> None:

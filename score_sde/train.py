@@ -93,6 +93,11 @@ def make_optimizer(optim) -> optax.GradientTransformation:
     return optax.apply_if_finite(optax.chain(clip, adam), max_consecutive_errors=_NEVER)
 
 
+def batch_size_of(batch) -> int:
+    """Examples in a batch: an array (B, ...) or a pytree of them, e.g. {"image", "label"}."""
+    return jax.tree.leaves(batch)[0].shape[0]
+
+
 def create_train_state(key: Array, model: nn.Module, optimizer: optax.GradientTransformation,
                        data_shape: tuple[int, ...]) -> TrainState:
     """Initialises params (from `key`), optimizer state and EMA; the step rng is fold_in(key, 1)."""
@@ -112,7 +117,7 @@ def make_train_step(loss_fn: losses.LossFn, optimizer: optax.GradientTransformat
     """
 
     def step(state: TrainState, batch: Array):
-        n = batch.shape[0]
+        n = batch_size_of(batch)
         device = lax.axis_index(axis_name) if axis_name else 0
         keys = losses.example_keys(jax.random.fold_in(state.rng, state.step), n, offset=device * n)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, keys)
@@ -139,8 +144,8 @@ def make_multi_step(step: Callable) -> Callable:
     """
 
     def multi(state, batches):
-        if batches.shape[0] == 1:
-            state, metrics = step(state, batches[0])
+        if batch_size_of(batches) == 1:
+            state, metrics = step(state, jax.tree.map(lambda b: b[0], batches))
             return state, jax.tree.map(lambda m: m[None], metrics)
         return lax.scan(step, state, batches)
 
@@ -194,12 +199,13 @@ def device_batches(it, k: int, per_device: int, depth: int = 2) -> Iterator[tupl
     def work():
         try:
             while not stop.is_set():
-                xs = np.stack([np.asarray(next(it), np.float32) for _ in range(k)])
-                if xs.shape[1] != n_local * per_device:
-                    raise ValueError(f"data iterator gave batches of {xs.shape[1]} examples; this process needs "
+                xs = _stack_batches([next(it) for _ in range(k)])
+                got = jax.tree.leaves(xs)[0].shape[1]
+                if got != n_local * per_device:
+                    raise ValueError(f"data iterator gave batches of {got} examples; this process needs "
                                      f"{n_local * per_device} (global batch / process count)")
-                xs = xs.reshape(k, n_local, per_device, *xs.shape[2:]).swapaxes(0, 1)
-                q.put((shard_to_devices(xs), it.get_state()))
+                xs = jax.tree.map(lambda a: a.reshape(k, n_local, per_device, *a.shape[2:]).swapaxes(0, 1), xs)
+                q.put((jax.tree.map(shard_to_devices, xs), it.get_state()))
         except StopIteration:
             q.put(RuntimeError("the training data iterator ran out; training needs an infinite iterator "
                                "(score_sde.data.get_dataset(..., repeat=True))"))
@@ -219,6 +225,14 @@ def device_batches(it, k: int, per_device: int, depth: int = 2) -> Iterator[tupl
             q.get_nowait()
 
 
+def _stack_batches(batches: list):
+    """k batches -> one with a leading k axis: images float32, labels (dict entry "label") int32."""
+    if not isinstance(batches[0], dict):
+        return np.stack([np.asarray(b, np.float32) for b in batches])
+    return {name: np.stack([np.asarray(b[name], np.int32 if name == "label" else np.float32) for b in batches])
+            for name in batches[0]}
+
+
 def loss_fn_from_config(config, model: nn.Module, sde, *, train: bool = True) -> losses.LossFn:
     """The training objective named by `config.training` (continuous DSM or DDPM/SMLD).
 
@@ -228,11 +242,16 @@ def loss_fn_from_config(config, model: nn.Module, sde, *, train: bool = True) ->
 
 
 def _loss_fn(model, sde, tc, sde_config, train: bool = True) -> losses.LossFn:
-    apply = losses.score_apply_from_model(model, sde, train=train)
     discrete = "ddpm" if tc.continuous else config_utils.discrete_loss_name(sde_config)
-    return losses.get_loss_fn(apply, sde, continuous=tc.continuous, discrete=discrete, reduce_mean=tc.reduce_mean,
-                              likelihood_weighting=tc.likelihood_weighting, eps=tc.eps,
-                              n_levels=tc.get("num_scales", 1000))
+
+    def make(apply):
+        return losses.get_loss_fn(apply, sde, continuous=tc.continuous, discrete=discrete, reduce_mean=tc.reduce_mean,
+                                  likelihood_weighting=tc.likelihood_weighting, eps=tc.eps,
+                                  n_levels=tc.get("num_scales", 1000))
+
+    if getattr(model, "num_classes", 0):  # batches are {"image", "label"}; labels dropped to the null class
+        return losses.labeled_loss_fn(model, sde, make, label_dropout=tc.get("label_dropout", 0.0), train=train)
+    return make(losses.score_apply_from_model(model, sde, train=train))
 
 
 class _Frozen(tuple):
@@ -261,7 +280,7 @@ def _step_for_config(model, sde, tc: _Frozen, optim: _Frozen, sde_config: _Froze
 
 def step_for_config(config, model: nn.Module, sde) -> tuple[optax.GradientTransformation, Callable]:
     """(optimizer, pmapped step) for `config`; the same settings give the same compiled step."""
-    loss_keys = ("continuous", "reduce_mean", "likelihood_weighting", "eps", "num_scales")
+    loss_keys = ("continuous", "reduce_mean", "likelihood_weighting", "eps", "num_scales", "label_dropout")
     loss_config = _frozen({k: config.training[k] for k in loss_keys if k in config.training})
     return _step_for_config(model, sde, loss_config, _frozen(config.optim), _frozen(config.sde),
                             config.model.ema_rate)
@@ -475,7 +494,8 @@ def train(config, workdir: str, train_iter=None) -> TrainState:
         from score_sde import data
 
         train_iter = data.get_dataset(config, "train", jax.process_index(), jax.process_count())
-    model, sde = config_utils.model_from_config(config.model), config_utils.sde_from_config(config.sde)
+    model = config_utils.model_from_config(config.model, config.data.get("num_classes", 0))
+    sde = config_utils.sde_from_config(config.sde)
     optimizer, p_step = step_for_config(config, model, sde)
     state = create_train_state(jax.random.PRNGKey(config.seed), model, optimizer,
                                models.network_input_shape(sde, tuple(train_iter.data_shape)))

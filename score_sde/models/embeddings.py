@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
@@ -66,4 +67,30 @@ def positional_embedding(c, dim: int, max_positions: float = 10000.0, position_s
     return emb
 
 
-__all__ = ["fourier_embedding", "gaussian_fourier_projection", "positional_embedding"]
+def class_embedding(y, num_classes: int, dim: int, batch: int):
+    """Learned embedding (B, dim) of class labels y (B,) ints, or None for the null class.
+
+    The table has num_classes + 1 rows: row `num_classes` is the "null" class (no label), which
+    label dropout trains and classifier-free guidance uses as the unconditional model. Call it
+    inside a compact Flax module; the parameter is named "class_embedding".
+    """
+    if not num_classes:
+        if y is not None:
+            raise ValueError("this network has no class embedding (num_classes=0) but was given labels y; "
+                             "set config.data.num_classes > 0 to train a class-conditional model")
+        return None
+    y = jnp.full((batch,), num_classes, jnp.int32) if y is None else jnp.asarray(y, jnp.int32)
+    if y.shape != (batch,):
+        raise ValueError(f"labels y must have shape ({batch},), got {y.shape}")
+    return nn.Embed(num_classes + 1, dim, name="class_embedding")(y)
+
+
+def add_class(temb, cemb):
+    """The time embedding plus the class embedding (either may be None)."""
+    if cemb is None:
+        return temb
+    return cemb if temb is None else temb + cemb
+
+
+__all__ = ["fourier_embedding", "gaussian_fourier_projection", "positional_embedding", "class_embedding",
+           "add_class"]

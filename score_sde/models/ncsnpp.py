@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from score_sde.models import layers
-from score_sde.models.embeddings import gaussian_fourier_projection, positional_embedding
+from score_sde.models.embeddings import add_class, class_embedding, gaussian_fourier_projection, positional_embedding
 
 _CHOICES = {
     "resblock_type": ("ddpm", "biggan"),
@@ -44,7 +44,8 @@ class NCSNpp(nn.Module):
     """NCSN++ / DDPM++ noise-prediction network: x (B, H, W, C), c_noise (B,) -> (B, H, W, C).
 
     H and W must be divisible by 2^(len(ch_mult) - 1). Dropout needs rngs={'dropout': key}
-    when train=True and dropout > 0.
+    when train=True and dropout > 0. With num_classes > 0, labels y (B,) (None: the null class
+    num_classes) enter through a learned class embedding added to the noise embedding.
     """
 
     nf: int = 128
@@ -64,6 +65,7 @@ class NCSNpp(nn.Module):
     conditional: bool = True
     init_scale: float = 0.0
     resamp_with_conv: bool = True
+    num_classes: int = 0
 
     # --- pieces ---------------------------------------------------------------------
     def _check(self, x):
@@ -169,9 +171,9 @@ class NCSNpp(nn.Module):
 
     # --- network --------------------------------------------------------------------
     @nn.compact
-    def __call__(self, x, c_noise, train: bool = False):
+    def __call__(self, x, c_noise, train: bool = False, y=None):
         self._check(x)
-        temb = self._embed(c_noise)
+        temb = add_class(self._embed(c_noise), class_embedding(y, self.num_classes, 4 * self.nf, x.shape[0]))
         hs = self._encode(x, temb, train)
         h = self._resblock()(hs[-1], temb, train)
         h = self._attn()(h)

@@ -22,6 +22,10 @@ The SDE supplies these three pieces (`sde.network_input`, `sde.noise_conditionin
 `sde.score_from_network`), so an SDE with another state needs no branch here: CLD feeds the
 network x and v concatenated along the channel axis and turns its output into the hybrid
 (mixed) velocity score (`score_sde.cld`).
+
+A class-conditional network (built with num_classes > 0) also takes labels y (B,) ints; y = None
+is the null class, i.e. the unconditional score the same network learned through label dropout.
+`cond_score_fn` wraps it as cond_score(x, t, y), the form `score_sde.guidance` consumes.
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ def noise_conditioning(sde: SDE, t: Array) -> Array:
 
 
 def model_score(model: nn.Module, variables: Any, sde: SDE, x: Array, t, *, train: bool = False,
-                rngs: dict | None = None) -> Array:
-    """score(x, t) = -net(x, c_noise(t)) / std(t), like x."""
+                rngs: dict | None = None, y: Array | None = None) -> Array:
+    """score(x, t[, y]) = -net(x, c_noise(t)[, y]) / std(t), like x; y (B,) class labels or None."""
     t = batch_times(t, x.shape[0], x.dtype)
-    out = model.apply(variables, sde.network_input(x), noise_conditioning(sde, t), train=train, rngs=rngs)
+    extra = {} if y is None else {"y": y}  # unconditional networks are called exactly as before
+    out = model.apply(variables, sde.network_input(x), noise_conditioning(sde, t), train=train, rngs=rngs, **extra)
     return sde.score_from_network(out, x, t)
 
 
@@ -75,4 +80,25 @@ def score_fn(model: nn.Module, variables: Any, sde: SDE) -> ModelScore:
     return ModelScore(model, variables, sde)
 
 
-__all__ = ["noise_conditioning", "model_score", "network_input_shape", "ModelScore", "score_fn"]
+class ConditionalModelScore(eqx.Module):
+    """A class-conditional network as cond_score(x, t, y): y (B,) ints, or None for the null class.
+
+    Called with two arguments it is the null-class (unconditional) score, so it is also a plain
+    score_fn(x, t) for every sampler, the likelihood and the edit tasks.
+    """
+
+    model: nn.Module = eqx.field(static=True)
+    variables: Any
+    sde: SDE
+
+    def __call__(self, x: Array, t, y: Array | None = None) -> Array:
+        return model_score(self.model, self.variables, self.sde, x, t, train=False, y=y)
+
+
+def cond_score_fn(model: nn.Module, variables: Any, sde: SDE) -> ConditionalModelScore:
+    """Wraps a class-conditional (model, variables) as an evaluation-mode cond_score(x, t, y)."""
+    return ConditionalModelScore(model, variables, sde)
+
+
+__all__ = ["noise_conditioning", "model_score", "network_input_shape", "ModelScore", "score_fn", "ConditionalModelScore",
+           "cond_score_fn"]

@@ -21,7 +21,7 @@ from score_sde.models.unet import UNet
 
 # The MLP keeps its own log-spaced embedding: the image networks' fourier_scale (16) is a
 # random-feature scale that does not transfer to it.
-_MLP_FIELDS = ("hidden", "embed_dim")
+_MLP_FIELDS = ("hidden", "embed_dim", "num_classes")
 
 
 def _fields(cls) -> tuple[str, ...]:
@@ -66,13 +66,17 @@ def names() -> tuple[str, ...]:
     return tuple(MODELS)
 
 
-def get_model(config: Mapping[str, Any]) -> nn.Module:
+def get_model(config: Mapping[str, Any], num_classes: int | None = None) -> nn.Module:
     """Builds the Flax network named by `config.name` from the fields of `config` (config.model).
+
+    `num_classes` (config.data.num_classes) > 0 gives the network a class embedding; 0 / None
+    leaves the parameter tree exactly as an unconditional network's.
 
     Raises:
       ValueError: the name is unknown (the message lists the valid ones).
     """
-    return lookup(MODELS, str(config["name"]).lower(), "model name", "names")(config)
+    model = lookup(MODELS, str(config["name"]).lower(), "model name", "names")(config)
+    return model.clone(num_classes=int(num_classes)) if num_classes else model
 
 
 __all__ = ["MODELS", "names", "get_model"]

@@ -14,14 +14,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from score_sde.models import layers, resample
-from score_sde.models.embeddings import gaussian_fourier_projection, positional_embedding
+from score_sde.models.embeddings import add_class, class_embedding, gaussian_fourier_projection, positional_embedding
 
 
 class UNet(nn.Module):
     """Small noise-prediction U-Net: x (B, H, W, C), c_noise (B,) -> (B, H, W, C).
 
     Level l has nf * ch_mult[l] channels and num_res_blocks DDPM blocks on each side;
-    H and W must be divisible by 2^(len(ch_mult) - 1).
+    H and W must be divisible by 2^(len(ch_mult) - 1). With num_classes > 0 a learned class
+    embedding (num_classes + 1 rows, the last the null class used when y is None) is added to the
+    noise embedding.
     """
 
     nf: int = 32
@@ -34,6 +36,7 @@ class UNet(nn.Module):
     conditional: bool = True
     skip_rescale: bool = True
     init_scale: float = 0.0
+    num_classes: int = 0
 
     def _embed(self, c_noise):
         if not self.conditional:
@@ -56,11 +59,11 @@ class UNet(nn.Module):
         return h
 
     @nn.compact
-    def __call__(self, x, c_noise, train: bool = False):
+    def __call__(self, x, c_noise, train: bool = False, y=None):
         factor = 2 ** (len(self.ch_mult) - 1)
         if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
             raise ValueError(f"x must have shape (B, H, W, C) with H, W divisible by {factor}, got {x.shape}")
-        temb = self._embed(c_noise)
+        temb = add_class(self._embed(c_noise), class_embedding(y, self.num_classes, 4 * self.nf, x.shape[0]))
         h = layers.conv3x3(self.nf)(x)
         skips = []
         for level, mult in enumerate(self.ch_mult):

@@ -8,7 +8,7 @@ Needs a checkpoint of configs/digits_vp.py in --workdir (examples/digits.sh or
 weight-free digits classifier (score_sde.quality, trained on the training split, cached in the
 workdir) labels the first n test digits after inpainting; the table gives its accuracy against the
 true labels for each method, next to the full digits (the ceiling) and the top half alone with
-the bottom half left blank (the floor). Writes benchmarks/results/digits_inpainting.md.
+the bottom half left blank (the floor). Writes benchmarks/out/digits_inpainting.md.
 With --figures instead: a grid of 8 test digits (columns: digit | top half | smc | replace, pc)
 and interpolation strips between test digits through the probability-flow latents (edit.interpolate).
 """

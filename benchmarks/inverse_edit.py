@@ -10,7 +10,7 @@ an exact conditional sample of size n, and the fraction of samples with x2 > 0. 
 floor is W1 between two exact samples of size n.
 
 Round trip: max relative error of decode(encode(x)) over 256 mixture samples, tsit5 at two
-tolerances, float32. Writes benchmarks/results/inverse_edit.md (a benchmark, not a test).
+tolerances, float32. Writes benchmarks/out/inverse_edit.md (a benchmark, not a test).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ float64, and the figure is the mean over samples of || x - x_ref ||_2, where x_r
 probability-flow ODE solved by diffrax Tsit5 at rtol = atol = 1e-9 from that x_T to eps, followed
 by Tweedie's denoising at eps when the sampler ends with it (edm_heun, denoise_to_zero).
 This is the measure of issue 17 (its DPM-Solver++ baselines: 0.0395 at 10 NFE, 0.0083 at 20).
-Writes <out>/path_error.md and path_error.png (default benchmarks/results). A benchmark, not a test:
+Writes <out>/path_error.md and path_error.png (default benchmarks/out). A benchmark, not a test:
 tests/test_path_error.py runs `path_errors` on a small case.
 """
 
@@ -128,7 +128,7 @@ def plot(results, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="NFE 5, 10, 20 on the 2-D mixture under VP only")
-    ap.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    ap.add_argument("--out", default=None, help="output folder (default benchmarks/out)")
     args = ap.parse_args()
     jax.config.update("jax_enable_x64", True)  # here, not at import: tests import this module
     budgets = (5, 10, 20) if args.quick else BUDGETS

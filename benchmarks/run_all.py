@@ -31,6 +31,7 @@ BENCHMARKS = {
                   "(2-D and 64-d mixtures, VP and VE; table + PNG)",
     "train_throughput": "training steps/s and images/s (toy MLP, digits UNet, CIFAR-10 DDPM++), "
                         "share of time outside the jitted step",
+    "progress_overhead": "the per-step progress callback of the samplers: time with / without it",
 }
 
 

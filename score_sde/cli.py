@@ -102,6 +102,13 @@ def checkpoint_steps(workdir: str, which: str) -> list[int | None]:
 
 def summary_line(mode: str, result: dict) -> str:
     """The one `done: ...` line printed after each output of sample / likelihood / eval / edit."""
+    try:
+        return _summary_line(mode, result)
+    except (KeyError, TypeError, ValueError):  # a result without the usual fields: say what is known
+        return f"done: --mode={mode} step {result.get('step')}"
+
+
+def _summary_line(mode: str, result: dict) -> str:
     t = f"compile {result.get('compile_seconds', 0):.1f} s, run {result.get('run_seconds', 0):.1f} s"
     if mode == "sample":
         what = f"{result['num_samples']} samples ({result['method']}, NFE {result['nfe']}) in {result['npz']}"

@@ -395,7 +395,9 @@ def inception_quality_of(config, workdir: str, loaded: Loaded, out_dir: str) -> 
     ec = config.eval
     evaluation.check_image_data(loaded.data_shape, config.data.dataset)
     batches = sample_batches(config, loaded, ec.num_samples, ec.batch_size, config.seed + 3)
-    stem = os.path.join(out_dir, f"inception_stats_{loaded.step}_{config.sampling.method}")
+    options = eval_options(config)
+    stem = outputs.new_stem(out_dir, f"inception_stats_{loaded.step}_{config.sampling.method}_"
+                                     f"{outputs.options_hash(options)}")
     return evaluation.sample_quality(config, workdir, batches, loaded.data_shape, out_stem=stem)
 
 

@@ -84,7 +84,7 @@ class MetricLogger:
 
     @contextlib.contextmanager
     def compiling(self, what: str = "the training step"):
-        """Shows "compiling <what>... N s" on the bar while the block runs, then one line with the time."""
+        """Shows "compiling N s" on the bar while the block runs, then one line with the time."""
         if not self.enabled:
             yield
             return
@@ -93,7 +93,7 @@ class MetricLogger:
 
         def tick():
             while not done.wait(1.0):
-                self._bar.set_description_str(f"train (compiling {time.perf_counter() - t0:.0f} s)")
+                self._bar.set_postfix_str(f"compiling {time.perf_counter() - t0:.0f} s")
 
         thread = threading.Thread(target=tick, daemon=True)
         thread.start()
@@ -102,7 +102,7 @@ class MetricLogger:
         finally:
             done.set()
             thread.join()
-            self._bar.set_description_str("train")
+            self._bar.set_postfix_str("")
         self.message(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
 
     def message(self, text: str) -> None:

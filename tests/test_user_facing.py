@@ -107,10 +107,15 @@ def test_sample_bar_moves_per_step():
     bar.close()
 
 
-def test_training_bar_shows_one_rate(tmp_path):
+def test_training_bar_shows_one_rate_and_is_quiet_off_a_terminal(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a notebook or a log file: not a terminal
     logger = MetricLogger(str(tmp_path), total=10)
     logger.write(5, {"loss": 1.0, "steps_per_sec": 3.0, "images_per_sec": 300.0, "nonfinite_total": 0.0})
     assert "loss" in logger._bar.postfix and "per_sec" not in logger._bar.postfix
+    assert logger._bar.mininterval == 30.0  # a line every 30 s, not ~60 lines for a short run
     logger.close()
 
 

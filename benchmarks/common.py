@@ -91,6 +91,18 @@ def compile_aot(jitted, *args, **kwargs):
     return compiled, time.perf_counter() - t0
 
 
+def timed_split(fn, *args, **kwargs):
+    """(compile seconds, run seconds, output) of one call with its output blocked on: the compile
+    share is what JAX reported compiling during the call (`score_sde.timing.Timer`), the run share
+    the rest of the wall time. For calls that compile inside (library functions that jit internally)
+    where `compile_aot` cannot reach the jitted function."""
+    from score_sde.timing import Timer
+
+    with Timer() as t:
+        out = jax.block_until_ready(fn(*args, **kwargs))
+    return t.compile_seconds, t.run_seconds, out
+
+
 def run_timed(fn, *args, repeats: int = 1):
     """(fastest seconds over `repeats` calls, last output) with outputs blocked on.
 

@@ -103,6 +103,8 @@ class MetricLogger:
             done.set()
             thread.join()
             self._bar.set_postfix_str("")
+            self._bar.unpause()  # rates count from here: the compile time is not a training step
+            self._last = (time.perf_counter(), self._last[1])
         self.message(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
 
     def message(self, text: str) -> None:

@@ -38,7 +38,8 @@ class MetricLogger:
         self._tb_dir, self._tb = os.path.join(workdir, "tensorboard"), None
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
         # Not a terminal (a log file, a notebook without widgets): a line every 30 s, not every 0.1 s.
-        interval = 0.1 if _isatty(sys.stderr) else 30.0
+        self._tty = _isatty(sys.stderr)
+        interval = 0.1 if self._tty else 30.0
         self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
                          mininterval=interval)
 
@@ -91,8 +92,8 @@ class MetricLogger:
         done, t0 = threading.Event(), time.perf_counter()
         self.message(f"compiling {what}...")
 
-        def tick():
-            while not done.wait(1.0):
+        def tick():  # on a terminal only: elsewhere each refresh would be a new line
+            while self._tty and not done.wait(1.0):
                 self._bar.set_postfix_str(f"compiling {time.perf_counter() - t0:.0f} s")
 
         thread = threading.Thread(target=tick, daemon=True)
@@ -102,10 +103,12 @@ class MetricLogger:
         finally:
             done.set()
             thread.join()
-            self._bar.set_postfix_str("")
+            self._bar.set_postfix_str("", refresh=self._tty)
             self._bar.unpause()  # rates count from here: the compile time is not a training step
             self._last = (time.perf_counter(), self._last[1])
-        self.message(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
+        seconds = time.perf_counter() - t0
+        self.message(f"compiled {what} in {seconds:.1f} s")
+        self.tb.add_scalar("train/compile_seconds", seconds, self._last[1])
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -15,9 +15,9 @@ Fixed-grid samplers (`StepSampler`) split like diffrax's solvers: the sampler gi
 (`grid`), its extra state (`init`) and one step (`step`); `run_steps` is the one loop
 (`lax.scan`, one per run of equal static step kinds) that drives all of them, with per-step keys fold_in(key, i) and an optional
 hook(x, t_next, key) -> x applied after every step (inpainting projections, guidance
-resets...) and, when asked, a host callback reporting each finished step (`progress`, off by
-default: `sampler(..., progress=fn)` calls fn(steps_done, n_steps) on the host after every step,
-through `jax.debug.callback`; the CLI's sample bar uses it). `start` is the one place the starting point is drawn: x_T from split(key)[0],
+resets...) and, when asked, a host callback reporting finished steps (`progress`, off by default:
+`sampler(..., progress=fn)` calls fn(steps_done, n_steps) on the host through `jax.debug.callback`
+after every step, at most 50 times a solve; the CLI's sample bar uses it). `start` is the one place the starting point is drawn: x_T from split(key)[0],
 so every sampler called with the same key starts from the same x_T.
 """
 
@@ -42,6 +42,8 @@ from score_sde.solvers.data_prediction import data_prediction
 Hook = Callable[[Array, Array, Array], Array]
 # progress(steps_done, n_steps), called on the host after every step of a fixed-grid sampler.
 Progress = Callable[[int, int], None]
+# At most this many progress reports per solve (every ceil(n / 50)-th step and the last one).
+MAX_PROGRESS_REPORTS = 50
 # The progress callback of the sampler call being traced (set by `Sampler.__call__`'s `progress`).
 _PROGRESS: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("progress", default=None)
 
@@ -107,7 +109,7 @@ class Sampler(eqx.Module):
             that is a jax pytree (e.g. an equinox Module) is traced; a plain function is static,
             so a new function object recompiles.
           progress: progress(steps_done, n_steps) called on the host after each step of a
-            fixed-grid sampler (`jax.debug.callback`; under pmap once per device). Off by default;
+            fixed-grid sampler (at most 50 times: every ceil(n / 50)-th step and the last) (`jax.debug.callback`; under pmap once per device). Off by default;
             static, so a new function object recompiles. The adaptive `ode` does not call it.
 
         Returns:
@@ -251,10 +253,12 @@ def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: 
     One scan per run of equal `step_kinds()` (one scan when the sampler has none). Step i gets the
     keys split(fold_in(key, i)) (step, hook), so every step's randomness is reproducible and
     independent of how the steps are grouped. `progress` (default: the one passed to the sampler
-    call being traced, usually None) is called on the host as progress(i + 1, n) after step i.
+    call being traced, usually None) is called on the host as progress(i + 1, n) after step i, for
+    every ceil(n / MAX_PROGRESS_REPORTS)-th step and the last one (each call waits for the host).
     """
     n = ts.shape[0] - 1
     progress = progress if progress is not None else _PROGRESS.get()
+    stride = max(1, -(-n // MAX_PROGRESS_REPORTS))
     carry = (x, sampler.init(sde, score_fn, x, ts))
     hooked = hook is not None
     for kind, start, stop in _runs(sampler.step_kinds(), n):
@@ -266,8 +270,10 @@ def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: 
             x_next, state = sampler.step(sde, score_fn, x, state, t, t_next, inp, k_step, kind=kind, hooked=hooked)
             if hooked:
                 x_next = hook(x_next, t_next, k_hook)
-            if progress is not None:
-                jax.debug.callback(functools.partial(_report_progress, progress, n=n), i, x_next[(0,) * x_next.ndim])
+            if progress is not None:  # every stride-th step and the last: at most MAX_PROGRESS_REPORTS calls
+                report = ((i + 1) % stride == 0) | (i == n - 1)
+                lax.cond(report, lambda a: jax.debug.callback(functools.partial(_report_progress, progress, n=n), *a),
+                         lambda a: None, (i, x_next[(0,) * x_next.ndim]))
             return (x_next.astype(x.dtype), state), None  # the requested dtype, whatever a step computes in
 
         xs = (jnp.arange(start, stop), ts[start:stop], ts[start + 1:stop + 1],

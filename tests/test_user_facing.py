@@ -319,3 +319,13 @@ def test_a_long_solve_reports_progress_at_most_50_times():
                                                            progress=lambda i, n: seen.append(i))
     jax.effects_barrier()
     assert seen == list(range(3, 121, 3))  # stride ceil(120 / 50) = 3; 120 is a multiple, so it is the last
+
+
+def test_sample_freq_is_checked_by_the_schema():
+    from score_sde import schema
+
+    c = tiny_config()
+    c.training.sample_freq = -1
+    assert any("training.sample_freq" in p for p in schema.check(c, sde_T=1.0))
+    c.training.sample_freq = 0  # off
+    assert schema.check(c, sde_T=1.0) == []

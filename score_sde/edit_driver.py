@@ -105,8 +105,8 @@ def run_edit(config, workdir: str, test: data.Split, step: int | None = None) ->
                                                                      config.data.centered, p, cols=grid.shape[1]))
         outputs.save_npz(stem + ".npz", inputs=np.asarray(x), result=result)
         outputs.write_json(stem + ".json", summary)
-    outputs.append_result(workdir, "edit", step, ec.task, options, [stem + ".png", stem + ".npz", stem + ".json"],
-                          timer.fields(), {"num_examples": int(len(x))})
+        outputs.append_result(workdir, "edit", step, ec.task, options, [stem + ".png", stem + ".npz", stem + ".json"],
+                              timer.fields(), {"num_examples": int(len(x))})
     return summary
 
 

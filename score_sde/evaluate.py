@@ -135,11 +135,12 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
         bar.close()
     samples, step = np.concatenate(outs), loaded.step
     out_dir = out_dir or os.path.join(workdir, "samples")
-    summary = write_samples(config, samples, out_dir, step, {"nfe": int(np.mean(nfes)), **timer.fields()})
-    if record:
-        files = [summary[k] for k in ("npz", "grid", "json") if k in summary]
-        outputs.append_result(workdir, "sample", step, config.sampling.method, outputs.sampling_options(config),
-                              files, timer.fields(), {"nfe": summary["nfe"], "num_samples": summary["num_samples"]})
+    with outputs.writing():  # the files and their results.jsonl row, or (a signal before it) none of them
+        summary = write_samples(config, samples, out_dir, step, {"nfe": int(np.mean(nfes)), **timer.fields()})
+        if record:
+            files = [summary[k] for k in ("npz", "grid", "json") if k in summary]
+            outputs.append_result(workdir, "sample", step, config.sampling.method, outputs.sampling_options(config),
+                                  files, timer.fields(), {"nfe": summary["nfe"], "num_samples": summary["num_samples"]})
     return summary
 
 
@@ -252,10 +253,10 @@ def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = No
     result["options"], result["json"] = options, stem + ".json"
     with outputs.writing():
         outputs.write_json(stem + ".json", result)
-    if record:
-        figures = {k: result[k] for k in ("bits_per_dim", "standard_error", "num_examples", "nfe_mean")}
-        outputs.append_result(workdir, "likelihood", step, lc.divergence, options, [stem + ".json"],
-                              timer.fields(), figures)
+        if record:
+            figures = {k: result[k] for k in ("bits_per_dim", "standard_error", "num_examples", "nfe_mean")}
+            outputs.append_result(workdir, "likelihood", step, lc.divergence, options, [stem + ".json"],
+                                  timer.fields(), figures)
     return result
 
 
@@ -307,13 +308,13 @@ def evaluate_checkpoint(config, workdir: str, step: int | None, test: data.Split
     options = eval_options(config)
     stem = outputs.new_stem(out_dir, f"eval_{step}_{outputs.options_hash(options)}")
     result["options"], result["json"] = options, stem + ".json"
-    with outputs.writing():
-        outputs.write_json(stem + ".json", result)
     figures = eval_figures(result)
     files = [stem + ".json", result["likelihood"]["json"]] + [samples_summary[k] for k in ("npz", "grid", "json")
                                                               if k in samples_summary]
-    outputs.append_result(workdir, "eval", step, config.sampling.method, options, files, timer.fields(), figures)
-    write_eval_scalars(workdir, step, figures)
+    with outputs.writing():
+        outputs.write_json(stem + ".json", result)
+        outputs.append_result(workdir, "eval", step, config.sampling.method, options, files, timer.fields(), figures)
+        write_eval_scalars(workdir, step, figures)
     return result
 
 

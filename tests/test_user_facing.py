@@ -256,6 +256,7 @@ def test_a_signal_while_an_output_is_written_waits_for_it(trained, tmp_path, mon
     (npz,) = glob.glob(os.path.join(workdir, "samples", "*.npz"))
     stem = npz[:-4]
     assert os.path.isfile(stem + ".png") and json.load(open(stem + ".json"))["npz"] == npz
+    assert [r["files"][0] for r in outputs.read_results(workdir)] == [npz]  # and its index row
     assert not glob.glob(os.path.join(workdir, "samples", "*.tmp*"))
 
 

@@ -170,6 +170,9 @@ def check_batch_config(training) -> int:
     if k < 1 or training.n_iters % k or training.snapshot_freq % k or training.log_freq % k:
         raise ValueError(f"training.steps_per_call={k} must be >= 1 and divide n_iters={training.n_iters}, "
                          f"snapshot_freq={training.snapshot_freq} and log_freq={training.log_freq}")
+    if training.get("sample_freq", 0) % k:
+        raise ValueError(f"training.sample_freq={training.sample_freq} must be a multiple of "
+                         f"training.steps_per_call={k} (or 0: no sample grids)")
     return training.batch_size // n_dev
 
 

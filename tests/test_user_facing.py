@@ -330,3 +330,6 @@ def test_sample_freq_is_checked_by_the_schema():
     assert any("training.sample_freq" in p for p in schema.check(c, sde_T=1.0))
     c.training.sample_freq = 0  # off
     assert schema.check(c, sde_T=1.0) == []
+    c.training.update(steps_per_call=2, sample_freq=3)  # grids only between calls of 2 steps
+    with pytest.raises(ValueError, match="training.sample_freq=3 must be a multiple of training.steps_per_call=2"):
+        train.check_batch_config(c.training)

@@ -73,7 +73,8 @@ class MetricLogger:
         self._jsonl.flush()
         # The bar shows its own steps/s; the logged rates stay in TensorBoard and metrics.jsonl.
         hidden = ("nonfinite_total", "steps_per_sec", "images_per_sec")
-        self._bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k not in hidden})
+        # Off a terminal the postfix waits for the bar's next (30 s) refresh: no line per log.
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k not in hidden}, refresh=self._tty)
 
     def image(self, step: int, tag: str, samples: np.ndarray, centered: bool) -> None:
         """Logs samples (N, H, W, C) in model scale as one grid image, or 2-D points (N, 2) as a

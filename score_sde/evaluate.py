@@ -94,9 +94,10 @@ class SampleProgress:
         self.batch, self.position = 0, 0.0
 
     def _move_to(self, position: float) -> None:
+        position = min(position, float(self.bar.total))
         if position > self.position:  # each device reports each step: count it once
             self.bar.update(position - self.position)
-            self.position = position
+            self.bar.n = self.position = position  # no float drift past the total
 
     def step(self, i: int, n: int) -> None:
         self._move_to(self.batch + i / n)

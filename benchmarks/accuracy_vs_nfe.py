@@ -8,7 +8,7 @@ Two distances to the truth, float64:
   * for deterministic samplers, the RMS endpoint error against a tight probability-flow ODE solve
     (diffrax Tsit5, rtol = atol = 1e-8) from the same starting noise x_T, followed by the same
     final denoising step the sampler applies (Tweedie at eps), if any.
-Writes benchmarks/results/accuracy_vs_nfe.md and .png (a benchmark, not a test).
+Writes benchmarks/out/accuracy_vs_nfe.md and .png (a benchmark, not a test).
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """Shared pieces of the benchmark scripts: the machine description that heads every result,
 writing a result file, and timing helpers that keep compilation apart from running.
 
+Results go to `benchmarks/out/` (git-ignored; `SCORE_SDE_BENCHMARKS_OUT` or a script's `--out`
+picks another folder), never to tracked files: `benchmarks/results/` holds the committed figures
+the README quotes, copied there by hand.
+
     text = machine_description()                     # Markdown lines: CPU, cores, devices, versions
     path = write_result("samplers", body, "python -m benchmarks.samplers")
     compiled, seconds = compile_aot(eqx.filter_jit(f), *args)   # ahead-of-time: compile time alone
@@ -17,7 +21,8 @@ import time
 
 import jax
 
-RESULTS = pathlib.Path(__file__).parent / "results"
+# Where results are written (ignored by git); the committed copies live in benchmarks/results/.
+RESULTS = pathlib.Path(os.environ.get("SCORE_SDE_BENCHMARKS_OUT") or pathlib.Path(__file__).parent / "out")
 PACKAGES = ("jax", "jaxlib", "flax", "diffrax", "equinox", "optax")
 
 
@@ -66,7 +71,7 @@ def machine_description() -> str:
 
 def write_result(name: str, body: str, command: str, title: str | None = None,
                  directory: str | pathlib.Path | None = None) -> pathlib.Path:
-    """Writes <directory or benchmarks/results>/<name>.md: a title, the command, the machine, then `body`."""
+    """Writes <directory or benchmarks/out>/<name>.md: a title, the command, the machine, then `body`."""
     directory = pathlib.Path(directory) if directory else RESULTS
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.md"
@@ -84,6 +89,18 @@ def compile_aot(jitted, *args, **kwargs):
     t0 = time.perf_counter()
     compiled = jitted.lower(*args, **kwargs).compile()
     return compiled, time.perf_counter() - t0
+
+
+def timed_split(fn, *args, **kwargs):
+    """(compile seconds, run seconds, output) of one call with its output blocked on: the compile
+    share is what JAX reported compiling during the call (`score_sde.timing.Timer`), the run share
+    the rest of the wall time. For calls that compile inside (library functions that jit internally)
+    where `compile_aot` cannot reach the jitted function."""
+    from score_sde.timing import Timer
+
+    with Timer() as t:
+        out = jax.block_until_ready(fn(*args, **kwargs))
+    return t.compile_seconds, t.run_seconds, out
 
 
 def run_timed(fn, *args, repeats: int = 1):

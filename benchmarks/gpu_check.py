@@ -20,7 +20,7 @@ figure is its own compile time, with some contention), the pmapped training step
 first call (figure: first call minus a warm step) while they do; nothing is timed while compiling.
 The network has random weights (speed only): the adaptive solvers' NFE belong to that untrained
 field, not to a trained model's. A time budget (--budget seconds) skips the sections still to come once it is spent.
-Writes benchmarks/results/gpu_check.md (gpu_check_smoke.md with --smoke).
+Writes benchmarks/out/gpu_check.md (gpu_check_smoke.md with --smoke).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes that run on CPU in under a minute")
     ap.add_argument("--budget", type=float, default=None, help="seconds after which remaining sections are skipped")
-    ap.add_argument("--out", default=None, help="folder for the Markdown result (default benchmarks/results)")
+    ap.add_argument("--out", default=None, help="folder for the Markdown result (default benchmarks/out)")
     args = ap.parse_args(argv)
     size = SMOKE if args.smoke else FULL
     rep = Report(args.budget if args.budget is not None else size.budget_s)

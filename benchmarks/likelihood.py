@@ -4,7 +4,7 @@
 
 A random 3-layer MLP score network (width 512, SiLU, time input) on data of shape (8, 8, 1)
 (D = 64) under the VP SDE, tsit5 at rtol = atol = 1e-5, batch 32. Prints a table of
-ratios and writes it as Markdown to benchmarks/results/likelihood.md. Timings are the
+ratios and writes it as Markdown to benchmarks/out/likelihood.md. Timings are the
 median of a few jitted runs after compilation, on whatever machine runs it; on a shared
 CPU they are noisy (ratios in the same run are more trustworthy than absolute times).
 """

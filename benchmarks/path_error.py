@@ -13,7 +13,7 @@ This is the measure of issue 17 (its DPM-Solver++ baselines: 0.0395 at 10 NFE, 0
 Rows marked "optimised grid" use a grid fitted by `score_sde.solvers.grid_opt.optimise_grid` per
 problem, SDE and budget on OTHER prior draws (FIT_KEY, n_fit) than the evaluation's x_T; the fitted
 fractions are written to <out>/path_error_grids.json.
-Writes <out>/path_error.md and path_error.png (default benchmarks/results). A benchmark, not a test:
+Writes <out>/path_error.md and path_error.png (default benchmarks/out). A benchmark, not a test:
 tests/test_path_error.py runs `path_errors` on a small case.
 """
 
@@ -173,7 +173,7 @@ def run_case(problem, sde_name, budgets, n, n_fit):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="NFE 5, 10, 20 on the 2-D mixture under VP only")
-    ap.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    ap.add_argument("--out", default=None, help="output folder (default benchmarks/out)")
     ap.add_argument("--workers", type=int, default=1, help="processes, one (problem, SDE) each")
     args = ap.parse_args()
     jax.config.update("jax_enable_x64", True)  # here, not at import: tests import this module

@@ -1,4 +1,4 @@
-"""Every benchmark in one command; each writes benchmarks/results/<name>.md headed by the machine.
+"""Every benchmark in one command; each writes benchmarks/out/<name>.md headed by the machine.
 
     python -m benchmarks.run_all            # full sizes: about 15 minutes on 2 CPU cores
     python -m benchmarks.run_all --quick    # about 3 minutes
@@ -8,7 +8,7 @@ Each benchmark runs in its own Python process (accuracy_vs_nfe switches JAX to f
 fresh process keeps compilation caches from leaking between figures); a failing one is reported
 and the others still run. Every figure is a ratio against a baseline measured in the same run
 of the same script; compile times are reported apart from run times. The run's own index,
-with each script's wall time and exit status, goes to benchmarks/results/run_all.md.
+with each script's wall time and exit status, goes to benchmarks/out/run_all.md.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ BENCHMARKS = {
                   "(2-D and 64-d mixtures, VP and VE; table + PNG)",
     "train_throughput": "training steps/s and images/s (toy MLP, digits UNet, CIFAR-10 DDPM++), "
                         "share of time outside the jitted step",
+    "progress_overhead": "the per-step progress callback of the samplers: time with / without it",
 }
 
 

@@ -14,7 +14,7 @@ Also: Euler–Maruyama against a minimal hand-written lax.scan loop, and the pro
 on device (diffrax Tsit5) against the 2021 way, scipy solve_ivp RK45 on the host with one device
 round trip per evaluation, at the same rtol/atol.
 
-Writes the table as Markdown to benchmarks/results/samplers.md.
+Writes the table as Markdown to benchmarks/out/samplers.md.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ For each configuration the same compiled pmapped step is timed twice, after comp
 outside = 1 - (step time alone) / (step time in the loop). Uses every local device (set
 XLA_FLAGS=--xla_force_host_platform_device_count=N for N CPU devices). On a shared CPU the
 absolute numbers are noisy; the ratio of the two timings of one run is the figure to read.
-Writes benchmarks/results/train_throughput.md.
+Writes benchmarks/out/train_throughput.md.
 """
 
 from __future__ import annotations

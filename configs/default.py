@@ -62,6 +62,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.keep_checkpoints = 3    # >= 1: the newest this many checkpoints are kept
     training.max_nonfinite = 10      # consecutive non-finite losses before training stops
     training.divergence_factor = 1e3  # stop when a loss exceeds this x the running mean loss (0: never)
+    training.sample_freq = 0         # TensorBoard sample grid every this many steps (0: off)
     training.continuous = True
     training.reduce_mean = True
     training.likelihood_weighting = False

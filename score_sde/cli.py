@@ -6,11 +6,14 @@ before the workdir is touched, printed as one `error: ...` line, and exits with 
 Set SCORE_SDE_DEBUG=1 to see the traceback instead. Each data split a command needs is read
 once and handed to the drivers. The numeric config keys are checked against `score_sde.schema`,
 and the paths a mode writes (workdir, its output folder) must not be blocked by files.
-Training stopped by SIGINT / SIGTERM prints one line and exits 130 / 143.
+Any mode stopped by SIGINT / SIGTERM prints one line and exits 130 / 143 (sample, likelihood, eval
+and edit finish the output file they are writing first: nothing is half-written). Each mode ends
+with one `done: ...` line on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +22,7 @@ import sys
 
 import jax
 
-from score_sde import checkpoint, config_utils, data, edit_driver, evaluate, likelihood, schema, train
+from score_sde import checkpoint, config_utils, data, edit_driver, evaluate, likelihood, outputs, schema, train
 from score_sde.lookup import check_choice
 
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError, checkpoint.WorkdirLockedError)
@@ -27,10 +30,11 @@ USER_ERRORS = (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossEr
 # What each mode writes in the workdir: (relative path, "dir" | "file").
 OUTPUTS = {
     "train": [("checkpoints", "dir"), ("tensorboard", "dir"), ("metrics.jsonl", "file"), (".lock", "file")],
-    "sample": [("checkpoints", "dir"), ("samples", "dir")],
-    "likelihood": [("checkpoints", "dir"), ("likelihood", "dir")],
-    "eval": [("checkpoints", "dir"), ("eval", "dir"), ("digits_classifier.npz", "file")],
-    "edit": [("checkpoints", "dir"), ("edit", "dir")],
+    "sample": [("checkpoints", "dir"), ("samples", "dir"), (outputs.RESULTS_INDEX, "file")],
+    "likelihood": [("checkpoints", "dir"), ("likelihood", "dir"), (outputs.RESULTS_INDEX, "file")],
+    "eval": [("checkpoints", "dir"), ("eval", "dir"), ("digits_classifier.npz", "file"), ("tensorboard", "dir"),
+             (outputs.RESULTS_INDEX, "file")],
+    "edit": [("checkpoints", "dir"), ("edit", "dir"), (outputs.RESULTS_INDEX, "file")],
     "train_classifier": [("classifier", "dir")],
 }
 
@@ -106,10 +110,38 @@ def checkpoint_steps(workdir: str, which: str) -> list[int | None]:
     return steps
 
 
+def summary_line(mode: str, result: dict) -> str:
+    """The one `done: ...` line printed after each output of sample / likelihood / eval / edit."""
+    try:
+        return _summary_line(mode, result)
+    except (KeyError, TypeError, ValueError):  # a result without the usual fields: say what is known
+        return f"done: --mode={mode} step {result.get('step')}"
+
+
+def _summary_line(mode: str, result: dict) -> str:
+    t = f"compile {result.get('compile_seconds', 0):.1f} s, run {result.get('run_seconds', 0):.1f} s"
+    if mode == "sample":
+        what = f"{result['num_samples']} samples ({result['method']}, NFE {result['nfe']}) in {result['npz']}"
+    elif mode == "likelihood":
+        what = (f"{result['bits_per_dim']:.4f} ± {result['standard_error']:.4f} bits/dim on {result['num_examples']} "
+                f"examples in {result['json']}")
+    elif mode == "eval":
+        what = (f"test loss {result['test_loss']:.4g}, {result['likelihood']['bits_per_dim']:.4f} bits/dim "
+                f"in {result['json']}")
+    else:
+        what = f"{result['task']} of {result['num_examples']} examples in {result['grid']}"
+    return f"done: --mode={mode} step {result['step']}: {what} ({t})"
+
+
 def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) -> None:
     if mode == "train":
         it = data.get_dataset(config, "train", jax.process_index(), jax.process_count(), loaded=split)
-        train.train(config, workdir, train_iter=it)
+        state = train.train(config, workdir, train_iter=it)
+        if jax.process_index() == 0:
+            ckpt = os.path.join(workdir, "checkpoints")
+            print(f"done: --mode=train at step {int(state.step)}; checkpoints in {ckpt}, logs in "
+                  f"{os.path.join(workdir, 'metrics.jsonl')} and {os.path.join(workdir, 'tensorboard')}",
+                  file=sys.stderr)
         return
     if mode == "train_classifier":
         from score_sde import classifier
@@ -136,6 +168,7 @@ def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) ->
             continue
         if jax.process_index() == 0:
             print(json.dumps(result, indent=2))
+            print(summary_line(mode, result), file=sys.stderr)
 
 
 def solver_failure(e: BaseException) -> str | None:
@@ -177,7 +210,10 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
     try:
         train.maybe_initialize_distributed(config.distributed)  # before any JAX backend is used
         split = validate(config, mode, workdir)
-        _dispatch(config, workdir, mode, which, split)
+        with contextlib.ExitStack() as stack:
+            if mode != "train":  # training has its own handler (stops between steps, after a save)
+                stack.enter_context(outputs.stop_on_signals())
+            _dispatch(config, workdir, mode, which, split)
     except USER_ERRORS as e:
         if debug:
             raise
@@ -185,6 +221,14 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
         return 2
     except train.TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
+        return 128 + e.signum
+    except outputs.Stopped as e:
+        if debug:
+            raise
+        name = signal.Signals(e.signum).name
+        print(f"stopped by {name} during --mode={mode}; the outputs finished before it are kept in {workdir} "
+              "(none is half-written); run the same command again", file=sys.stderr)
+        _drain_failed_checks()
         return 128 + e.signum
     except Exception as e:  # noqa: BLE001  (a solver's runtime check, raised from inside jit)
         message = solver_failure(e)

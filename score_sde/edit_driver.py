@@ -3,9 +3,10 @@
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=edit --config.edit.task=inpaint
 
 Takes the first `edit.num_examples` test examples, runs the task with the checkpoint's EMA score
-(`score_sde.inverse`, `score_sde.edit`), and writes `workdir/edit/edit_<step>_<task>.png` (one row
-per example: input | observation | result; for interpolate: the path from one example to the next),
-`.npz` (model scale) and `.json`. Single device: the work is a few examples.
+(`score_sde.inverse`, `score_sde.edit`), and writes `workdir/edit/edit_<step>_<task>_<hash>.png` (one
+row per example: input | observation | result; for interpolate: the path from one example to the
+next), `.npz` (model scale) and `.json`, never overwriting (`score_sde.outputs`), with a row in
+`workdir/results.jsonl`. Single device: the work is a few examples.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import config_utils, data, edit, evaluate, inverse
+from score_sde import config_utils, data, edit, evaluate, inverse, outputs, timing
 from score_sde.lookup import check_choice
 
 TASKS = ("inpaint", "colorize", "sdedit", "interpolate")
@@ -68,7 +69,7 @@ def run_edit(config, workdir: str, test: data.Split, step: int | None = None) ->
     score_fn, sde, shape, step = evaluate.load_score_fn(config, workdir, test.data_shape, step)
     x = jnp.asarray(next(data.iterate_once(config, "test", batch_size=ec.num_examples, loaded=test)))
     key = jax.random.PRNGKey(config.seed + 3)
-    t_start = time.perf_counter()
+    timer = timing.Timer().__enter__()
     method_opts = dict(n_steps=ec.n_steps)
     if ec.method == "smc":
         method_opts["n_particles"] = ec.n_particles
@@ -89,20 +90,32 @@ def run_edit(config, workdir: str, test: data.Split, step: int | None = None) ->
         result = ends
         rows = [ends[:, i] for i in range(ec.n_interp)]
     result = np.asarray(jax.block_until_ready(result))
-    seconds = time.perf_counter() - t_start
+    timer.__exit__(None, None, None)
     grid = np.stack([np.asarray(r) for r in rows], axis=1)  # (examples, columns, H, W, C)
     out_dir = os.path.join(workdir, "edit")
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"edit_{step}_{ec.task}")
-    evaluate.save_grid(grid.reshape((-1,) + grid.shape[2:]), config.data.centered, stem + ".png", cols=grid.shape[1])
-    np.savez(stem + ".npz", inputs=np.asarray(x), result=result)
-    summary = {"step": int(step), "task": ec.task, "num_examples": int(len(x)), "seconds": seconds,
-               "grid": stem + ".png", "npz": stem + ".npz"}
+    options = edit_options(config)
+    stem = outputs.new_stem(out_dir, f"edit_{step}_{ec.task}_{outputs.options_hash(options)}")
+    summary = {"step": int(step), "task": ec.task, "num_examples": int(len(x)), **timer.fields(),
+               "grid": stem + ".png", "npz": stem + ".npz", "json": stem + ".json", "options": options}
     if ec.task in ("inpaint", "colorize"):
         summary.update(method=ec.method, n_steps=ec.n_steps)
-    with open(stem + ".json", "w") as f:
-        json.dump(summary, f, indent=2)
+    with outputs.writing():
+        outputs.save_with(stem + ".png", lambda p: evaluate.save_grid(grid.reshape((-1,) + grid.shape[2:]),
+                                                                     config.data.centered, p, cols=grid.shape[1]))
+        outputs.save_npz(stem + ".npz", inputs=np.asarray(x), result=result)
+        outputs.write_json(stem + ".json", summary)
+        outputs.append_result(workdir, "edit", step, ec.task, options, [stem + ".png", stem + ".npz", stem + ".json"],
+                              timer.fields(), {"num_examples": int(len(x))})
     return summary
 
 
-__all__ = ["MASKS", "TASKS", "check_edit_config", "make_mask", "run_edit"]
+def edit_options(config) -> dict:
+    """What changes an edit result: `config.edit`, and the sampler for sdedit."""
+    opts = {"edit": config.edit.to_dict(), "seed": config.seed}
+    if config.edit.task == "sdedit":
+        opts.update(outputs.sampling_options(config))
+    return opts
+
+
+__all__ = ["MASKS", "TASKS", "check_edit_config", "edit_options", "make_mask", "run_edit"]

@@ -4,7 +4,10 @@ Each driver loads the EMA parameters of a checkpoint in `workdir` (nothing else:
 is built, so changed `config.optim` settings never make a checkpoint unreadable), turns them into
 a `score_fn(x, t)`, and splits its work over the local devices with `jax.pmap`. The data splits
 are read once by the caller (`score_sde.data.load_split`) and passed in. Outputs go to
-`workdir/<mode>/` as .npz / .png / .json; nothing already written is modified.
+`workdir/<mode>/` as .npz / .png / .json named by what produced them (`score_sde.outputs`: step,
+method, a hash of the options, a number if the name is taken), each recorded in
+`workdir/results.jsonl`; nothing already written is modified. Timings keep compilation apart
+(`compile_seconds`, `run_seconds`; `score_sde.timing`).
 
 Class-conditional models (`config.data.num_classes` > 0) load as cond_score(x, t, y), which
 called as score(x, t) is the null-class (unconditional) score, so every mode works unchanged;
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -26,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from score_sde import checkpoint, config_utils, data, guidance, likelihood, models, train
+from score_sde import checkpoint, config_utils, data, guidance, likelihood, models, outputs, timing, train
 from score_sde.bpd import bits_per_dim
 
 # Datasets whose --mode=eval adds the weight-free quality figures (they need the training split).
@@ -84,33 +88,77 @@ def _per_device(total: int, n_dev: int) -> int:
     return max(1, math.ceil(total / n_dev))
 
 
-def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None = None,
-           out_dir: str | None = None, loaded: Loaded | None = None) -> dict:
-    """Draws `sampling.num_samples` samples; writes samples.npz, samples.png and samples.json.
+class SampleProgress:
+    """A bar over the batches of a sampling run that moves after every step of the sampling loop.
 
-    `loaded`: the output of `load_score_fn`, when the caller already restored the checkpoint.
+    `step(i, n)` is the sampler's host callback (`sampler(..., progress=...)`, called by each
+    device after step i of n); `batch_done()` after each batch. The adaptive `ode` has no steps to
+    report, so its bar moves per batch.
+    """
+
+    def __init__(self, num_batches: int, desc: str, enabled: bool = True):
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| batch {n:.2f}/{total} [{elapsed}<{remaining}]"
+        self.bar = tqdm(total=num_batches, desc=desc, bar_format=fmt, disable=not enabled, file=sys.stderr)
+        self.batch, self.position = 0, 0.0
+
+    def _move_to(self, position: float) -> None:
+        position = min(position, float(self.bar.total))
+        if position > self.position:  # each device reports each step: count it once
+            self.bar.update(position - self.position)
+            self.bar.n = self.position = position  # no float drift past the total
+
+    def step(self, i: int, n: int) -> None:
+        self._move_to(self.batch + i / n)
+
+    def batch_done(self) -> None:
+        self.batch += 1
+        self._move_to(float(self.batch))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None = None,
+           out_dir: str | None = None, loaded: Loaded | None = None, progress: bool = True,
+           record: bool = True) -> dict:
+    """Draws `sampling.num_samples` samples; writes samples_<step>_<method>_<hash>.npz / .png / .json.
+
+    Args:
+      loaded: the output of `load_score_fn`, when the caller already restored the checkpoint.
+      progress: a bar that moves per step of the sampling loop (a host callback in the solve).
+      record: append the output to `workdir/results.jsonl` (eval records its own row instead).
     """
     loaded = loaded or load_score_fn(config, workdir, data_shape, step)
     labels = sample_labels(config)
-    num = config.sampling.num_samples if labels is None else len(labels)
+    num, batch = (config.sampling.num_samples if labels is None else len(labels)), config.sampling.batch_size
     log_prob = load_guidance_classifier(config, workdir, loaded.data_shape) if labels is not None else None
-    outs, nfes, t0 = [], [], time.perf_counter()
-    with tqdm(total=num, desc=f"sampling ({config.sampling.method})", unit="img") as bar:
-        for x, nfe in draw_batches(config, loaded, num, config.sampling.batch_size, config.seed, labels=labels,
-                                   log_prob=log_prob):
-            outs.append(x)
-            nfes.append(nfe)
-            bar.update(len(x))
-    elapsed = time.perf_counter() - t0
+    n_batches = math.ceil(num / (_per_device(min(batch, num), jax.local_device_count()) * jax.local_device_count()))
+    outs, nfes = [], []
+    bar = SampleProgress(n_batches, f"sampling ({config.sampling.method})", enabled=progress)
+    try:
+        with timing.Timer() as timer:
+            for x, nfe in draw_batches(config, loaded, num, batch, config.seed, labels=labels, log_prob=log_prob,
+                                       progress=bar.step if progress else None):
+                outs.append(x)
+                nfes.append(nfe)
+                bar.batch_done()
+    finally:
+        bar.close()
     samples, step = np.concatenate(outs), loaded.step
     out_dir = out_dir or os.path.join(workdir, "samples")
-    extra, tag, cols = {"nfe": int(np.mean(nfes)), "seconds": elapsed}, "", None
+    extra, tag, cols = {"nfe": int(np.mean(nfes)), **timer.fields()}, "", None
     if labels is not None:
         sc = config.sampling
         extra.update(class_label=int(sc.class_label), guidance=sc.guidance, guidance_scale=float(sc.guidance_scale))
         tag = f"_class{'all' if sc.class_label == -1 else sc.class_label}_{sc.guidance}{float(sc.guidance_scale):g}"
         cols = len(labels) // data.num_classes(config) if sc.class_label == -1 else None
-    return write_samples(config, samples, out_dir, step, extra, labels=labels, tag=tag, cols=cols)
+    with outputs.writing():  # the files and their results.jsonl row, or (a signal before it) none of them
+        summary = write_samples(config, samples, out_dir, step, extra, labels=labels, tag=tag, cols=cols)
+        if record:
+            files = [summary[k] for k in ("npz", "grid", "json") if k in summary]
+            outputs.append_result(workdir, "sample", step, config.sampling.method, outputs.sampling_options(config),
+                                  files, timer.fields(), {"nfe": summary["nfe"], "num_samples": summary["num_samples"]})
+    return summary
 
 
 def sample_labels(config) -> np.ndarray | None:
@@ -145,23 +193,26 @@ def guided_score(config, cond_score, y, log_prob=None):
 
 def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: dict,
                   labels: np.ndarray | None = None, tag: str = "", cols: int | None = None) -> dict:
-    """samples_<step>_<method><tag>.npz (model scale), a PNG grid (images only) and a JSON summary.
+    """samples_<step>_<method><tag>_<hash>.npz (model scale), a PNG grid (images only) and a JSON summary.
 
-    The sampler's name is part of the file name, so sampling one checkpoint with several
-    methods keeps every result. `labels`: the requested classes, saved in the npz beside the
-    samples; `tag`: a file-name suffix (class and guidance); `cols`: grid columns (one row per class).
+    The sampler's name, `tag` (class and guidance) and a hash of the sampling options are part of the
+    file name (plus a number when the name is taken), so no earlier result is ever overwritten; each
+    file is written atomically. `labels`: the requested classes, saved in the npz beside the samples;
+    `cols`: grid columns (one row per class).
     """
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"samples_{step}_{config.sampling.method}{tag}")
-    np.savez(stem + ".npz", samples=samples, **({} if labels is None else {"labels": labels}))
+    options = outputs.sampling_options(config)
+    stem = outputs.new_stem(out_dir, f"samples_{step}_{config.sampling.method}{tag}_{outputs.options_hash(options)}")
     summary = {"step": int(step), "method": config.sampling.method, "num_samples": int(len(samples)),
-               "shape": list(samples.shape[1:]), **extra}
-    if samples.ndim == 4:
-        save_grid(samples, config.data.centered, stem + ".png", cols=cols)
-        summary["grid"] = stem + ".png"
-    summary["npz"] = stem + ".npz"
-    with open(stem + ".json", "w") as f:
-        json.dump(summary, f, indent=2)
+               "shape": list(samples.shape[1:]), **extra, "options": options}
+    with outputs.writing():
+        outputs.save_npz(stem + ".npz", samples=samples, **({} if labels is None else {"labels": labels}))
+        if samples.ndim == 4:
+            outputs.save_with(stem + ".png", lambda p: save_grid(samples, config.data.centered, p, cols=cols))
+            summary["grid"] = stem + ".png"
+        summary["npz"] = stem + ".npz"
+        summary["json"] = stem + ".json"
+        outputs.write_json(stem + ".json", summary)
     return summary
 
 
@@ -183,18 +234,38 @@ def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4, 
     Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.NEAREST).save(path)
 
 
+def likelihood_batch(batch_size: int, num_examples: int, n_dev: int) -> int:
+    """Examples per device: min(batch_size, num_examples) split over `n_dev` devices (rounded up), so
+    8 examples with batch_size 150 on 2 devices solve 2 x 4, not 2 x 75 padded ones."""
+    return _per_device(min(batch_size, num_examples), n_dev)
+
+
+def exact_cost_line(shape: tuple[int, ...], num_examples: int) -> str:
+    """The up-front cost note of `likelihood.divergence=exact`: D network evaluations (one jvp per
+    data dimension) per ODE step and example, against Hutchinson's one."""
+    d = int(np.prod(shape))
+    return (f"exact divergence: {d} network evaluations (one jvp per data dimension) per ODE step and example, "
+            f"about {d}x the cost of likelihood.divergence=hutchinson; {num_examples} examples")
+
+
 def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = None,
-                   out_dir: str | None = None, loaded: Loaded | None = None) -> dict:
-    """Bits/dim on the test split with uniform dequantisation; writes likelihood_<step>.json.
+                   out_dir: str | None = None, loaded: Loaded | None = None, progress: bool = True,
+                   record: bool = True) -> dict:
+    """Bits/dim on the test split with uniform dequantisation; writes likelihood_<step>_<divergence>_<hash>.json.
 
     Args:
       test: `data.load_split(config, "test")`.
       loaded: the output of `load_score_fn`, when the caller already restored the checkpoint.
+      progress: a bar advancing per batch, with an estimate of the time left.
+      record: append the output to `workdir/results.jsonl` (eval records its own row instead).
     """
     score_fn, sde, shape, step = loaded or load_score_fn(config, workdir, test.data_shape, step)
     lc = config.likelihood
     n_dev = jax.local_device_count()
-    per_dev = _per_device(lc.batch_size, n_dev)
+    total = min(lc.num_examples, len(test.source))
+    per_dev = likelihood_batch(lc.batch_size, total, n_dev)
+    if lc.divergence == "exact" and progress and jax.process_index() == 0:
+        print(exact_cost_line(shape, total), file=sys.stderr, flush=True)
     levels = test.num_levels  # None: continuous data (toys), no dequantisation and no offset
     it = data.iterate_once(config, "test", batch_size=per_dev * n_dev, dequantize=levels is not None, loaded=test)
 
@@ -203,9 +274,8 @@ def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = No
                                          rtol=lc.rtol, atol=lc.atol, max_steps=lc.get("max_steps", 4096))
 
     p_solve = jax.pmap(solve, in_axes=(0, 0, None))
-    bpds, nfes, key, t0 = [], [], jax.random.PRNGKey(config.seed + 1), time.perf_counter()
-    total = min(lc.num_examples, len(test.source))
-    with tqdm(total=total, desc="likelihood", unit="img") as bar:
+    bpds, nfes, key = [], [], jax.random.PRNGKey(config.seed + 1)
+    with timing.Timer() as timer, tqdm(total=total, desc="likelihood", unit="img", disable=not progress) as bar:
         for i, x in enumerate(it):
             x = x[: total - len(bpds)]
             if len(x) == 0:
@@ -224,11 +294,18 @@ def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = No
     result = {"step": int(step), "bits_per_dim": float(bpds.mean()),
               "standard_error": float(bpds.std(ddof=1) / math.sqrt(len(bpds))) if len(bpds) > 1 else float("nan"),
               "num_examples": int(len(bpds)), "nfe_mean": float(np.mean(nfes)), "divergence": lc.divergence,
-              "seconds": time.perf_counter() - t0}
+              "batch_per_device": per_dev, **timer.fields()}
     out_dir = out_dir or os.path.join(workdir, "likelihood")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"likelihood_{step}.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    options = outputs.likelihood_options(config)
+    stem = outputs.new_stem(out_dir, f"likelihood_{step}_{lc.divergence}_{outputs.options_hash(options)}")
+    result["options"], result["json"] = options, stem + ".json"
+    with outputs.writing():
+        outputs.write_json(stem + ".json", result)
+        if record:
+            figures = {k: result[k] for k in ("bits_per_dim", "standard_error", "num_examples", "nfe_mean")}
+            outputs.append_result(workdir, "likelihood", step, lc.divergence, options, [stem + ".json"],
+                                  timer.fields(), figures)
     return result
 
 
@@ -266,9 +343,10 @@ def evaluate_checkpoint(config, workdir: str, step: int | None, test: data.Split
     out_dir = os.path.join(workdir, "eval")
     loaded = load_score_fn(config, workdir, test.data_shape, step)  # restored once, used by every figure below
     score_fn, sde, _, step = loaded
+    timer = timing.Timer().__enter__()
     result = {"step": int(step), "test_loss": test_loss(config, score_fn, sde, test)}
-    result["likelihood"] = likelihood_bpd(config, workdir, test, step, out_dir, loaded=loaded)
-    samples_summary = sample(config, workdir, test.data_shape, step, out_dir, loaded=loaded)
+    result["likelihood"] = likelihood_bpd(config, workdir, test, step, out_dir, loaded=loaded, record=False)
+    samples_summary = sample(config, workdir, test.data_shape, step, out_dir, loaded=loaded, record=False)
     result["samples"] = samples_summary
     if needs_train_split(config, "eval"):
         if train_split is None:
@@ -277,9 +355,51 @@ def evaluate_checkpoint(config, workdir: str, step: int | None, test: data.Split
         result["quality"] = digits_quality_of(config, workdir, samples, train_split, test)
     if config.get("eval") and config.eval.inception_weights:  # FID / KID / IS (score_sde.metrics)
         result["inception"] = inception_quality_of(config, workdir, loaded, out_dir)
-    with open(os.path.join(out_dir, f"eval_{step}.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    timer.__exit__(None, None, None)
+    result.update(timer.fields())
+    options = eval_options(config)
+    stem = outputs.new_stem(out_dir, f"eval_{step}_{outputs.options_hash(options)}")
+    result["options"], result["json"] = options, stem + ".json"
+    figures = eval_figures(result)
+    files = [stem + ".json", result["likelihood"]["json"]] + [samples_summary[k] for k in ("npz", "grid", "json")
+                                                              if k in samples_summary]
+    with outputs.writing():
+        outputs.write_json(stem + ".json", result)
+        outputs.append_result(workdir, "eval", step, config.sampling.method, options, files, timer.fields(), figures)
+        write_eval_scalars(workdir, step, figures)
     return result
+
+
+def eval_options(config) -> dict:
+    """What changes an eval result: the sampling and likelihood options, and `config.eval`."""
+    opts = {**outputs.sampling_options(config), **outputs.likelihood_options(config)}
+    if config.get("eval"):
+        opts["eval"] = config.eval.to_dict() if hasattr(config.eval, "to_dict") else dict(config.eval)
+    return opts
+
+
+def eval_figures(result: dict) -> dict:
+    """The scalar figures of an eval result: test loss, bits/dim, NFE and the quality figures."""
+    figures = {"test_loss": result["test_loss"], "bits_per_dim": result["likelihood"]["bits_per_dim"],
+               "bits_per_dim_se": result["likelihood"]["standard_error"], "sample_nfe": result["samples"]["nfe"]}
+    for group in ("quality", "inception"):
+        for k, v in (result.get(group) or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
+                figures[f"{group}/{k}"] = float(v)
+    return figures
+
+
+def write_eval_scalars(workdir: str, step: int, figures: dict) -> None:
+    """Adds the eval figures to TensorBoard (`workdir/tensorboard`, tags `eval/<name>`) at `step`."""
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    try:
+        for name, value in figures.items():
+            if value is not None and math.isfinite(value):
+                writer.add_scalar(f"eval/{name}", value, step)
+    finally:
+        writer.close()
 
 
 def digits_quality_of(config, workdir: str, samples: np.ndarray, train_split: data.Split,
@@ -300,20 +420,22 @@ def digits_quality_of(config, workdir: str, samples: np.ndarray, train_split: da
 
 
 def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int,
-                 labels: np.ndarray | None = None, log_prob=None):
+                 labels: np.ndarray | None = None, log_prob=None, progress=None):
     """Yields (samples (model scale), NFE) for `num_samples` samples in batches of about `batch_size`,
     drawn with `config.sampling`'s sampler on every local device; batch i uses fold_in(PRNGKey(seed), i).
 
     `labels` (num_samples,): class labels of a conditional model, sampled with the guidance of
     `config.sampling` (`guided_score`; `log_prob`: the classifier for sampling.guidance=classifier).
+    `progress(i, n)`: the sampler's per-step host callback (`Sampler.__call__`), or None.
     """
     sampler = config_utils.sampler_from_config(config.sampling)
     n_dev = jax.local_device_count()
     shape = (_per_device(min(batch_size, num_samples), n_dev),) + loaded.data_shape
     if labels is None:
-        p_draw = jax.pmap(lambda key, sf: sampler(key, loaded.sde, sf, shape), in_axes=(0, None))
+        p_draw = jax.pmap(lambda key, sf: sampler(key, loaded.sde, sf, shape, progress=progress), in_axes=(0, None))
     else:
-        guided = jax.pmap(lambda key, sf, y, lp: sampler(key, loaded.sde, guided_score(config, sf, y, lp), shape),
+        guided = jax.pmap(lambda key, sf, y, lp: sampler(key, loaded.sde, guided_score(config, sf, y, lp), shape,
+                                                         progress=progress),
                           in_axes=(0, None, 0, None))
         per_call = n_dev * shape[0]
     key, done, i = jax.random.PRNGKey(seed), 0, 0
@@ -342,11 +464,14 @@ def inception_quality_of(config, workdir: str, loaded: Loaded, out_dir: str) -> 
     ec = config.eval
     evaluation.check_image_data(loaded.data_shape, config.data.dataset)
     batches = sample_batches(config, loaded, ec.num_samples, ec.batch_size, config.seed + 3)
-    stem = os.path.join(out_dir, f"inception_stats_{loaded.step}_{config.sampling.method}")
+    options = eval_options(config)
+    stem = outputs.new_stem(out_dir, f"inception_stats_{loaded.step}_{config.sampling.method}_"
+                                     f"{outputs.options_hash(options)}")
     return evaluation.sample_quality(config, workdir, batches, loaded.data_shape, out_stem=stem)
 
 
-__all__ = ["Loaded", "load_score_fn", "sample", "sample_labels", "guided_score", "load_guidance_classifier",
+__all__ = ["Loaded", "SampleProgress", "likelihood_batch", "exact_cost_line", "eval_options", "eval_figures",
+           "write_eval_scalars", "load_score_fn", "sample", "sample_labels", "guided_score", "load_guidance_classifier",
            "write_samples", "save_grid", "likelihood_bpd", "test_loss",
            "needs_train_split", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError",
            "draw_batches", "sample_batches", "inception_quality_of"]

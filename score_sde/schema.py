@@ -68,6 +68,7 @@ SCHEMA: dict[str, Rule] = {
     "training.keep_checkpoints": _POSITIVE_INT,
     "training.max_nonfinite": _POSITIVE_INT,
     "training.divergence_factor": Rule(float, lambda v: v == 0 or v > 1, "0 (off) or > 1"),
+    "training.sample_freq": _at_least(0),
     "optim.lr": _POSITIVE,
     "optim.beta1": _UNIT,
     "optim.eps": _NONNEG,

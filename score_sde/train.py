@@ -175,6 +175,9 @@ def check_batch_config(training) -> int:
     if k < 1 or training.n_iters % k or training.snapshot_freq % k or training.log_freq % k:
         raise ValueError(f"training.steps_per_call={k} must be >= 1 and divide n_iters={training.n_iters}, "
                          f"snapshot_freq={training.snapshot_freq} and log_freq={training.log_freq}")
+    if training.get("sample_freq", 0) % k:
+        raise ValueError(f"training.sample_freq={training.sample_freq} must be a multiple of "
+                         f"training.steps_per_call={k} (or 0: no sample grids)")
     return training.batch_size // n_dev
 
 
@@ -447,18 +450,27 @@ def _stop_on_signals():
             signal.signal(sig, old)
 
 
-def _loop(p_step, pstate, batches, start: int, tc, manager, logger: MetricLogger, stop: list | None = None):
+def _loop(p_step, pstate, batches, start: int, tc, manager, logger: MetricLogger, stop: list | None = None,
+          snapshot: Callable | None = None):
     """Runs steps start+1 .. n_iters in calls of steps_per_call; checkpoints every snapshot_freq.
 
     `stop`: a list that becomes non-empty (a signal number) when training should stop; checked after
-    each call, once any in-flight checkpoint save has finished (TrainingInterrupted)."""
+    each call, once any in-flight checkpoint save has finished (TrainingInterrupted).
+    `snapshot(step, pstate)`: called every `training.sample_freq` steps (sample grids for TensorBoard)."""
     monitor, step, k = _Monitor(tc, logger, manager), start, tc.steps_per_call
+    sample_freq = tc.get("sample_freq", 0) if snapshot is not None else 0
+    first = True
     while step < tc.n_iters:
         if stop:
             manager.wait_until_finished()
             raise TrainingInterrupted(step, manager.latest_step(), stop[0])
         xs, data_state = next(batches)
-        pstate, metrics = p_step(pstate, xs)
+        if first:  # the call returns once the step is compiled and dispatched
+            with logger.compiling("the training step"):
+                pstate, metrics = p_step(pstate, xs)
+            first = False
+        else:
+            pstate, metrics = p_step(pstate, xs)
         step += k
         save = step % tc.snapshot_freq == 0 or step == tc.n_iters
         log = step % tc.log_freq == 0
@@ -468,7 +480,27 @@ def _loop(p_step, pstate, batches, start: int, tc, manager, logger: MetricLogger
             monitor.log(step)
         if save:
             checkpoint.save(manager, step, unreplicate(pstate), data_state)
+        if sample_freq and step % sample_freq == 0:
+            snapshot(step, pstate)
     return pstate
+
+
+def make_snapshot(config, model: nn.Module, sde, data_shape: tuple[int, ...], logger: MetricLogger) -> Callable:
+    """snapshot(step, pstate): samples min(64, sampling.num_samples) examples from the EMA params with
+    `config.sampling`'s sampler (one device, a fixed key, so snapshots compare like for like) and
+    logs them to TensorBoard as `samples/<method>` (a grid for images, a histogram for 2-D points)."""
+    from score_sde import models
+
+    sampler = config_utils.sampler_from_config(config.sampling)
+    shape = (min(64, config.sampling.num_samples), *data_shape)
+    key = jax.random.PRNGKey(config.seed + 4)
+
+    def snapshot(step: int, pstate) -> None:
+        fn = models.score_fn(model, {"params": jax.tree.map(_local, pstate.ema_params)}, sde)
+        x, _ = sampler(key, sde, fn, shape)
+        logger.image(step, f"samples/{config.sampling.method}", np.asarray(x), config.data.centered)
+
+    return snapshot
 
 
 def train(config, workdir: str, train_iter=None) -> TrainState:
@@ -517,7 +549,10 @@ def train(config, workdir: str, train_iter=None) -> TrainState:
         stack.callback(manager.wait_until_finished)
         batches = device_batches(train_iter, tc.steps_per_call, per_device)
         stack.callback(batches.close)
-        pstate = _loop(p_step, replicate(state), batches, start, tc, manager, logger, stop)
+        snapshot = None
+        if primary and tc.get("sample_freq", 0) > 0:
+            snapshot = make_snapshot(config, model, sde, tuple(train_iter.data_shape), logger)
+        pstate = _loop(p_step, replicate(state), batches, start, tc, manager, logger, stop, snapshot)
     return jax.tree.map(jnp.asarray, unreplicate(pstate))
 
 

@@ -5,6 +5,7 @@ shared by the tests of this module.
 """
 
 import collections
+import glob
 import json
 
 import jax
@@ -94,7 +95,20 @@ def test_eval_reads_each_split_once(trained, monkeypatch):
     assert calls == {"test": 1, "train": 1}
     assert digits_reads["load_digits"] == 2
     for step in (2, 4):
-        with open(f"{workdir}/eval/eval_{step}.json") as f:
+        (path,) = glob.glob(f"{workdir}/eval/eval_{step}_*.json")  # named <step>_<options hash>
+        with open(path) as f:
             result = json.load(f)
         assert result["step"] == step and np.isfinite(result["likelihood"]["bits_per_dim"])
         assert result["quality"]["num_samples"] == 8
+    from tensorboardX.proto import event_pb2  # eval figures are TensorBoard scalars at each checkpoint's step
+
+    tags = set()
+    for path in glob.glob(f"{workdir}/tensorboard/events.*"):
+        raw, i = open(path, "rb").read(), 0
+        while i < len(raw):
+            n = int.from_bytes(raw[i:i + 8], "little")
+            ev = event_pb2.Event.FromString(raw[i + 12:i + 12 + n])
+            tags |= {(v.tag, ev.step) for v in ev.summary.value}
+            i += 12 + n + 4
+    for step in (2, 4):
+        assert {("eval/test_loss", step), ("eval/bits_per_dim", step), ("eval/quality/frechet_distance", step)} <= tags

@@ -279,7 +279,7 @@ def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
 
     import score_sde as ss
     from configs.default import get_default_configs
-    from score_sde import evaluate
+    from score_sde import evaluate, outputs
     from score_sde.metrics import evaluation
     from score_sde.metrics import scores as scores_module
 
@@ -315,7 +315,8 @@ def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
     with np.load(ref) as f:
         assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048) and f["kid_features"].shape == (12, 2048)
     assert os.path.exists(os.path.join(workdir, "pt_inception-2015-12-05-test.npz"))  # converted weights, cached
-    assert os.path.exists(os.path.join(workdir, "eval", "inception_stats_7_ode.npz"))
+    stats_hash = outputs.options_hash(evaluate.eval_options(c))  # outputs are named by their options' hash
+    assert os.path.exists(os.path.join(workdir, "eval", f"inception_stats_7_ode_{stats_hash}.npz"))
     with pytest.raises(ValueError, match="not an image dataset"):
         evaluation.check_image_data((2,), "moons")
     c.eval.num_samples = 1

@@ -15,13 +15,18 @@ Fixed-grid samplers (`StepSampler`) split like diffrax's solvers: the sampler gi
 (`grid`), its extra state (`init`) and one step (`step`); `run_steps` is the one loop
 (`lax.scan`, one per run of equal static step kinds) that drives all of them, with per-step keys fold_in(key, i) and an optional
 hook(x, t_next, key) -> x applied after every step (inpainting projections, guidance
-resets...). `start` is the one place the starting point is drawn: x_T from split(key)[0],
+resets...) and, when asked, a host callback reporting finished steps (`progress`, off by default:
+`sampler(..., progress=fn)` calls fn(steps_done, n_steps) on the host through `jax.debug.callback`
+after every step, at most 50 times a solve; the CLI's sample bar uses it). `start` is the one place the starting point is drawn: x_T from split(key)[0],
 so every sampler called with the same key starts from the same x_T.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
@@ -35,6 +40,21 @@ from score_sde.solvers.data_prediction import data_prediction
 
 # hook(x, t_next, key) -> x, applied after every step of a fixed-grid sampler.
 Hook = Callable[[Array, Array, Array], Array]
+# progress(steps_done, n_steps), called on the host after every step of a fixed-grid sampler.
+Progress = Callable[[int, int], None]
+# At most this many progress reports per solve (every ceil(n / 50)-th step and the last one).
+MAX_PROGRESS_REPORTS = 50
+# The progress callback of the sampler call being traced (set by `Sampler.__call__`'s `progress`).
+_PROGRESS: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("progress", default=None)
+
+
+@contextlib.contextmanager
+def _tracing_with_progress(progress: Progress | None):
+    token = _PROGRESS.set(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 class SampleInfo(NamedTuple):
@@ -90,7 +110,8 @@ class Sampler(eqx.Module):
         return sde.sampling_eps if eps is None else float(eps)
 
     def __call__(self, key: Array, sde: SDE, score_fn: ScoreFn, shape=None, dtype=None, *,
-                 x_init: Array | None = None, t_init=None, hook: Hook | None = None):
+                 x_init: Array | None = None, t_init=None, hook: Hook | None = None,
+                 progress: Progress | None = None):
         """Runs the sampler.
 
         Args:
@@ -104,6 +125,9 @@ class Sampler(eqx.Module):
           hook: hook(x, t_next, key) -> x applied after each step (fixed-grid samplers). A hook
             that is a jax pytree (e.g. an equinox Module) is traced; a plain function is static,
             so a new function object recompiles.
+          progress: progress(steps_done, n_steps) called on the host after each step of a
+            fixed-grid sampler (at most 50 times: every ceil(n / 50)-th step and the last) (`jax.debug.callback`; under pmap once per device). Off by default;
+            static, so a new function object recompiles. The adaptive `ode` does not call it.
 
         Returns:
           (x (B, *dims), SampleInfo). For an SDE whose state carries more than the data (CLD),
@@ -116,7 +140,7 @@ class Sampler(eqx.Module):
             x_init = jnp.asarray(x_init, dtype)
         if t_init is not None:
             t_init = jnp.asarray(t_init, dtype)
-        return _sample_jit(self, key, sde, score_fn, shape, dtype, x_init, t_init, hook)
+        return _sample_jit(self, key, sde, score_fn, shape, dtype, x_init, t_init, hook, progress)
 
     def start(self, key: Array, sde: SDE, shape: tuple[int, ...], dtype, x_init: Array | None,
               t_init: Array | None) -> tuple[Array, Array, Array]:
@@ -190,10 +214,11 @@ def check_capabilities(sampler: Sampler, sde) -> None:
 
 
 @eqx.filter_jit
-def _sample_jit(sampler, key, sde, score_fn, shape, dtype, x_init, t_init, hook):
+def _sample_jit(sampler, key, sde, score_fn, shape, dtype, x_init, t_init, hook, progress=None):
     state_shape = sde.state_shape(shape)
     check_score_shape(score_fn, jax.ShapeDtypeStruct(state_shape, dtype), sde.score_shape(state_shape))
-    u, info = sampler.sample(key, sde, SameDtypeScore(score_fn), shape, dtype, x_init, t_init, hook)
+    with _tracing_with_progress(progress):
+        u, info = sampler.sample(key, sde, SameDtypeScore(score_fn), shape, dtype, x_init, t_init, hook)
     return sde.data_part(u), info._replace(velocity=sde.velocity_part(u))
 
 
@@ -268,14 +293,18 @@ class StepSampler(Sampler):
 
 
 def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: Array, ts: Array,
-              inputs: Any = None, hook: Hook | None = None) -> Array:
+              inputs: Any = None, hook: Hook | None = None, progress: Progress | None = None) -> Array:
     """The driver: sampler.step over the grid ts, then the hook, in `lax.scan`s; returns x at ts[-1].
 
     One scan per run of equal `step_kinds()` (one scan when the sampler has none). Step i gets the
     keys split(fold_in(key, i)) (step, hook), so every step's randomness is reproducible and
-    independent of how the steps are grouped.
+    independent of how the steps are grouped. `progress` (default: the one passed to the sampler
+    call being traced, usually None) is called on the host as progress(i + 1, n) after step i, for
+    every ceil(n / MAX_PROGRESS_REPORTS)-th step and the last one (each call waits for the host).
     """
     n = ts.shape[0] - 1
+    progress = progress if progress is not None else _PROGRESS.get()
+    stride = max(1, -(-n // MAX_PROGRESS_REPORTS))
     carry = (x, sampler.init(sde, score_fn, x, ts))
     hooked = hook is not None
     for kind, start, stop in _runs(sampler.step_kinds(), n):
@@ -287,12 +316,22 @@ def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: 
             x_next, state = sampler.step(sde, score_fn, x, state, t, t_next, inp, k_step, kind=kind, hooked=hooked)
             if hooked:
                 x_next = hook(x_next, t_next, k_hook)
+            if progress is not None:  # every stride-th step and the last: at most MAX_PROGRESS_REPORTS calls
+                report = ((i + 1) % stride == 0) | (i == n - 1)
+                lax.cond(report, lambda a: jax.debug.callback(functools.partial(_report_progress, progress, n=n), *a),
+                         lambda a: None, (i, x_next[(0,) * x_next.ndim]))
             return (x_next.astype(x.dtype), state), None  # the requested dtype, whatever a step computes in
 
         xs = (jnp.arange(start, stop), ts[start:stop], ts[start + 1:stop + 1],
               jax.tree.map(lambda a: a[start:stop], inputs))
         carry, _ = lax.scan(body, carry, xs)
     return carry[0]
+
+
+def _report_progress(progress: Progress, i, _after, n: int) -> None:
+    """Host side of the progress callback (`_after`, an element of the new state, orders the call
+    after the step's computation)."""
+    progress(int(i) + 1, n)
 
 
 def _runs(kinds: list | None, n: int) -> list[tuple[Any, int, int]]:
@@ -310,5 +349,5 @@ def _runs(kinds: list | None, n: int) -> list[tuple[Any, int, int]]:
     return out
 
 
-__all__ = ["Hook", "Sampler", "SampleInfo", "StepSampler", "check_capabilities", "check_n_steps", "check_score_shape",
-           "run_steps"]
+__all__ = ["Hook", "Progress", "Sampler", "SampleInfo", "StepSampler", "check_capabilities", "check_n_steps",
+           "check_score_shape", "run_steps"]

@@ -1,0 +1,214 @@
+"""Output files that are never overwritten, and the `results.jsonl` index of a workdir.
+
+Every output of `--mode=sample|likelihood|eval|edit` is named by what produced it:
+
+    <kind>_<step>_<what>_<hash>[_<n>].<ext>      e.g. samples_8000_ode_3fa2c1.npz, likelihood_8000_exact_91b0d4.json
+
+`<what>` is the sampler / divergence / task, `<hash>` the first 6 hex digits of the SHA-1 of the
+options that change the result (`options_hash`), and `_<n>` (2, 3, ...) is added when a file of
+that name already exists (the same command run twice, or with another number of examples). Each
+file is written to a temporary name in the same folder and renamed, so a killed run never leaves a
+half-written output under the final name. Each finished output appends one row to
+`<workdir>/results.jsonl`: mode, step, method, options and their hash, the files, compile / run
+seconds and the key figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import io
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+RESULTS_INDEX = "results.jsonl"
+# The keys of every results.jsonl row (values: see append_result).
+ROW_KEYS = ("time", "mode", "step", "method", "options", "options_hash", "files", "compile_seconds",
+            "run_seconds", "figures")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly copy of a config value (ConfigDicts -> dicts, tuples -> lists)."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+def options_hash(options: dict) -> str:
+    """The first 6 hex digits of the SHA-1 of `options` as sorted JSON (the same options, the same hash)."""
+    text = json.dumps(_plain(options), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
+def sampling_options(config) -> dict:
+    """What changes a sample: the sampler, its own options, how many samples, the batch, the seed and the guidance."""
+    sc = config.sampling
+    options = {"method": sc.method, sc.method: _plain(sc.get(sc.method, {})), "num_samples": sc.num_samples,
+               "batch_size": sc.batch_size, "seed": config.seed}
+    if sc.get("class_label", None) is not None:  # guided sampling of a class-conditional model
+        options.update(class_label=sc.class_label, guidance=sc.get("guidance", "free"),
+                       guidance_scale=float(sc.get("guidance_scale", 0.0)))
+    return options
+
+
+def likelihood_options(config) -> dict:
+    """What changes a likelihood figure: every `config.likelihood` key and the seed."""
+    return {"likelihood": _plain(config.likelihood), "seed": config.seed}
+
+
+def new_stem(out_dir: str, name: str) -> str:
+    """`out_dir/name`, or `out_dir/name_<n>` with the smallest n >= 2 that no existing file uses."""
+    stem, n = os.path.join(out_dir, name), 2
+    while glob.glob(glob.escape(stem) + ".*"):
+        stem, n = os.path.join(out_dir, f"{name}_{n}"), n + 1
+    return stem
+
+
+def _atomic(path: str, write) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes `obj` as indented JSON, atomically (temporary file + rename)."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+
+    _atomic(path, write)
+
+
+def save_npz(path: str, **arrays) -> None:
+    """np.savez to `path`, atomically."""
+
+    def write(tmp):
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        with open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+
+    _atomic(path, write)
+
+
+def save_with(path: str, save) -> None:
+    """`save(tmp_path)` then rename to `path` (e.g. a PNG written by PIL; the extension is kept)."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def append_result(workdir: str, mode: str, step: int, method: str | None, options: dict, files: list[str],
+                  timings: dict, figures: dict) -> dict:
+    """Appends one row to `<workdir>/results.jsonl` (one line, flushed) and returns it.
+
+    Args:
+      mode: sample | likelihood | eval | edit.
+      method: the sampler, divergence or task.
+      options: what produced the output (hashed into its file names).
+      files: the paths written.
+      timings: {"compile_seconds", "run_seconds"}.
+      figures: the key figures (bits/dim, NFE, test loss ...).
+    """
+    row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": mode, "step": int(step), "method": method,
+           "options": _plain(options), "options_hash": options_hash(options), "files": list(files),
+           "compile_seconds": timings.get("compile_seconds"), "run_seconds": timings.get("run_seconds"),
+           "figures": _plain(figures)}
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, RESULTS_INDEX), "a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+    return row
+
+
+def read_results(workdir: str) -> list[dict]:
+    """The rows of `<workdir>/results.jsonl` (empty when there is none; a torn last line is skipped)."""
+    path = os.path.join(workdir, RESULTS_INDEX)
+    rows = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    pass
+    return rows
+
+
+class Stopped(BaseException):
+    """SIGINT / SIGTERM outside training (sample, likelihood, eval, edit). Attribute: signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_deferred: list[int] = []
+_writing = threading.local()
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT / SIGTERM raise `Stopped` in the main thread, except inside `writing()`, where the
+    signal waits until the output being written is complete (so no output is half-written).
+    A second signal while one waits acts as usual. Main thread only (elsewhere: no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if getattr(_writing, "depth", 0):
+            _deferred.append(signum)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            return
+        raise Stopped(signum)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        _deferred.clear()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def writing():
+    """A block that writes one output's files: a signal arriving inside it is acted on at its end."""
+    _writing.depth = getattr(_writing, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _writing.depth -= 1
+    if not _writing.depth and _deferred:
+        raise Stopped(_deferred.pop(0))
+
+
+__all__ = ["RESULTS_INDEX", "ROW_KEYS", "Stopped", "append_result", "likelihood_options", "new_stem",
+           "options_hash", "read_results", "sampling_options", "save_npz", "save_with", "stop_on_signals",
+           "write_json", "writing"]

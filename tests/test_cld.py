@@ -270,8 +270,10 @@ def test_cli_train_sample_likelihood(tmp_path):
     work = str(tmp_path / "run")
     for mode in ("train", "sample", "likelihood"):
         assert cli.run(c, work, mode) == 0, mode
-    samples = np.load(tmp_path / "run" / "samples" / "samples_1_sscs.npz")["samples"]
+    (npz,) = (tmp_path / "run" / "samples").glob("samples_1_sscs_*.npz")  # named by options hash (issue 16)
+    samples = np.load(npz)["samples"]
     assert samples.shape == (4, 8, 8, 1) and np.all(np.isfinite(samples))
-    with open(tmp_path / "run" / "likelihood" / "likelihood_1.json") as f:
+    (lik,) = (tmp_path / "run" / "likelihood").glob("likelihood_1_*.json")
+    with open(lik) as f:
         res = json.load(f)
     assert res["num_examples"] == 2 and np.isfinite(res["bits_per_dim"]) and res["bits_per_dim"] > 0

@@ -17,7 +17,7 @@ Fixed-grid samplers (`StepSampler`) split like diffrax's solvers: the sampler gi
 hook(x, t_next, key) -> x applied after every step (inpainting projections, guidance
 resets...) and, when asked, a host callback reporting finished steps (`progress`, off by default:
 `sampler(..., progress=fn)` calls fn(steps_done, n_steps) on the host through `jax.debug.callback`
-after every step, at most 50 times a solve; the CLI's sample bar uses it). `start` is the one place the starting point is drawn: x_T from split(key)[0],
+after every step, at most 10 times a solve; the CLI's sample bar uses it). `start` is the one place the starting point is drawn: x_T from split(key)[0],
 so every sampler called with the same key starts from the same x_T.
 """
 
@@ -42,8 +42,9 @@ from score_sde.solvers.data_prediction import data_prediction
 Hook = Callable[[Array, Array, Array], Array]
 # progress(steps_done, n_steps), called on the host after every step of a fixed-grid sampler.
 Progress = Callable[[int, int], None]
-# At most this many progress reports per solve (every ceil(n / 50)-th step and the last one).
-MAX_PROGRESS_REPORTS = 50
+# At most this many progress reports per solve (every ceil(n / 10)-th step and the last one): on an
+# H200 each report costs ~0.3-2 ms of GPU idle (benchmarks/results/progress_overhead_h200.md).
+MAX_PROGRESS_REPORTS = 10
 # The progress callback of the sampler call being traced (set by `Sampler.__call__`'s `progress`).
 _PROGRESS: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("progress", default=None)
 
@@ -126,7 +127,7 @@ class Sampler(eqx.Module):
             that is a jax pytree (e.g. an equinox Module) is traced; a plain function is static,
             so a new function object recompiles.
           progress: progress(steps_done, n_steps) called on the host after each step of a
-            fixed-grid sampler (at most 50 times: every ceil(n / 50)-th step and the last) (`jax.debug.callback`; under pmap once per device). Off by default;
+            fixed-grid sampler (at most 10 times: every ceil(n / 10)-th step and the last) (`jax.debug.callback`; under pmap once per device). Off by default;
             static, so a new function object recompiles. The adaptive `ode` does not call it.
 
         Returns:

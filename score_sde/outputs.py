@@ -77,8 +77,9 @@ def new_stem(out_dir: str, name: str) -> str:
     return stem
 
 
-def _atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+def _atomic(path: str, write, tmp: str | None = None) -> None:
+    """`write(tmp)` then rename tmp to `path`; the temporary file never outlives the call."""
+    tmp = tmp or f"{path}.tmp{os.getpid()}"
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -112,13 +113,7 @@ def save_npz(path: str, **arrays) -> None:
 def save_with(path: str, save) -> None:
     """`save(tmp_path)` then rename to `path` (e.g. a PNG written by PIL; the extension is kept)."""
     root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _atomic(path, save, f"{root}.tmp{os.getpid()}{ext}")
 
 
 def append_result(workdir: str, mode: str, step: int, method: str | None, options: dict, files: list[str],

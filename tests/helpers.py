@@ -5,6 +5,8 @@ Imported as `from helpers import ...`: tests/ is not a package, so pytest's defa
 """
 
 import dataclasses
+import io
+import tarfile
 
 import equinox as eqx
 import jax
@@ -76,3 +78,18 @@ def sliced_w1(x, y, n_dirs=64, seed=0):
     d = np.random.default_rng(seed).normal(size=(x.shape[1], n_dirs))
     d /= np.linalg.norm(d, axis=0)
     return float(np.mean(np.abs(np.sort(x @ d, axis=0) - np.sort(y @ d, axis=0))))
+
+
+def write_cifar_files(root, files: dict, extracted: bool) -> None:
+    """Writes CIFAR-10 batch files {name: pickled bytes} under root as the real layout: the folder
+    cifar-10-batches-py/ (extracted) or the archive cifar-10-python.tar.gz."""
+    if extracted:
+        (root / "cifar-10-batches-py").mkdir(parents=True)
+        for name, blob in files.items():
+            (root / "cifar-10-batches-py" / name).write_bytes(blob)
+        return
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))

@@ -4,14 +4,12 @@ train step under pmap, the noise-conditional classifier, and guided sampling fro
 Small by design: tiny MLPs, the analytic 8-Gaussian mixture, 2 forced CPU devices (conftest.py).
 """
 
-import io
 import json
 import os
 import pathlib
 import pickle
 import subprocess
 import sys
-import tarfile
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +19,8 @@ from PIL import Image
 
 from configs.default import get_default_configs
 from score_sde import classifier, config_utils, data, evaluate, losses, models, schema, train
+
+from helpers import write_cifar_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -75,16 +75,7 @@ def test_cifar10_labels_from_the_archive(tmp_path, extracted):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         flat = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
         files[name] = pickle.dumps({b"data": flat, b"labels": [int(v) % 10 for v in flat[:, 0]]})
-    if extracted:
-        (tmp_path / "cifar-10-batches-py").mkdir()
-        for name, blob in files.items():
-            (tmp_path / "cifar-10-batches-py" / name).write_bytes(blob)
-    else:
-        with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
-            for name, blob in files.items():
-                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
+    write_cifar_files(tmp_path, files, extracted)
     c = config_with("cifar10", 10, data_dir=str(tmp_path), image_size=32, num_channels=3, num_levels=256)
     split = data.load_split(c, "train")
     assert split.num_classes == 10 and split.labels.shape == (15,)

@@ -1,11 +1,8 @@
 """Data pipeline: embedded datasets, scaling, augmentation, resumable shuffling, sharding, local files."""
 
-import io
 import json
-import os
 import pickle
 import sys
-import tarfile
 import types
 
 import numpy as np
@@ -15,6 +12,8 @@ from sklearn.datasets import load_digits
 
 from configs.default import get_default_configs
 from score_sde import data
+
+from helpers import write_cifar_files
 
 
 def make_config(**data_fields):
@@ -247,16 +246,7 @@ def write_cifar(root, n_train=4, n_test=3, extracted=False):
         flat = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         files[name] = pickle.dumps({b"data": flat, b"labels": list(range(n)), b"batch_label": name.encode()})
         images[split].append(flat.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1))
-    if extracted:
-        os.makedirs(root / "cifar-10-batches-py")
-        for name, blob in files.items():
-            (root / "cifar-10-batches-py" / name).write_bytes(blob)
-    else:
-        with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
-            for name, blob in files.items():
-                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
+    write_cifar_files(root, files, extracted)
     return {k: np.concatenate(v) for k, v in images.items()}
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.digits_cond import get_config
-from score_sde import bpd, data, evaluate, guidance, likelihood, quality
+from score_sde import bpd, data, evaluate, guidance, likelihood, quality, timing
 
 
 def agreement(clf, samples, labels, centered=True) -> tuple[float, float]:
@@ -43,14 +43,15 @@ def agreement(clf, samples, labels, centered=True) -> tuple[float, float]:
 
 
 def guided_samples(config, loaded, scale: float, per_class: int, log_prob=None):
-    """per_class samples of each digit (labels 0,0,..,9,9) at guidance `scale`; (samples, labels, seconds)."""
+    """per_class samples of each digit (labels 0,0,..,9,9) at guidance `scale`; (samples, labels,
+    {"compile_seconds", "run_seconds"})."""
     config.sampling.class_label, config.sampling.guidance_scale = -1, float(scale)
     config.sampling.num_samples = per_class * config.data.num_classes
     labels = evaluate.sample_labels(config)
-    t0 = time.perf_counter()
-    out = [x for x, _ in evaluate.draw_batches(config, loaded, len(labels), config.sampling.batch_size, config.seed,
-                                               labels=labels, log_prob=log_prob)]
-    return np.concatenate(out), labels, time.perf_counter() - t0
+    with timing.Timer() as timer:
+        out = [x for x, _ in evaluate.draw_batches(config, loaded, len(labels), config.sampling.batch_size,
+                                                   config.seed, labels=labels, log_prob=log_prob)]
+    return np.concatenate(out), labels, timer.fields()
 
 
 def test_bpd(config, loaded, test: data.Split, true_labels: bool) -> tuple[float, float]:
@@ -148,20 +149,21 @@ def main():
               "sampler": f"{config.sampling.method} ({config.sampling.ode.solver}, rtol {config.sampling.ode.rtol})",
               "test_digits": {"agreement": ceiling[0], "confidence": ceiling[1]}, "scales": {}}
     for scale in [float(s) for s in args.scales.split(",")]:
-        samples, labels, seconds = guided_samples(config, loaded, scale, args.per_class, log_prob)
+        samples, labels, timings = guided_samples(config, loaded, scale, args.per_class, log_prob)
         agree, conf = agreement(clf, samples, labels)
         per_digit = [float(np.mean(np.argmax(clf.probs(np.clip((samples[labels == d] + 1) / 2, 0, 1)[..., 0]), 1) == d))
                      for d in range(config.data.num_classes)]
         result["scales"][f"{scale:g}"] = {"agreement": agree, "confidence": conf, "per_digit": per_digit,
-                                          "seconds": seconds}
+                                          **timings}
         rows10 = np.concatenate([samples[labels == d][:10] for d in range(config.data.num_classes)])
         evaluate.save_grid(rows10, True, os.path.join(args.out, f"grid_{args.guidance}_{scale:g}.png"), cols=10)
-        print(f"scale {scale:g}: agreement {agree:.3f}, confidence {conf:.3f} ({seconds:.0f} s)", flush=True)
+        print(f"scale {scale:g}: agreement {agree:.3f}, confidence {conf:.3f} (compile "
+              f"{timings['compile_seconds']:.0f} s, run {timings['run_seconds']:.0f} s)", flush=True)
     if args.bpd:
         for name, true in (("null_label", False), ("true_label", True)):
-            t0 = time.perf_counter()
-            mean, se = test_bpd(config, loaded, test, true)
-            result[f"bpd_{name}"] = {"bits_per_dim": mean, "standard_error": se, "seconds": time.perf_counter() - t0}
+            with timing.Timer() as timer:
+                mean, se = test_bpd(config, loaded, test, true)
+            result[f"bpd_{name}"] = {"bits_per_dim": mean, "standard_error": se, **timer.fields()}
             print(f"bits/dim ({name}): {mean:.3f} +- {se:.3f}", flush=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -18,7 +18,6 @@ networks. It trains with the score model's pmapped step, EMA and checkpoint code
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from typing import Any
@@ -31,7 +30,6 @@ import ml_collections
 import optax
 
 from score_sde import checkpoint, config_utils, losses, train
-from score_sde.logging_utils import MetricLogger
 from score_sde.models.classifier import NoisyClassifier
 from score_sde.models.parameterization import noise_conditioning
 from score_sde.sde import SDE, Array, batch_times, expand_to
@@ -143,22 +141,7 @@ def train_classifier(config, workdir: str, train_iter=None) -> train.TrainState:
                               float(config.classifier.ema_rate))
     state = train.create_train_state(jax.random.PRNGKey(config.seed + 7), model, optimizer,
                                      tuple(train_iter.data_shape))
-    out, primary = classifier_workdir(workdir), jax.process_index() == 0
-    log = print if primary else (lambda s: None)
-    with contextlib.ExitStack() as stack:
-        if primary:
-            stack.enter_context(checkpoint.workdir_lock(out))
-        stop = stack.enter_context(train._stop_on_signals())
-        manager = checkpoint.make_manager(out, tc.keep_checkpoints)
-        stack.callback(manager.close)
-        state, start = train._maybe_resume(manager, state, train_iter, log, primary)
-        logger = MetricLogger(out, tc.n_iters, start, enabled=primary)
-        stack.callback(logger.close)
-        stack.callback(manager.wait_until_finished)
-        batches = train.device_batches(train_iter, 1, per_device)
-        stack.callback(batches.close)
-        pstate = train._loop(p_step, train.replicate(state), batches, start, tc, manager, logger, stop)
-    return jax.tree.map(jnp.asarray, train.unreplicate(pstate))
+    return train.run_loop(classifier_workdir(workdir), p_step, state, train_iter, tc, per_device)
 
 
 def load_classifier(config, workdir: str, data_shape: tuple[int, ...]) -> ClassifierLogProb:

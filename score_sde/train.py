@@ -531,6 +531,24 @@ def train(config, workdir: str, train_iter=None) -> TrainState:
     optimizer, p_step = step_for_config(config, model, sde)
     state = create_train_state(jax.random.PRNGKey(config.seed), model, optimizer,
                                models.network_input_shape(sde, tuple(train_iter.data_shape)))
+    snapshot = None
+    if tc.get("sample_freq", 0) > 0:
+        snapshot = lambda logger: make_snapshot(config, model, sde, tuple(train_iter.data_shape), logger)  # noqa: E731
+    return run_loop(workdir, p_step, state, train_iter, tc, per_device, snapshot)
+
+
+def run_loop(workdir: str, p_step, state: TrainState, train_iter, tc, per_device: int,
+             make_snapshot_fn=None) -> TrainState:
+    """The training loop around a pmapped step, shared by the score model and the noisy classifier:
+    the workdir lock, signal handling, checkpoints (resume, prune), metrics.jsonl (rows past the
+    restored step dropped) and TensorBoard, then `_loop`; returns the final (unreplicated) state.
+
+    Args:
+      tc: the loop settings (`config.training`'s keys: n_iters, snapshot_freq, log_freq,
+        steps_per_call, keep_checkpoints, max_nonfinite, divergence_factor).
+      make_snapshot_fn: optional make_snapshot_fn(logger) -> the periodic sample-grid writer
+        (primary process only).
+    """
     primary = jax.process_index() == 0
     with contextlib.ExitStack() as stack:
         if primary:  # one training run per workdir (multi-host: the primary process holds it)
@@ -549,14 +567,11 @@ def train(config, workdir: str, train_iter=None) -> TrainState:
         stack.callback(manager.wait_until_finished)
         batches = device_batches(train_iter, tc.steps_per_call, per_device)
         stack.callback(batches.close)
-        snapshot = None
-        if primary and tc.get("sample_freq", 0) > 0:
-            snapshot = make_snapshot(config, model, sde, tuple(train_iter.data_shape), logger)
+        snapshot = make_snapshot_fn(logger) if primary and make_snapshot_fn is not None else None
         pstate = _loop(p_step, replicate(state), batches, start, tc, manager, logger, stop, snapshot)
     return jax.tree.map(jnp.asarray, unreplicate(pstate))
-
 
 __all__ = ["TrainState", "NonFiniteLossError", "LossDivergedError", "TrainingInterrupted", "drop_metrics_after",
            "make_optimizer", "create_train_state", "make_train_step", "make_multi_step", "make_pmapped_step", "loss_fn_from_config", "step_for_config",
            "check_batch_config", "maybe_initialize_distributed", "device_batches", "shard_to_devices",
-           "replicate", "unreplicate", "train"]
+           "replicate", "unreplicate", "run_loop", "train"]

@@ -24,8 +24,6 @@ so every sampler called with the same key starts from the same x_T.
 from __future__ import annotations
 
 import abc
-import contextlib
-import contextvars
 import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
@@ -45,17 +43,6 @@ Progress = Callable[[int, int], None]
 # At most this many progress reports per solve (every ceil(n / 10)-th step and the last one): on an
 # H200 each report costs ~0.3-2 ms of GPU idle (benchmarks/results/progress_overhead_h200.md).
 MAX_PROGRESS_REPORTS = 10
-# The progress callback of the sampler call being traced (set by `Sampler.__call__`'s `progress`).
-_PROGRESS: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("progress", default=None)
-
-
-@contextlib.contextmanager
-def _tracing_with_progress(progress: Progress | None):
-    token = _PROGRESS.set(progress)
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
 
 
 class SampleInfo(NamedTuple):
@@ -101,7 +88,7 @@ class Sampler(eqx.Module):
     @abc.abstractmethod
     def sample(self, key: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], dtype,
                x_init: Array | None = None, t_init: Array | None = None,
-               hook: Hook | None = None) -> tuple[Array, SampleInfo]:
+               hook: Hook | None = None, progress: Progress | None = None) -> tuple[Array, SampleInfo]:
         """Draws samples of shape `shape` = (B, *dims) from the model p_eps (traced)."""
 
     def resolved_eps(self, sde: SDE) -> float:
@@ -218,8 +205,7 @@ def check_capabilities(sampler: Sampler, sde) -> None:
 def _sample_jit(sampler, key, sde, score_fn, shape, dtype, x_init, t_init, hook, progress=None):
     state_shape = sde.state_shape(shape)
     check_score_shape(score_fn, jax.ShapeDtypeStruct(state_shape, dtype), sde.score_shape(state_shape))
-    with _tracing_with_progress(progress):
-        u, info = sampler.sample(key, sde, SameDtypeScore(score_fn), shape, dtype, x_init, t_init, hook)
+    u, info = sampler.sample(key, sde, SameDtypeScore(score_fn), shape, dtype, x_init, t_init, hook, progress)
     return sde.data_part(u), info._replace(velocity=sde.velocity_part(u))
 
 
@@ -283,11 +269,11 @@ class StepSampler(Sampler):
         """The class's needs, plus a scalar kernel for a final Tweedie denoising."""
         return self.requires | (frozenset({"scalar_kernel"}) if self.final_denoise else frozenset())
 
-    def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None):
+    def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None, progress=None):
         x, t_start, k_loop = self.start(key, sde, shape, dtype, x_init, t_init)
         eps = self.resolved_eps(sde)
         ts, inputs = self.grid(sde, t_start, eps, dtype)
-        x = run_steps(self, k_loop, sde, score_fn, x, ts, inputs, hook)
+        x = run_steps(self, k_loop, sde, score_fn, x, ts, inputs, hook, progress)
         if self.final_denoise:
             x = data_prediction(sde, score_fn, x, jnp.asarray(eps, dtype)).astype(dtype)
         return x, SampleInfo(nfe=jnp.asarray(self.total_nfe(hook is not None), jnp.int32))
@@ -299,12 +285,11 @@ def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: 
 
     One scan per run of equal `step_kinds()` (one scan when the sampler has none). Step i gets the
     keys split(fold_in(key, i)) (step, hook), so every step's randomness is reproducible and
-    independent of how the steps are grouped. `progress` (default: the one passed to the sampler
-    call being traced, usually None) is called on the host as progress(i + 1, n) after step i, for
-    every ceil(n / MAX_PROGRESS_REPORTS)-th step and the last one (each call waits for the host).
+    independent of how the steps are grouped. `progress`, if given, is called on the host as
+    progress(i + 1, n) after step i, for every ceil(n / MAX_PROGRESS_REPORTS)-th step and the last
+    one (each call waits for the host).
     """
     n = ts.shape[0] - 1
-    progress = progress if progress is not None else _PROGRESS.get()
     stride = max(1, -(-n // MAX_PROGRESS_REPORTS))
     carry = (x, sampler.init(sde, score_fn, x, ts))
     hooked = hook is not None

@@ -156,9 +156,9 @@ class ODESampler(StepSampler):
         x_eps = _raise_if_failed(sol, self.max_steps, end_name)
         return x_eps, jnp.asarray(solve_nfe(solver, sol.stats["num_steps"]), jnp.int32), sol.stats
 
-    def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None):
+    def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None, progress=None):
         if self.n_steps is not None:
-            return super().sample(key, sde, score_fn, shape, dtype, x_init, t_init, hook)
+            return super().sample(key, sde, score_fn, shape, dtype, x_init, t_init, hook, progress)
         if hook is not None:
             raise ValueError("an adaptive ODE solve has no fixed steps to hook into; pass n_steps=<int> "
                              "to use a hook with the ode sampler")

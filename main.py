@@ -115,7 +115,8 @@ def main(argv):
     except Exception as e:  # noqa: BLE001  (the config file's own code raised while loading)
         _fail(f"loading the config file failed: {type(e).__name__}: {e}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    from score_sde import cli, config_utils
+    from score_sde import config_utils
+    from score_sde.drivers import cli
 
     others = config_utils.sampler_overrides_for_other_samplers(sys.argv, config.sampling.method)
     if others:

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from configs.default import get_default_configs
-from score_sde import checkpoint, config_utils, train
+from score_sde import config_utils
+from score_sde.drivers import train
+from score_sde.plumbing import checkpoint
 
 
 class GaussIter:

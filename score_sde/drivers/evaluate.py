@@ -4,10 +4,10 @@ Each driver loads the EMA parameters of a checkpoint in `workdir` (nothing else:
 is built, so changed `config.optim` settings never make a checkpoint unreadable), turns them into
 a `score_fn(x, t)`, and splits its work over the local devices with `jax.pmap`. The data splits
 are read once by the caller (`score_sde.data.load_split`) and passed in. Outputs go to
-`workdir/<mode>/` as .npz / .png / .json named by what produced them (`score_sde.outputs`: step,
+`workdir/<mode>/` as .npz / .png / .json named by what produced them (`score_sde.plumbing.outputs`: step,
 method, a hash of the options, a number if the name is taken), each recorded in
 `workdir/results.jsonl`; nothing already written is modified. Timings keep compilation apart
-(`compile_seconds`, `run_seconds`; `score_sde.timing`).
+(`compile_seconds`, `run_seconds`; `score_sde.plumbing.timing`).
 
 Class-conditional models (`config.data.num_classes` > 0) load as cond_score(x, t, y), which
 called as score(x, t) is the null-class (unconditional) score, so every mode works unchanged;
@@ -30,7 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from score_sde import checkpoint, config_utils, data, guidance, likelihood, models, outputs, timing, train
+from score_sde import config_utils, data, guidance, likelihood, models
+from score_sde.drivers import train
+from score_sde.plumbing import checkpoint, outputs, timing
 from score_sde.bpd import bits_per_dim
 
 # Datasets whose --mode=eval adds the weight-free quality figures (they need the training split).
@@ -177,7 +179,7 @@ def load_guidance_classifier(config, workdir: str, data_shape: tuple[int, ...]):
     """The classifier's log_prob(x, t, y) when `sampling.guidance` is "classifier", else None."""
     if config.sampling.get("guidance", "free") != "classifier":
         return None
-    from score_sde import classifier
+    from score_sde.drivers import classifier
 
     return classifier.load_classifier(config, workdir, data_shape)
 

@@ -33,8 +33,9 @@ import numpy as np
 import optax
 from jax import lax
 
-from score_sde import checkpoint, config_utils, losses, models
-from score_sde.logging_utils import MetricLogger
+from score_sde import config_utils, losses, models
+from score_sde.plumbing import checkpoint
+from score_sde.plumbing.logging_utils import MetricLogger
 
 Array = jax.Array
 AXIS = "batch"

@@ -14,8 +14,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.seed = 42
 
     config.data = data = ml_collections.ConfigDict()
-    data.dataset = "digits"          # digits | toy_gmm | checkerboard | moons | swiss_roll | cifar10 | image_folder | any TFDS name
+    data.dataset = "digits"          # digits | toy_gmm | checkerboard | moons | swiss_roll | mnist | cifar10 | image_folder | any TFDS name
     data.data_dir = ""               # local files for real datasets (nothing is downloaded)
+    data.verify_sha256 = True        # mnist: check the decoded split against the published SHA-256
     data.image_size = 8
     data.num_channels = 1
     data.centered = True             # scale to [-1, 1] (False: [0, 1])

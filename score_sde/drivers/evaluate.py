@@ -36,7 +36,7 @@ from score_sde.plumbing import checkpoint, outputs, timing
 from score_sde.bpd import bits_per_dim
 
 # Datasets whose --mode=eval adds the weight-free quality figures (they need the training split).
-QUALITY_DATASETS = ("digits",)
+QUALITY_DATASETS = ("digits", "mnist")
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -353,8 +353,10 @@ def evaluate_checkpoint(config, workdir: str, step: int | None, test: data.Split
     if needs_train_split(config, "eval"):
         if train_split is None:
             raise ValueError(f"evaluating {config.data.dataset} needs its training split (train_split=...)")
-        samples = np.load(samples_summary["npz"])["samples"]
-        result["quality"] = digits_quality_of(config, workdir, samples, train_split, test)
+        with np.load(samples_summary["npz"]) as f:
+            samples, labels = f["samples"], f["labels"] if "labels" in f.files else None
+        quality_of = mnist_quality_of if config.data.dataset == "mnist" else digits_quality_of
+        result["quality"] = quality_of(config, workdir, samples, train_split, test, labels)
     if config.get("eval") and config.eval.inception_weights:  # FID / KID / IS (score_sde.metrics)
         result["inception"] = inception_quality_of(config, workdir, loaded, out_dir)
     timer.__exit__(None, None, None)
@@ -404,21 +406,34 @@ def write_eval_scalars(workdir: str, step: int, figures: dict) -> None:
         writer.close()
 
 
+def _to01(config, x: np.ndarray) -> np.ndarray:
+    return (x + 1.0) / 2.0 if config.data.centered else x
+
+
+def _levels01(split: data.Split) -> np.ndarray:
+    return split.source.get(np.arange(len(split.source))) / (split.num_levels - 1)
+
+
 def digits_quality_of(config, workdir: str, samples: np.ndarray, train_split: data.Split,
-                      test: data.Split) -> dict:
+                      test: data.Split, labels: np.ndarray | None = None) -> dict:
     """Weight-free quality of digits samples (model scale) with the cached classifier."""
     from score_sde import quality
 
-    def to01(x):
-        return (x + 1.0) / 2.0 if config.data.centered else x
-
-    def levels01(split):
-        return split.source.get(np.arange(len(split.source))) / (split.num_levels - 1)
-
-    train01, test01 = levels01(train_split), levels01(test)
+    train01, test01 = _levels01(train_split), _levels01(test)
     clf = quality.load_or_train_classifier(os.path.join(workdir, "digits_classifier.npz"), train01,
                                            train_split.labels)
-    return quality.digits_quality(clf, to01(samples)[..., 0], train01[..., 0], test01[..., 0])
+    return quality.digits_quality(clf, _to01(config, samples)[..., 0], train01[..., 0], test01[..., 0])
+
+
+def mnist_quality_of(config, workdir: str, samples: np.ndarray, train_split: data.Split,
+                     test: data.Split, labels: np.ndarray | None = None) -> dict:
+    """MNIST samples (model scale): the cached CNN's Frechet distance, confidence and label agreement."""
+    from score_sde import mnist_quality
+
+    train01, test01 = _levels01(train_split), _levels01(test)
+    clf = mnist_quality.load_or_train_classifier(os.path.join(workdir, "mnist_classifier.npz"), train01,
+                                                 train_split.labels)
+    return mnist_quality.mnist_quality(clf, _to01(config, samples), train01, test01, labels)
 
 
 def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int,

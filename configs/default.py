@@ -36,6 +36,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet"              # mlp | unet | ddpmpp | ncsnpp
     model.ema_rate = 0.999
+    model.ema_warmup = True          # EMA decay min(ema_rate, (1 + n) / (10 + n)) at step n (False: ema_rate from step 0)
     model.nf = 32
     model.ch_mult = (1, 2)
     model.num_res_blocks = 1

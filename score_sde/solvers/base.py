@@ -220,10 +220,21 @@ def check_capabilities(sampler: Sampler, sde) -> None:
 
 @eqx.filter_jit
 def _sample_jit(sampler, key, sde, score_fn, shape, dtype, x_init, t_init, hook, progress=None, t_end=None):
+    u, info = sampler.sample(key, sde, checked_score(sde, score_fn, shape, dtype), shape, dtype, x_init, t_init,
+                             hook, progress, t_end=t_end)
+    return data_and_info(sde, u, info)
+
+
+def checked_score(sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], dtype) -> ScoreFn:
+    """score_fn checked for the data shape (B, *dims) (`check_score_shape`, at trace time) and cast to
+    the sampling dtype: what every sampler's `sample` is given."""
     state_shape = sde.state_shape(shape)
     check_score_shape(score_fn, jax.ShapeDtypeStruct(state_shape, dtype), sde.score_shape(state_shape))
-    u, info = sampler.sample(key, sde, SameDtypeScore(score_fn), shape, dtype, x_init, t_init, hook, progress,
-                             t_end=t_end)
+    return SameDtypeScore(score_fn)
+
+
+def data_and_info(sde: SDE, u: Array, info: SampleInfo) -> tuple[Array, SampleInfo]:
+    """(the data part of a final state, info with the auxiliary part as `velocity`), as samplers return."""
     return sde.data_part(u), info._replace(velocity=sde.velocity_part(u))
 
 
@@ -234,6 +245,18 @@ class SameDtypeScore(eqx.Module):
 
     def __call__(self, x: Array, t: Array) -> Array:
         return jnp.asarray(self.score_fn(x, t)).astype(x.dtype)
+
+
+class Chunk(NamedTuple):
+    """A piece of a fixed-grid solve (`StepSampler.chunks`): steps start .. stop - 1, all of kind
+    `kind`, in a program of `length` steps; `masked`: length may exceed stop - start (pass stop to
+    `advance`)."""
+
+    kind: Any
+    start: int
+    stop: int
+    length: int
+    masked: bool
 
 
 class Solve(eqx.Module):
@@ -273,6 +296,11 @@ class StepSampler(Sampler):
         """(ts, inputs): ts the (N + 1,) decreasing times from t_start to the end of the solve
         (x after step i lives at ts[i + 1]); inputs a pytree of per-step values with leading
         dimension N (e.g. the order of each step), or None."""
+
+    @property
+    def fixed_grid(self) -> bool:
+        """Whether the solve runs on a fixed grid of steps (so `begin` / `advance` / `finish` apply)."""
+        return True
 
     def partial_grid(self, sde: SDE, t_start: Array, t_end: Array, dtype) -> tuple[Array, Any]:
         """`grid` of a partial solve, which ends at t_end itself (default: `grid`; EDM's ends at sigma = 0
@@ -339,8 +367,8 @@ class StepSampler(Sampler):
     def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None, progress=None,
                t_end=None):
         solve = self.begin(key, sde, score_fn, shape, dtype, x_init, t_init, t_end)
-        for kind, start, length in self.chunks(solve.ts.shape[0] - 1, None, solve.partial):
-            solve = self.advance(solve, sde, score_fn, start, length, kind, hook, progress)
+        for piece in self.chunks(solve.ts.shape[0] - 1, None, solve.partial):
+            solve = self.advance(solve, sde, score_fn, piece.start, piece.length, piece.kind, hook, progress)
         return self.finish(solve, sde, score_fn, hook is not None)
 
     def begin(self, key: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], dtype,
@@ -354,24 +382,31 @@ class StepSampler(Sampler):
             ts, inputs = self.partial_grid(sde, t_start, jnp.asarray(t_end, dtype), dtype)
         return Solve(x, self.init(sde, score_fn, x, ts), k_loop, ts, inputs, partial=t_end is not None)
 
-    def chunks(self, n: int, chunk_steps: int | None = None, partial: bool = False) -> list[tuple[Any, int, int]]:
-        """The n steps of a solve (`solve.ts.shape[0] - 1`) as (kind, start, length) pieces of at most
-        `chunk_steps` steps (None: one piece per run of equal `step_kinds`), for `advance`. Static;
-        pieces of equal (kind, length) share one compiled program, so a solve compiles at most two
-        programs per kind, however many pieces."""
+    def chunks(self, n: int, chunk_steps: int | None = None, partial: bool = False) -> list[Chunk]:
+        """The n steps of a solve (`solve.ts.shape[0] - 1`) as pieces for `advance`, in order (static).
+
+        Without `chunk_steps`: one piece per run of equal `step_kinds` (the one-call solve). With it, a
+        run longer than chunk_steps becomes pieces of chunk_steps steps, the last one masked (its
+        program has chunk_steps steps, those past the run skip), so every piece of a kind shares one
+        compiled program with its start and stop traced: a solve compiles one program per kind (and
+        length of a short run), however many pieces.
+        """
         kinds = self.partial_step_kinds() if partial else self.step_kinds()
         out = []
         for kind, start, stop in _runs(kinds, n):
-            size = stop - start if chunk_steps is None else chunk_steps
-            out.extend((kind, s, min(size, stop - s)) for s in range(start, stop, size))
+            if chunk_steps is None or stop - start <= chunk_steps:
+                out.append(Chunk(kind, start, stop, stop - start, False))
+            else:
+                out.extend(Chunk(kind, s, min(s + chunk_steps, stop), chunk_steps, True)
+                           for s in range(start, stop, chunk_steps))
         return out
 
     def advance(self, solve: Solve, sde: SDE, score_fn: ScoreFn, start, length: int, kind: Any = None,
-                hook: Hook | None = None, progress: Progress | None = None) -> Solve:
-        """Steps start .. start + length - 1 of the solve (traced; `start` may be traced, `length` and
-        `kind` are static: an entry of `chunks`)."""
+                hook: Hook | None = None, progress: Progress | None = None, stop=None) -> Solve:
+        """Steps start .. start + length - 1 of the solve, or start .. stop - 1 when `stop` is given (a
+        masked piece of `chunks`); traced: `start` and `stop` may be traced, `length` and `kind` are static."""
         x, state = run_range(self, solve.key, sde, score_fn, (solve.x, solve.state), solve.ts, solve.inputs,
-                             start, length, kind, hook, progress)
+                             start, length, kind, hook, progress, stop)
         return Solve(x, state, solve.key, solve.ts, solve.inputs, partial=solve.partial)
 
     def finish(self, solve: Solve, sde: SDE, score_fn: ScoreFn, hooked: bool = False) -> tuple[Array, SampleInfo]:
@@ -440,23 +475,25 @@ def run_steps(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, x: 
     step and the last one (each call waits for the host).
     """
     carry = (x, sampler.init(sde, score_fn, x, ts))
-    for kind, start, length in sampler.chunks(ts.shape[0] - 1, None, partial):
-        carry = run_range(sampler, key, sde, score_fn, carry, ts, inputs, start, length, kind, hook, progress)
+    for piece in sampler.chunks(ts.shape[0] - 1, None, partial):
+        carry = run_range(sampler, key, sde, score_fn, carry, ts, inputs, piece.start, piece.length, piece.kind,
+                          hook, progress)
     return carry[0]
 
 
 def run_range(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, carry: tuple[Array, Any], ts: Array,
               inputs: Any, start, length: int, kind: Any = None, hook: Hook | None = None,
-              progress: Progress | None = None) -> tuple[Array, Any]:
+              progress: Progress | None = None, stop=None) -> tuple[Array, Any]:
     """Steps start .. start + length - 1 of the grid ts (all of kind `kind`) in one `lax.scan`; carry
-    is (x, state). `start` may be traced (the times and inputs are sliced dynamically), so every
-    range of one length shares one compiled program."""
+    is (x, state). `start` may be traced (the times and inputs are indexed dynamically), so every
+    range of one length shares one compiled program. With `stop` (may be traced), steps from stop on
+    are skipped (`lax.cond`): a masked piece of `StepSampler.chunks`."""
     n = ts.shape[0] - 1
     stride = max(1, -(-n // MAX_PROGRESS_REPORTS))
     hooked = hook is not None
     start = jnp.asarray(start, jnp.int32)
 
-    def body(carry, i):
+    def one(carry, i):
         x, state = carry
         t, t_next = ts[i], ts[i + 1]
         inp = jax.tree.map(lambda a: a[i], inputs)
@@ -468,7 +505,12 @@ def run_range(sampler: StepSampler, key: Array, sde: SDE, score_fn: ScoreFn, car
             report = ((i + 1) % stride == 0) | (i == n - 1)
             lax.cond(report, lambda a: jax.debug.callback(functools.partial(_report_progress, progress, n=n), *a),
                      lambda a: None, (i, x_next[(0,) * x_next.ndim]))
-        return (x_next.astype(x.dtype), state), None  # the requested dtype, whatever a step computes in
+        return x_next.astype(x.dtype), state  # the requested dtype, whatever a step computes in
+
+    def body(carry, i):
+        if stop is None:
+            return one(carry, i), None
+        return lax.cond(i < stop, one, lambda c, i: c, carry, i), None
 
     carry, _ = lax.scan(body, carry, start + jnp.arange(length, dtype=jnp.int32))
     return carry
@@ -495,5 +537,5 @@ def _runs(kinds: list | None, n: int) -> list[tuple[Any, int, int]]:
     return out
 
 
-__all__ = ["Hook", "Progress", "Sampler", "SampleInfo", "Solve", "StepSampler", "check_capabilities",
-           "check_n_steps", "check_score_shape", "run_range", "run_steps"]
+__all__ = ["Hook", "Progress", "Sampler", "SampleInfo", "Chunk", "Solve", "StepSampler", "check_capabilities",
+           "check_n_steps", "check_score_shape", "checked_score", "data_and_info", "run_range", "run_steps"]

@@ -114,6 +114,11 @@ class ODESampler(StepSampler):
     def explicit_denoise(self) -> bool:
         return self.denoise is True
 
+    @property
+    def fixed_grid(self) -> bool:
+        """Adaptive solves (n_steps None) are one `diffeqsolve`, not steps of the shared driver."""
+        return self.n_steps is not None
+
     def total_nfe(self, hooked: bool = False) -> int:
         """Fixed grid: N s, or 1 + N (s - 1) when first-same-as-last stages are reused (not after a hook)."""
         solver = get_ode_solver(self.solver)

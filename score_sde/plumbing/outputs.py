@@ -183,9 +183,11 @@ def stop_on_signals():
             for sig, old in previous.items():
                 signal.signal(sig, old)
             what = next((w for w in reversed(blocks) if w), None)
-            if what:
-                print(f"{signal.Signals(signum).name}: finishing {what}, then stopping (send it again to stop at once)",
-                      file=sys.stderr, flush=True)
+            if what:  # on its own line, under any progress bar
+                from tqdm import tqdm
+
+                tqdm.write(f"{signal.Signals(signum).name}: finishing {what}, then stopping (send it again to stop "
+                           "at once)", file=sys.stderr)
             return
         raise Stopped(signum)
 

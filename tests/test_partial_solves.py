@@ -62,7 +62,7 @@ def test_two_partial_solves_compose_to_the_full_solve(x64):
 
 def test_stochastic_partial_solve_samples_the_exact_marginal_at_t_end():
     """Euler-Maruyama (300 steps) and pc (100 steps) from the prior to t_end = 0.2 sample the mixture's
-    exact p_t at t = 0.2 (VP, n = 2000), not p_0 (the data, which is far in W1)."""
+    exact p_t at t = 0.2 (VP, n = 2000), not p_0 (the data, which is far in W1), with no denoising step."""
     sde, n, t_end = SDES["vp"], 2000, 0.2
     sf = MIX2D.score_fn(sde)
     x0 = MIX2D.sample(jax.random.PRNGKey(21), 2 * n)
@@ -70,8 +70,9 @@ def test_stochastic_partial_solve_samples_the_exact_marginal_at_t_end():
     p_t = mean + std[:, None] * jax.random.normal(jax.random.PRNGKey(22), x0.shape)
     a, b = np.asarray(p_t[:n]), np.asarray(p_t[n:])
     floor = sliced_w1(a, b, seed=9)
-    for sampler in (solvers.get("euler_maruyama", n_steps=300), solvers.get("pc", n_steps=100)):
-        x, _ = sampler(jax.random.PRNGKey(1), sde, sf, (n, 2), t_end=t_end)
+    for sampler, nfe in ((solvers.get("euler_maruyama", n_steps=300), 300), (solvers.get("pc", n_steps=100), 200)):
+        x, info = sampler(jax.random.PRNGKey(1), sde, sf, (n, 2), t_end=t_end)
+        assert int(info.nfe) == nfe  # no final denoising
         w1 = sliced_w1(np.asarray(x), a, seed=9)
         assert w1 < 3 * floor + 0.03, (sampler, w1, floor)
         assert sliced_w1(np.asarray(x), np.asarray(x0[:n]), seed=9) > w1 + 0.05

@@ -5,6 +5,7 @@ tolerances...). It is called as
 
     x, info = sampler(key, sde, score_fn, shape)                       # from the prior at T
     x, info = sampler(key, sde, score_fn, x_init=x_t, t_init=0.5)      # from x_t at t = 0.5
+    x, info = sampler(key, sde, score_fn, x_init=x_t, t_init=0.5, t_end=0.2)   # x at t = 0.2 (partial solve)
 
 and owns its time grid; the SDE only describes the process. The whole solve runs inside
 one `eqx.filter_jit`: options that are Python ints/strings/bools are static, arrays
@@ -17,8 +18,13 @@ Fixed-grid samplers (`StepSampler`) split like diffrax's solvers: the sampler gi
 hook(x, t_next, key) -> x applied after every step (inpainting projections, guidance
 resets...) and, when asked, a host callback reporting finished steps (`progress`, off by default:
 `sampler(..., progress=fn)` calls fn(steps_done, n_steps) on the host through `jax.debug.callback`
-after every step, at most 10 times a solve; the CLI's sample bar uses it). `start` is the one place the starting point is drawn: x_T from split(key)[0],
+after every step, at most 10 times a solve). `start` is the one place the starting point is drawn: x_T from split(key)[0],
 so every sampler called with the same key starts from the same x_T.
+
+A fixed-grid solve is `begin` (start, grid, state), `advance` over the pieces of `chunks` (each a
+`run_range`: one `lax.scan` over steps start .. stop - 1, start and stop traced) and `finish` (the final
+denoising of a full solve); `sample` runs them in one jit, a driver may run them as separate calls
+(to stop between them). `single_step` is one step from t to s, for training code.
 """
 
 from __future__ import annotations

@@ -501,7 +501,8 @@ def _chunked_solve(sampler, sde, shape: tuple[int, ...], score_of, in_axes: tupl
         return solvers.data_and_info(sde, x, info)
 
     p_begin = jax.pmap(begin, in_axes=(0, *in_axes))
-    p_advance = jax.pmap(advance, in_axes=(None, None, None, 0, None, None, *in_axes), static_broadcasted_argnums=(0, 1, 2))
+    p_advance = jax.pmap(advance, in_axes=(None, None, None, 0, None, None, *in_axes),
+                         static_broadcasted_argnums=(0, 1, 2))
     p_finish = jax.pmap(finish, in_axes=(0, *in_axes))
 
     def solve_in_chunks(keys, score_args):

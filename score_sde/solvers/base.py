@@ -18,8 +18,8 @@ Fixed-grid samplers (`StepSampler`) split like diffrax's solvers: the sampler gi
 hook(x, t_next, key) -> x applied after every step (inpainting projections, guidance
 resets...) and, when asked, a host callback reporting finished steps (`progress`, off by default:
 `sampler(..., progress=fn)` calls fn(steps_done, n_steps) on the host through `jax.debug.callback`
-after every step, at most 10 times a solve). `start` is the one place the starting point is drawn: x_T from split(key)[0],
-so every sampler called with the same key starts from the same x_T.
+after every step, at most 10 times a solve). `start` is the one place the starting point is drawn: x_T from
+split(key)[0], so every sampler called with the same key starts from the same x_T.
 
 A fixed-grid solve is `begin` (start, grid, state), `advance` over the pieces of `chunks` (each a
 `run_range`: one `lax.scan` over steps start .. stop - 1, start and stop traced) and `finish` (the final

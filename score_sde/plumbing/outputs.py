@@ -22,6 +22,7 @@ import io
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -166,19 +167,27 @@ _writing = threading.local()
 
 @contextlib.contextmanager
 def stop_on_signals():
-    """SIGINT / SIGTERM raise `Stopped` in the main thread, except inside `writing()`, where the
-    signal waits until the output being written is complete (so no output is half-written).
-    A second signal while one waits acts as usual. Main thread only (elsewhere: no-op)."""
+    """SIGINT / SIGTERM raise `Stopped` in the main thread, except inside `writing()` / `deferring()`,
+    where the signal waits until the block is done (so no output is half-written and no computation
+    is left running; `deferring` prints what is being finished, and its code may stop earlier with
+    `check_stop()`). A second signal while one waits acts as usual. Main thread only (elsewhere: no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum, frame):
-        if getattr(_writing, "depth", 0):
+        blocks = getattr(_writing, "blocks", [])
+        if blocks:
             _deferred.append(signum)
             for sig, old in previous.items():
                 signal.signal(sig, old)
+            what = next((w for w in reversed(blocks) if w), None)
+            if what:  # on its own line, under any progress bar
+                from tqdm import tqdm
+
+                tqdm.write(f"{signal.Signals(signum).name}: finishing {what}, then stopping (send it again to stop "
+                           "at once)", file=sys.stderr)
             return
         raise Stopped(signum)
 
@@ -193,17 +202,33 @@ def stop_on_signals():
 
 
 @contextlib.contextmanager
-def writing():
-    """A block that writes one output's files: a signal arriving inside it is acted on at its end."""
-    _writing.depth = getattr(_writing, "depth", 0) + 1
+def deferring(what: str | None = None):
+    """A block that must not be cut short (a computation in flight, an output's files): a SIGINT /
+    SIGTERM arriving inside it (under `stop_on_signals`) is acted on at its end, or at a `check_stop()`
+    inside it; `what` (e.g. "the 16 sampling steps in flight") is printed on stderr when a signal waits."""
+    blocks = _writing.__dict__.setdefault("blocks", [])
+    blocks.append(what)
     try:
         yield
     finally:
-        _writing.depth -= 1
-    if not _writing.depth and _deferred:
+        blocks.pop()
+    if not blocks and _deferred:
         raise Stopped(_deferred.pop(0))
+
+
+def check_stop() -> None:
+    """Raises `Stopped` if a signal arrived during the enclosing `deferring()` block (call it where the
+    block's work can stop cleanly, e.g. between two jitted calls)."""
+    if _deferred:
+        raise Stopped(_deferred.pop(0))
+
+
+def writing():
+    """A block that writes one output's files: a signal arriving inside it is acted on at its end."""
+    return deferring(None)
 
 
 __all__ = ["RESULTS_INDEX", "ROW_KEYS", "Stopped", "append_result", "likelihood_options", "new_stem",
            "options_hash", "read_results", "sampling_options", "save_npz", "save_with", "stop_on_signals",
+           "check_stop", "deferring",
            "write_json", "writing"]

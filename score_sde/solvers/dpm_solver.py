@@ -17,6 +17,8 @@ Everything comes from the SDE's alpha(t), std(t), lambda(t): VP, sub-VP and VE a
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -212,6 +214,10 @@ class DPMSolverSampler(StepSampler):
             return [self.order] * (self.n_steps or 20)
         n = self.nfe - self.denoise_to_zero if self.nfe is not None else (self.n_steps or 20)
         return multistep_orders(n, self.order, self.lower_order_final)
+
+    def with_steps(self, n_steps: int):
+        """This sampler with n_steps steps on its `skip` spacing (no budget or custom grid)."""
+        return dataclasses.replace(self, n_steps=n_steps, nfe=None, custom_grid=None)
 
     def total_nfe(self, hooked: bool = False) -> int:
         orders = self.step_orders()

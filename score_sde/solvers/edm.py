@@ -107,6 +107,30 @@ class EDMHeunSampler(StepSampler):
         # the times of sigma_hat and sigma_next, by bisection once here rather than in every step
         return ts, (sigmas[:-1], hats, sigmas[1:], sigma_to_time(sde, hats), sigma_to_time(sde, sigmas[1:]))
 
+    def partial_step_kinds(self) -> list[str]:
+        """A partial solve (to a given t_end > 0) ends at sigma(t_end) > 0: Heun's method on every step."""
+        return ["heun"] * self.n_steps
+
+    def partial_nfe(self, hooked: bool = False) -> int:
+        return 2 * self.n_steps
+
+    def partial_grid(self, sde, t_start, t_end, dtype):
+        """N + 1 noise levels from sigma(t_start) down to sigma(t_end) (the schedule's spacing; no level 0)."""
+        t_end = jnp.asarray(t_end, dtype)
+        if self.schedule == "karras":
+            sigmas = edm_sigmas(sde.std(t_end) / sde.alpha(t_end), sde.std(t_start) / sde.alpha(t_start),
+                                self.n_steps + 1, self.rho, dtype)[:-1]
+        else:
+            levels = time_steps(sde, self.schedule, t_start, t_end, self.n_steps, dtype)
+            sigmas = sde.std(levels) / sde.alpha(levels)
+        return self._grid_of(sde, sigmas, t_start, t_end, dtype)
+
+    def _grid_of(self, sde, sigmas, t_start, t_last, dtype):
+        """(ts, per-step inputs) of the noise levels sigmas (N + 1,), the last at time t_last."""
+        hats = churn_levels(sigmas, self.s_churn, self.s_min, self.s_max)
+        ts = sigma_to_time(sde, sigmas).at[0].set(t_start).at[-1].set(t_last)
+        return ts, (sigmas[:-1], hats, sigmas[1:], sigma_to_time(sde, hats), ts[1:])
+
     def step(self, sde, score_fn, x, state, t, t_next, inputs, key, kind=None, hooked=False):
         """One step of Algorithm 2 from sigma (raised to sigma_hat) to sigma_next, in y = x / alpha."""
         sigma, sigma_hat, sigma_next, t_hat, t_sigma_next = inputs

@@ -16,6 +16,8 @@ which keeps order k on any grid (and equals the fixed weights on uniform steps i
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax.numpy as jnp
 
@@ -71,6 +73,10 @@ class IPNDMSampler(StepSampler):
         """Best settings for nfe evaluations (benchmarks/path_error.py): order 4, logSNR spacing up to 12
         evaluations (best on the 2-D mixture, VP and VE), time_quadratic above (best at 20 on VP)."""
         return dict(n_steps=nfe, order=4, skip="logSNR" if nfe <= 12 else "time_quadratic")
+
+    def with_steps(self, n_steps: int):
+        """This sampler with n_steps steps on its `skip` spacing (no budget or custom grid)."""
+        return dataclasses.replace(self, n_steps=n_steps, custom_grid=None)
 
     def total_nfe(self, hooked: bool = False) -> int:
         return self.n_steps

@@ -85,7 +85,8 @@ class ODESampler(StepSampler):
       n_steps: None for adaptive steps; an int for that many uniform steps from T (or t_init) to eps.
       max_steps: bound on attempted steps of an adaptive solve; exceeding it raises at run time.
       eps: smallest time; None -> the SDE's convention (1e-3 VP/sub-VP, 1e-5 VE).
-      denoise: apply Tweedie denoising at eps (one more evaluation).
+      denoise: apply Tweedie denoising at eps (one more evaluation); None (default): on where the SDE
+        has a scalar kernel (VP, sub-VP, VE), off otherwise (CLD).
     """
 
     solver: str | diffrax.AbstractSolver = eqx.field(default="tsit5", static=True)
@@ -94,9 +95,8 @@ class ODESampler(StepSampler):
     n_steps: int | None = eqx.field(default=None, static=True)
     max_steps: int = eqx.field(default=4096, static=True)
     eps: float | None = eqx.field(default=None, static=True)
-    denoise: bool = eqx.field(default=True, static=True)
+    denoise: bool | None = eqx.field(default=None, static=True)
     requires: ClassVar[frozenset] = frozenset({"reverse_sde"})
-    requires_options: ClassVar[str] = "denoise=False"
 
     def __check_init__(self):
         solver = get_ode_solver(self.solver)
@@ -109,13 +109,21 @@ class ODESampler(StepSampler):
 
     @property
     def final_denoise(self) -> bool:
-        return self.denoise
+        return self.denoise is not False
+
+    def explicit_denoise(self) -> bool:
+        return self.denoise is True
+
+    @property
+    def fixed_grid(self) -> bool:
+        """Adaptive solves (n_steps None) are one `diffeqsolve`, not steps of the shared driver."""
+        return self.n_steps is not None
 
     def total_nfe(self, hooked: bool = False) -> int:
         """Fixed grid: N s, or 1 + N (s - 1) when first-same-as-last stages are reused (not after a hook)."""
         solver = get_ode_solver(self.solver)
         n = self.n_steps * stages_and_fsal(solver)[0] if hooked else solve_nfe(solver, self.n_steps)
-        return n + int(self.denoise)
+        return n + int(self.final_denoise)
 
     def grid(self, sde, t_start, t_end, dtype):
         return time_steps(sde, "time_uniform", t_start, t_end, self.n_steps, dtype), None
@@ -156,16 +164,18 @@ class ODESampler(StepSampler):
         x_eps = _raise_if_failed(sol, self.max_steps, end_name)
         return x_eps, jnp.asarray(solve_nfe(solver, sol.stats["num_steps"]), jnp.int32), sol.stats
 
-    def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None, progress=None):
+    def sample(self, key, sde, score_fn, shape, dtype, x_init=None, t_init=None, hook=None, progress=None,
+               t_end=None):
         if self.n_steps is not None:
-            return super().sample(key, sde, score_fn, shape, dtype, x_init, t_init, hook, progress)
+            return super().sample(key, sde, score_fn, shape, dtype, x_init, t_init, hook, progress, t_end)
         if hook is not None:
             raise ValueError("an adaptive ODE solve has no fixed steps to hook into; pass n_steps=<int> "
                              "to use a hook with the ode sampler")
         x, t_start, _ = self.start(key, sde, shape, dtype, x_init, t_init)
         eps = self.resolved_eps(sde)
-        x, nfe, _ = self.solve(sde, score_fn, x, eps, t_start)
-        if self.denoise:
+        x, nfe, _ = self.solve(sde, score_fn, x, eps if t_end is None else t_end, t_start,
+                               "eps" if t_end is None else "t_end")
+        if t_end is None and self.denoises(sde):
             x = data_prediction(sde, score_fn, x, jnp.asarray(eps, dtype))
             nfe = nfe + 1
         return x, SampleInfo(nfe=nfe)

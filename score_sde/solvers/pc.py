@@ -33,20 +33,21 @@ class PCSampler(StepSampler):
       n_corrector_steps: corrector steps per grid time, for a corrector given by name
         (None: the corrector's 1).
       eps: smallest time; None -> the SDE's convention (1e-3 VP/sub-VP, 1e-5 VE).
-      denoise: apply Tweedie denoising at eps (one more evaluation).
+      denoise: apply Tweedie denoising at eps (one more evaluation); None (default): on where the SDE
+        has a scalar kernel (VP, sub-VP, VE), off otherwise (CLD).
     """
 
     predictor: Predictor
     corrector: Corrector
     n_steps: int = eqx.field(static=True)
     requires: ClassVar[frozenset] = frozenset({"reverse_sde"})
-    requires_options: ClassVar[str] = "predictor='euler_maruyama', corrector='none', denoise=False"
+    requires_options: ClassVar[str] = "predictor='euler_maruyama', corrector='none'"
     eps: float | None = eqx.field(static=True)
-    denoise: bool = eqx.field(static=True)
+    denoise: bool | None = eqx.field(static=True)
 
     def __init__(self, predictor: str | Predictor = "reverse_diffusion", corrector: str | Corrector = "langevin",
                  snr: float | None = None, n_steps: int = 1000, n_corrector_steps: int | None = None,
-                 eps: float | None = None, denoise: bool = True):
+                 eps: float | None = None, denoise: bool | None = None):
         self.predictor = get_predictor(predictor)
         self.corrector = get_corrector(corrector, snr=snr, n_steps=n_corrector_steps)
         self.n_steps, self.eps, self.denoise = n_steps, eps, denoise
@@ -68,10 +69,13 @@ class PCSampler(StepSampler):
 
     @property
     def final_denoise(self) -> bool:
-        return self.denoise
+        return self.denoise is not False
+
+    def explicit_denoise(self) -> bool:
+        return self.denoise is True
 
     def total_nfe(self, hooked: bool = False) -> int:
-        return self.n_steps * (self.predictor.nfe + self.corrector.nfe_per_call) + int(self.denoise)
+        return self.n_steps * (self.predictor.nfe + self.corrector.nfe_per_call) + int(self.final_denoise)
 
     def grid(self, sde, t_start, t_end, dtype):
         return time_steps(sde, "time_uniform", t_start, t_end, self.n_steps, dtype), None
@@ -88,14 +92,14 @@ class EulerMaruyamaSampler(StepSampler):
     Attributes:
       n_steps: number of steps N from T (or t_init) to eps.
       eps: smallest time; None -> the SDE's convention.
-      denoise: apply Tweedie denoising at eps.
+      denoise: apply Tweedie denoising at eps; None (default): on where the SDE has a scalar kernel,
+        off otherwise (CLD).
     """
 
     n_steps: int = eqx.field(default=1000, static=True)
     eps: float | None = eqx.field(default=None, static=True)
-    denoise: bool = eqx.field(default=True, static=True)
+    denoise: bool | None = eqx.field(default=None, static=True)
     requires: ClassVar[frozenset] = frozenset({"reverse_sde"})
-    requires_options: ClassVar[str] = "denoise=False"
 
     def __check_init__(self):
         check_n_steps(self.n_steps)
@@ -106,7 +110,10 @@ class EulerMaruyamaSampler(StepSampler):
 
     @property
     def final_denoise(self) -> bool:
-        return self.denoise
+        return self.denoise is not False
+
+    def explicit_denoise(self) -> bool:
+        return self.denoise is True
 
     def total_nfe(self, hooked: bool = False) -> int:
         return self.as_pc().total_nfe(hooked)

@@ -18,6 +18,8 @@ after a hook: then the hooked state is kept as it is), and predicts the next sta
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax.numpy as jnp
 
@@ -106,6 +108,10 @@ class UniPCSampler(StepSampler):
         """Best settings for nfe evaluations (benchmarks/path_error.py): order 2 (3 with the corrector),
         B(h) = e^h - 1, time_quadratic spacing."""
         return dict(n_steps=nfe, order=2, variant="bh2", skip="time_quadratic")
+
+    def with_steps(self, n_steps: int):
+        """This sampler with n_steps steps on its `skip` spacing (no budget or custom grid)."""
+        return dataclasses.replace(self, n_steps=n_steps, custom_grid=None)
 
     def total_nfe(self, hooked: bool = False) -> int:
         return self.n_steps

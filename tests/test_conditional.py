@@ -23,7 +23,7 @@ from score_sde import config_utils, data, losses, models
 from score_sde.drivers import classifier, evaluate, train
 from score_sde.plumbing import schema
 
-from helpers import write_cifar_files
+from helpers import assert_sgd_step_averages, write_cifar_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -178,7 +178,9 @@ def toy_config(n_iters=4):
 
 def test_conditional_train_step_under_pmap():
     """The labelled pmapped step (2 devices x 8) equals the jitted single-device step on the batch of 16
-    (same per-example keys, so the same dropped labels; rtol 1e-5)."""
+    (same per-example keys, so the same dropped labels; rtol 1e-5), with Adam (the configured optimizer)
+    and with SGD (helpers.assert_sgd_step_averages: Adam's first step from zero moments sees only the
+    gradient's sign, so a psum of the device gradients instead of their pmean passes with Adam alone)."""
     assert jax.local_device_count() == 2
     c = toy_config()
     model = config_utils.model_from_config(c.model, 8)
@@ -198,6 +200,8 @@ def test_conditional_train_step_under_pmap():
     moved = np.abs(np.asarray(single.params["class_embedding"]["embedding"])
                    - np.asarray(state.params["class_embedding"]["embedding"])).max()
     assert moved > 1e-4  # the class embedding is trained
+    # Adam's first step sees only the gradient's sign: the averaging over devices is checked with SGD
+    assert_sgd_step_averages(loss_fn, c.model.ema_rate, state, batch)
     # (train.train on labelled data, prefetch included: test_cli_sample_one_row_per_class trains through main.py)
 
 

@@ -373,6 +373,10 @@ def test_ctrl_c_stops_between_steps_after_the_save(tmp_path, monkeypatch, capsys
         train.train(c, workdir, train_iter=_SignalAt(7, signal.SIGINT))
     e = stopped.value
     assert e.signum == signal.SIGINT and e.checkpoint is not None and e.checkpoint <= e.step < 1000
+    # The stop comes within the prefetch depth (2) + the batch in hand of the 7th batch, and the last
+    # checkpoint is the last multiple of snapshot_freq (2) reached (every save is waited for).
+    assert 7 - 4 <= e.step <= 7 + 2, e.step
+    assert e.checkpoint == e.step - e.step % c.training.snapshot_freq, (e.checkpoint, e.step)
     assert str(e) == f"stopped at step {e.step}; the last checkpoint is step {e.checkpoint}; run the same command to resume"
     assert os.path.isfile(os.path.join(workdir, "checkpoints", str(e.checkpoint), "commit_success.txt"))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

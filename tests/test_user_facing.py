@@ -260,7 +260,8 @@ def test_a_signal_during_a_mode_is_one_line_and_leaves_no_partial_output(mode, s
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     out_dir = {"sample": "samples", "likelihood": "likelihood", "eval": "eval"}[mode]
     written = glob.glob(os.path.join(workdir, out_dir, "*"))
-    assert not [p for p in written if ".tmp" in p or os.path.basename(p).startswith(("samples_", "eval_"))]
+    partial = ("samples_", "eval_", "likelihood_", "inception_stats_")  # every output stem evaluate.py writes
+    assert not [p for p in written if ".tmp" in p or os.path.basename(p).startswith(partial)], written
     assert not os.path.exists(os.path.join(workdir, outputs.RESULTS_INDEX))
 
 

@@ -1,7 +1,7 @@
 """Mutation check: plant one small deliberate bug at a time and see whether the test that claims to
 cover it fails (issue 30).
 
-    python -m benchmarks.mutants [--list] [--only SUBSTR ...] [--timeout S] [--keep]
+    python -m benchmarks.mutants [--list] [--only SUBSTR ...] [--skip SUBSTR ...] [--timeout S] [--keep]
 
 Each entry of `MUTANTS` is (name, file, old text, new text, test node id). For each mutant the
 repository is copied once to a temporary folder (never the working tree: `git ls-files` plus
@@ -191,10 +191,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--only", nargs="*", default=(), help="run the mutants whose name contains any of these")
+    parser.add_argument("--skip", nargs="*", default=(), help="leave out the mutants whose name contains any of these")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
     args = parser.parse_args(argv)
-    chosen = [m for m in MUTANTS if not args.only or any(s in m.name for s in args.only)]
+    chosen = [m for m in MUTANTS if (not args.only or any(s in m.name for s in args.only))
+              and not any(s in m.name for s in args.skip)]
     if args.list:
         for m in chosen:
             print(f"{m.name}  [{m.file}]  -> {m.test}")

@@ -172,7 +172,9 @@ def run_test(test: str, root: pathlib.Path, timeout: float) -> tuple[str, float,
     except subprocess.TimeoutExpired:
         return "error", time.perf_counter() - start, f"timed out after {timeout:.0f} s"
     seconds = time.perf_counter() - start
-    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    tail = "\n".join(failed[:2] or lines[-3:])
     outcome = {0: "passed", 1: "failed"}.get(proc.returncode, "error")
     return outcome, seconds, tail
 
@@ -193,6 +195,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=(), help="run the mutants whose name contains any of these")
     parser.add_argument("--skip", nargs="*", default=(), help="leave out the mutants whose name contains any of these")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run")
+    parser.add_argument("--root", default=str(ROOT), help="the repository to copy (default: this one)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTANTS if (not args.only or any(s in m.name for s in args.only))
@@ -204,12 +207,12 @@ def main(argv=None) -> int:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="score_sde_mutants_"))
     tally: dict[str, int] = {}
     try:
-        copy_repo(ROOT, tmp)
+        copy_repo(pathlib.Path(args.root), tmp)
         for m in chosen:
             verdict, seconds, detail = check(m, tmp, args.timeout)
             tally[verdict] = tally.get(verdict, 0) + 1
             print(f"{verdict:6s} {seconds:6.1f}s  {m.name}  -> {m.test}", flush=True)
-            if verdict in ("error", "stale"):
+            if verdict in ("error", "stale", "caught"):
                 print("        " + detail.replace("\n", "\n        "), flush=True)
     finally:
         if args.keep:

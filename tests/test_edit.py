@@ -82,8 +82,9 @@ def test_interpolation_endpoints_and_slerp():
     np.testing.assert_allclose(zs[1], jnp.ones((7, 2)), atol=1e-6)
     # unequal norms at a right angle: z(l) = cos(l pi / 2) z_a + sin(l pi / 2) z_b, written out
     lam = jnp.linspace(0, 1, 5)
-    want = jnp.cos(lam * jnp.pi / 2)[:, None] * jnp.array([2.0, 0.0]) + jnp.sin(lam * jnp.pi / 2)[:, None] * jnp.array([0.0, 0.5])
-    np.testing.assert_allclose(edit.slerp(jnp.array([[2.0, 0.0]]), jnp.array([[0.0, 0.5]]), lam)[0], want, atol=1e-6)
+    a, b = jnp.array([2.0, 0.0]), jnp.array([0.0, 0.5])
+    want = jnp.cos(lam * jnp.pi / 2)[:, None] * a + jnp.sin(lam * jnp.pi / 2)[:, None] * b
+    np.testing.assert_allclose(edit.slerp(a[None], b[None], lam)[0], want, atol=1e-6)
     # the path's latents are the slerp of the endpoints' latents (encode inverts decode to 1e-3 relative);
     # linear interpolation of the latents lands 0.89 away (relative)
     z = edit.encode(sde, GMM3.score_fn(sde), x, **TIGHT)

@@ -11,6 +11,10 @@ PYTHONPATH pointing at the copy, and the file is restored byte for byte. "caught
 failed; "missed" = it passed; "error" = it timed out or pytest could not run. A summary tally ends
 the report. Not part of CI (slow: one test run per mutant); run it before resolving an issue that
 touches tested numerics, and add a mutant for every new numerical routine.
+
+Last run (issue 30, 2 shared CPU cores, about 20 minutes): caught 19 of 22; missed the three metrics
+entries, whose tests (tests/test_metrics.py) another issue strengthens. The same list against the
+tests as they were before issue 30 (the 15 entries whose test existed then): caught 1, missed 14.
 """
 
 from __future__ import annotations

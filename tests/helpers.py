@@ -93,3 +93,25 @@ def write_cifar_files(root, files: dict, extracted: bool) -> None:
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
+
+
+def assert_sgd_step_averages(loss_fn, ema_rate, state, batch, rtol=1e-5, atol=1e-6):
+    """With optax.sgd(1) the pmapped step (2 devices) moves the params by minus the gradient of the mean
+    loss over the whole batch, as the jitted single-device step does (rtol 1e-5, atol 1e-6): a sum of the
+    device gradients instead of their mean doubles the move and fails."""
+    import optax
+    from score_sde.drivers import train
+
+    sgd = optax.apply_if_finite(optax.sgd(1.0), 10)
+    params = state.params
+    state = state.replace(opt_state=sgd.init(params))
+    single, _ = jax.jit(train.make_train_step(loss_fn, sgd, ema_rate))(state, batch)
+    pstate, _ = train.make_pmapped_step(loss_fn, sgd, ema_rate)(
+        train.replicate(state), jax.tree.map(lambda a: a.reshape(2, 1, a.shape[0] // 2, *a.shape[1:]), batch))
+    multi = train.unreplicate(pstate)
+    moved = 0.0
+    for a, b, p in zip(jax.tree.leaves(single.params), jax.tree.leaves(multi.params), jax.tree.leaves(params),
+                       strict=True):
+        np.testing.assert_allclose(np.asarray(b) - np.asarray(p), np.asarray(a) - np.asarray(p), rtol=rtol, atol=atol)
+        moved = max(moved, float(np.max(np.abs(np.asarray(a) - np.asarray(p)))))
+    assert moved > 1e-3, moved

@@ -358,3 +358,25 @@ def test_tfds_mock_data(tmp_path, name, size):
         once = list(data.iterate_once(config, "test", batch_size=4))
     assert it.num_examples == 6 and x.shape == (4, size, size, 3) and -1 <= x.min() and x.max() <= 1
     assert [len(b) for b in once] == [4, 2]
+
+
+def test_split_to_uint8_for_any_bit_depth():
+    """The reference images of FID/KID/IS (`metrics.evaluation.split_to_uint8`, raw levels 0..L-1) are
+    round(l * 255 / (L - 1)) (half to even, written out) for 1, 4, 17-level and 5-bit data, 0 and 255 at the
+    ends, strictly increasing, the identity for 8 bits; and they equal what the samples go through
+    (`metrics.scores.to_uint8` of the model-scale image `data.scale` makes), centered or not, so real and
+    generated images are quantised alike."""
+    from score_sde.metrics.evaluation import split_to_uint8
+    from score_sde.metrics.scores import to_uint8
+
+    for levels in (2, 16, 17, 32, 256):
+        k = np.arange(levels, dtype=np.uint8 if levels <= 256 else np.int32).reshape(1, -1, 1, 1)
+        got = split_to_uint8(k, levels)
+        assert got.dtype == np.uint8 and got.shape == k.shape
+        want = np.array([round(i * 255 / (levels - 1)) for i in range(levels)], np.uint8)  # Python: half to even
+        np.testing.assert_array_equal(got.ravel(), want, err_msg=f"L={levels}")
+        assert got.ravel()[0] == 0 and got.ravel()[-1] == 255 and np.all(np.diff(got.ravel().astype(int)) > 0)
+        for centered in (False, True):
+            np.testing.assert_array_equal(to_uint8(data.scale(k, levels, centered), centered), got,
+                                          err_msg=f"L={levels}, centered={centered}")
+    np.testing.assert_array_equal(split_to_uint8(np.arange(256, dtype=np.uint8), 256), np.arange(256))

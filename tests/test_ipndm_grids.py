@@ -37,21 +37,31 @@ def test_variable_step_weights_are_adams_bashforth_on_uniform_steps(x64):
 
 
 def test_custom_grid_reproduces_a_spacing_and_reads_files(tmp_path, x64):
-    """A grid given as the logSNR fractions of a spacing gives that spacing's times and samples; a grid file
-    written by save_grid is read back by name; bad grids are one-line errors."""
+    """A grid given as the logSNR fractions of a spacing gives that spacing's times (1e-10, time_quadratic
+    and time_uniform) and samples (1e-8): time_uniform, no sampler's default spacing, with unipc (as
+    fractions and as a grid file written by save_grid, read back by name), ipndm and dpm_solver, whose
+    default grids differ from it (the control: a dropped custom_grid fails); bad grids are one-line errors."""
     sde = SDES["vp"]
-    ts = time_steps(sde, "time_quadratic", 1.0, 1e-3, 8, jnp.float64)
-    lam = sde.log_snr(ts)
-    u = tuple(float(v) for v in (lam - lam[0]) / (lam[-1] - lam[0]))
-    u = (0.0,) + u[1:-1] + (1.0,)
-    np.testing.assert_allclose(fraction_steps(sde, u, 1.0, 1e-3, jnp.float64), ts, rtol=1e-10)
+
+    def fractions(skip):
+        ts = time_steps(sde, skip, 1.0, 1e-3, 8, jnp.float64)
+        lam = sde.log_snr(ts)
+        u = tuple(float(v) for v in (lam - lam[0]) / (lam[-1] - lam[0]))
+        return ts, (0.0,) + u[1:-1] + (1.0,)
+
+    for skip in ("time_quadratic", "time_uniform"):
+        ts, u = fractions(skip)
+        np.testing.assert_allclose(fraction_steps(sde, u, 1.0, 1e-3, jnp.float64), ts, rtol=1e-10)
     key, score = jax.random.PRNGKey(0), MIX.score_fn(sde)
-    ref, _ = solvers.get("unipc", n_steps=8)(key, sde, score, (16, 2), jnp.float64)
     path = grid_opt.save_grid(str(tmp_path / "grids" / "g.json"), u, note="test")
     assert json.load(open(path))["note"] == "test"
-    for grid in (u, path):
-        x, _ = solvers.get("unipc", n_steps=8, custom_grid=grid)(key, sde, score, (16, 2), jnp.float64)
-        np.testing.assert_allclose(x, ref, rtol=1e-8, atol=1e-10)
+    for name in ("unipc", "ipndm", "dpm_solver"):
+        default_grid, _ = solvers.get(name, n_steps=8).grid(sde, 1.0, 1e-3, jnp.float64)
+        assert np.max(np.abs(np.asarray(default_grid) - np.asarray(ts))) > 0.01, name  # not the default
+        ref, _ = solvers.get(name, n_steps=8, skip="time_uniform")(key, sde, score, (16, 2), jnp.float64)
+        for grid in (u, path) if name == "unipc" else (u,):
+            x, _ = solvers.get(name, n_steps=8, custom_grid=grid)(key, sde, score, (16, 2), jnp.float64)
+            np.testing.assert_allclose(x, ref, rtol=1e-8, atol=1e-10, err_msg=name)
     with pytest.raises(ValueError, match="custom_grid has 8 steps but n_steps = 5"):
         solvers.get("ipndm", n_steps=5, custom_grid=path)
     with pytest.raises(ValueError, match="must increase strictly from 0 to 1"):

@@ -373,6 +373,10 @@ def test_ctrl_c_stops_between_steps_after_the_save(tmp_path, monkeypatch, capsys
         train.train(c, workdir, train_iter=_SignalAt(7, signal.SIGINT))
     e = stopped.value
     assert e.signum == signal.SIGINT and e.checkpoint is not None and e.checkpoint <= e.step < 1000
+    # The stop comes within the prefetch depth (2) + the batch in hand of the 7th batch, and the last
+    # checkpoint is the last multiple of snapshot_freq (2) reached (every save is waited for).
+    assert 7 - 4 <= e.step <= 7 + 2, e.step
+    assert e.checkpoint == e.step - e.step % c.training.snapshot_freq, (e.checkpoint, e.step)
     assert str(e) == f"stopped at step {e.step}; the last checkpoint is step {e.checkpoint}; run the same command to resume"
     assert os.path.isfile(os.path.join(workdir, "checkpoints", str(e.checkpoint), "commit_success.txt"))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
@@ -400,11 +404,23 @@ class _FakeManager:
 
 
 def test_a_finite_exploding_loss_stops_training():
+    """A loss over divergence_factor (1e3) x the running mean stops training; the limit is exact: after
+    losses with mean 1.0, 0.99e3 passes and 1.01e3 stops (a limit off by any factor outside (0.99, 1.01)
+    fails one of them)."""
     tc = tiny_config().training
+    assert tc.divergence_factor == 1e3
     monitor = train._Monitor(tc, logger=None, manager=_FakeManager())
     monitor._check_divergence([1.0, 0.8, 1.3, 0.9])  # ordinary noise passes
     with pytest.raises(train.LossDivergedError, match="the loss diverged .*6e\\+23.*step 2"):
         monitor._check_divergence([6e23])
+    for value, stops in ((0.99e3, False), (1.01e3, True)):
+        monitor = train._Monitor(tc, logger=None, manager=_FakeManager())
+        monitor._check_divergence([1.0, 0.8, 1.3, 0.9])  # running mean 1.0
+        if stops:
+            with pytest.raises(train.LossDivergedError, match="the loss diverged \\(1010, .*running mean 1\\)"):
+                monitor._check_divergence([value])
+        else:
+            monitor._check_divergence([value])
     tc.divergence_factor = 0.0
     train._Monitor(tc, logger=None, manager=_FakeManager())._check_divergence([1.0, 6e23])  # off
 

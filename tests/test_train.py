@@ -17,6 +17,8 @@ from score_sde import config_utils
 from score_sde.drivers import train
 from score_sde.plumbing import checkpoint
 
+from helpers import assert_sgd_step_averages
+
 
 class GaussIter:
     """The score_sde.data iterator protocol over N([1, -0.5], 0.5^2 I) in 2-D.
@@ -77,7 +79,8 @@ def assert_trees_equal(a, b):
 def test_pmapped_step_matches_single_device_step():
     """One pmapped step on 2 devices (8 examples each) equals the jitted single-device step on the
     global batch of 16: same per-example randomness, so only float32 summation order differs
-    (tolerance rtol 1e-5, atol 1e-6 on params, EMA, loss)."""
+    (tolerance rtol 1e-5, atol 1e-6 on params, EMA, loss); with Adam and with SGD, whose update shows
+    the gradient's scale (helpers.assert_sgd_step_averages: a psum instead of the pmean fails)."""
     assert jax.local_device_count() == 2
     c, model, opt, step, loss_fn = jitted_step()  # no warmup: its schedule starts at lr = 0
     state = train.create_train_state(jax.random.PRNGKey(0), model, opt, (2,))
@@ -94,6 +97,9 @@ def test_pmapped_step_matches_single_device_step():
     moved = jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))), single.params, state.params)
     assert max(jax.tree.leaves(moved)) > 1e-4
     assert int(multi.step) == int(single.step) == 1
+    # Adam's first step from zero moments sees only the gradient's sign (a psum of the device gradients
+    # instead of their mean gives the same update), so the averaging is checked with SGD (update = -g).
+    assert_sgd_step_averages(loss_fn, c.model.ema_rate, state, batch)
 
 
 def test_loss_decreases_and_logs(tmp_path):

@@ -1,0 +1,231 @@
+"""Mutation check: plant one small deliberate bug at a time and see whether the test that claims to
+cover it fails (issue 30).
+
+    python -m benchmarks.mutants [--list] [--only SUBSTR ...] [--skip SUBSTR ...] [--timeout S] [--keep]
+
+Each entry of `MUTANTS` is (name, file, old text, new text, test node id). For each mutant the
+repository is copied once to a temporary folder (never the working tree: `git ls-files` plus
+untracked files that git does not ignore), `old` is replaced by `new` in that copy (it must occur
+exactly once, else the entry is "stale" and reported as such), the one test is run there with
+PYTHONPATH pointing at the copy, and the file is restored byte for byte. "caught" = the test
+failed; "missed" = it passed; "error" = it timed out or pytest could not run. A summary tally ends
+the report. Not part of CI (slow: one test run per mutant); run it before resolving an issue that
+touches tested numerics, and add a mutant for every new numerical routine.
+
+Last run (issue 30, 2 shared CPU cores, about 20 minutes): caught 19 of 22; missed the three metrics
+entries, whose tests (tests/test_metrics.py) another issue strengthens. The same list against the
+tests as they were before issue 30 (the 15 entries whose test existed then): caught 1, missed 14.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    """One planted bug: replace `old` (occurring exactly once in `file`) by `new`, then run `test`."""
+
+    name: str
+    file: str
+    old: str
+    new: str
+    test: str
+
+
+class StaleMutant(ValueError):
+    """`old` does not occur exactly once in the file: the code moved on; update the entry."""
+
+
+M = Mutant
+MUTANTS: tuple[Mutant, ...] = (
+    # --- the table of issue 30 ---------------------------------------------------------------------------
+    M("linear: the score ignored", "score_sde/inverse.py",
+      "return self.score_fn(x, t).reshape(xp.shape[0], -1) @ self.v",
+      "return jnp.zeros_like(xp)",
+      "tests/test_inverse.py::test_noisy_mask_and_general_linear_observations"),
+    # the two metrics rows: their tests belong to tests/test_metrics.py (another issue's work)
+    M("metrics: no 2x - 1 input scaling in the Flax Inception", "score_sde/metrics/inception.py",
+      "        x = 2.0 * x - 1.0\n", "\n",
+      "tests/test_metrics.py"),
+    M("metrics: eval's FID of the reference against itself", "score_sde/metrics/evaluation.py",
+      '"fid": F.fid(stats, ref_stats)', '"fid": F.fid(ref_stats, ref_stats)',
+      "tests/test_metrics.py::test_eval_reports_fid_kid_is"),
+    M("metrics: eval's KID of the samples against themselves", "score_sde/metrics/evaluation.py",
+      "F.kid(feats, ref_kid) if", "F.kid(feats, feats) if",
+      "tests/test_metrics.py::test_eval_reports_fid_kid_is"),
+    M("guided sampling ignores the labels", "score_sde/drivers/evaluate.py",
+      "guided_score(config, sf, y, lp)", "guided_score(config, sf, jnp.zeros_like(y), lp)",
+      "tests/test_conditional.py::test_guided_sampling_follows_the_label_and_the_scale"),
+    M("guided sampling ignores the scale", "score_sde/drivers/evaluate.py",
+      'scale = float(sc.get("guidance_scale", 0.0))', "scale = 0.0",
+      "tests/test_conditional.py::test_guided_sampling_follows_the_label_and_the_scale"),
+    M("custom_grid dropped (unipc, ipndm)", "score_sde/solvers/timesteps.py",
+      "    if custom_grid is not None:\n        return fraction_steps(", "    if False:\n        return fraction_steps(",
+      "tests/test_ipndm_grids.py::test_custom_grid_reproduces_a_spacing_and_reads_files"),
+    M("custom_grid dropped (dpm_solver)", "score_sde/solvers/dpm_solver.py",
+      "        if self.custom_grid is not None:\n            ts = fraction_steps(",
+      "        if False:\n            ts = fraction_steps(",
+      "tests/test_ipndm_grids.py::test_custom_grid_reproduces_a_spacing_and_reads_files"),
+    M("pmap step: psum instead of pmean of the gradients (train)", "score_sde/drivers/train.py",
+      "loss, grads = lax.pmean((loss, grads), axis_name)",
+      "loss, grads = lax.pmean(loss, axis_name), lax.psum(grads, axis_name)",
+      "tests/test_train.py::test_pmapped_step_matches_single_device_step"),
+    M("pmap step: psum instead of pmean of the gradients (conditional)", "score_sde/drivers/train.py",
+      "loss, grads = lax.pmean((loss, grads), axis_name)",
+      "loss, grads = lax.pmean(loss, axis_name), lax.psum(grads, axis_name)",
+      "tests/test_conditional.py::test_conditional_train_step_under_pmap"),
+    M("smc: the -log g_t term dropped (two-mode test)", "score_sde/inverse.py",
+      "log_w = mask * (_log_normal(a_s * y, mu, tau2 + v_s) - _log_normal(x, a_t * y, v_t))",
+      "log_w = mask * _log_normal(a_s * y, mu, tau2 + v_s)",
+      "tests/test_inverse.py::test_smc_exact_and_replacement_biased_between_two_modes"),
+    M("smc: the -log g_t term dropped (noisy test)", "score_sde/inverse.py",
+      "log_w = mask * (_log_normal(a_s * y, mu, tau2 + v_s) - _log_normal(x, a_t * y, v_t))",
+      "log_w = mask * _log_normal(a_s * y, mu, tau2 + v_s)",
+      "tests/test_inverse.py::test_noisy_mask_and_general_linear_observations"),
+    M("RePaint: no re-noising between resampling rounds", "score_sde/inverse.py",
+      "return (r * x_next + jnp.sqrt(v) * z).astype(x.dtype)",
+      "return x_next.astype(x.dtype)",
+      "tests/test_inverse.py::test_repaint_resampling_samples_the_conditional"),
+    M("edit: linear instead of spherical interpolation", "score_sde/edit.py",
+      "zs = slerp(z[:b], z[b:], jnp.linspace(0.0, 1.0, n))",
+      "zs = (lambda lam: (1 - lam) * z[:b][:, None] + lam * z[b:][:, None])("
+      "jnp.linspace(0.0, 1.0, n).reshape((1, n) + (1,) * (z.ndim - 1)))",
+      "tests/test_edit.py::test_interpolation_endpoints_and_slerp"),
+    M("timer: compile intervals summed instead of merged", "score_sde/plumbing/timing.py",
+      "            else:\n                cur_b = max(cur_b, b)\n",
+      "            else:\n                total += b - a\n",
+      "tests/test_user_facing.py::test_timer_keeps_compilation_apart"),
+    M("divergence stop: threshold 1e15 times too high", "score_sde/drivers/train.py",
+      "abs(value) > factor * abs(self.loss_sum / self.loss_count)",
+      "abs(value) > 1e15 * factor * abs(self.loss_sum / self.loss_count)",
+      "tests/test_reliability.py::test_a_finite_exploding_loss_stops_training"),
+    # --- the looser checks ------------------------------------------------------------------------------
+    M("replace: the observation ignored (the hook replaces nothing)", "score_sde/inverse.py",
+      "return jnp.where(self.mask > 0, y_t.astype(x.dtype), x)", "return x",
+      "tests/test_inverse.py::test_easy_case_both_methods_right_ve"),
+    M("colorize: the unknown coordinates' reverse-step noise halved", "score_sde/inverse.py",
+      "x_s = jnp.where(mask > 0, known, mu + tau * z)", "x_s = jnp.where(mask > 0, known, mu + 0.5 * tau * z)",
+      "tests/test_inverse.py::test_colorize_keeps_the_gray_level_and_matches_the_conditional"),
+    M("signal: a partial likelihood_*.json written per batch", "score_sde/drivers/evaluate.py",
+      "            bar.update(len(logp))\n",
+      "            bar.update(len(logp))\n"
+      "            os.makedirs(os.path.join(workdir, 'likelihood'), exist_ok=True)\n"
+      "            outputs.write_json(os.path.join(workdir, 'likelihood', f'likelihood_{step}_partial.json'), "
+      "{'n': len(bpds)})\n",
+      "tests/test_user_facing.py::test_a_signal_during_a_mode_is_one_line_and_leaves_no_partial_output"),
+    M("Ctrl-C: the stop request honoured only at the last step", "score_sde/drivers/train.py",
+      "        if stop:\n", "        if stop and step >= tc.n_iters - 1:\n",
+      "tests/test_reliability.py::test_ctrl_c_stops_between_steps_after_the_save"),
+    M("CLD: log q(v0) with the wrong variance", "score_sde/cld.py",
+      "return self.join(x0, v0), _gauss_logp(v0, var)", "return self.join(x0, v0), _gauss_logp(v0, 1.5 * var)",
+      "tests/test_cld.py::test_likelihood_of_joint_state_and_velocity_elbo"),
+    M("split_to_uint8: levels scaled by 256 / L", "score_sde/metrics/evaluation.py",
+      "(255.0 / (num_levels - 1))", "(256.0 / num_levels)",
+      "tests/test_data.py::test_split_to_uint8_for_any_bit_depth"),
+)
+
+_IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "runs", "benchmarks/out")
+
+
+def copy_repo(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Copies the files git tracks or would track (not ignored) from src to dst."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=src,
+                         capture_output=True, check=True).stdout
+    for rel in filter(None, out.decode().split("\0")):
+        s, d = src / rel, dst / rel
+        if s.is_file():
+            d.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(s, d)
+
+
+@contextlib.contextmanager
+def applied(mutant: Mutant, root: pathlib.Path):
+    """Plants `mutant` in the copy at `root` for the duration of the block, then restores the file."""
+    path = root / mutant.file
+    original = path.read_bytes()
+    text = original.decode()
+    count = text.count(mutant.old)
+    if count != 1:
+        raise StaleMutant(f"{mutant.file}: the old text occurs {count} times (expected once): {mutant.old!r}")
+    path.write_text(text.replace(mutant.old, mutant.new, 1))
+    try:
+        yield path
+    finally:
+        path.write_bytes(original)
+
+
+def run_test(test: str, root: pathlib.Path, timeout: float) -> tuple[str, float, str]:
+    """(outcome "passed" / "failed" / "error", seconds, last lines of output) of one pytest node in root."""
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "error", time.perf_counter() - start, f"timed out after {timeout:.0f} s"
+    seconds = time.perf_counter() - start
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    tail = "\n".join(failed[:2] or lines[-3:])
+    outcome = {0: "passed", 1: "failed"}.get(proc.returncode, "error")
+    return outcome, seconds, tail
+
+
+def check(mutant: Mutant, root: pathlib.Path, timeout: float) -> tuple[str, float, str]:
+    """("caught" / "missed" / "error" / "stale", seconds, detail) for one mutant in the copy at root."""
+    try:
+        with applied(mutant, root):
+            outcome, seconds, tail = run_test(mutant.test, root, timeout)
+    except StaleMutant as err:
+        return "stale", 0.0, str(err)
+    return {"failed": "caught", "passed": "missed"}.get(outcome, "error"), seconds, tail
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--only", nargs="*", default=(), help="run the mutants whose name contains any of these")
+    parser.add_argument("--skip", nargs="*", default=(), help="leave out the mutants whose name contains any of these")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run")
+    parser.add_argument("--root", default=str(ROOT), help="the repository to copy (default: this one)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if (not args.only or any(s in m.name for s in args.only))
+              and not any(s in m.name for s in args.skip)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}  [{m.file}]  -> {m.test}")
+        return 0
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="score_sde_mutants_"))
+    tally: dict[str, int] = {}
+    try:
+        copy_repo(pathlib.Path(args.root), tmp)
+        for m in chosen:
+            verdict, seconds, detail = check(m, tmp, args.timeout)
+            tally[verdict] = tally.get(verdict, 0) + 1
+            print(f"{verdict:6s} {seconds:6.1f}s  {m.name}  -> {m.test}", flush=True)
+            if verdict in ("error", "stale", "caught"):
+                print("        " + detail.replace("\n", "\n        "), flush=True)
+    finally:
+        if args.keep:
+            print(f"copy kept at {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print("tally: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())) + f" (of {len(chosen)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

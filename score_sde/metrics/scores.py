@@ -176,6 +176,55 @@ def kid(features_a, features_b, num_subsets: int = 100, subset_size: int = 1000,
     return float(np.mean(vals)), float(np.std(vals))
 
 
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (len(a), len(b)) in float64, clipped at 0."""
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d, 0.0)
+
+
+def _knn_radii(x: np.ndarray, k: int, block: int) -> np.ndarray:
+    """Squared distance (N,) of each row of x to its k-th nearest other row."""
+    radii = np.empty(len(x))
+    for s in range(0, len(x), block):
+        d = _sq_distances(x[s: s + block], x)
+        d[np.arange(len(d)), np.arange(s, s + len(d))] = np.inf  # not its own neighbour
+        radii[s: s + block] = np.partition(d, k - 1, axis=1)[:, k - 1]
+    return radii
+
+
+def _coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarray, block: int) -> float:
+    """Share of `queries` inside at least one ball (manifold point, radius): the k-NN manifold test."""
+    inside = 0
+    for s in range(0, len(queries), block):
+        d = _sq_distances(queries[s: s + block], manifold)
+        inside += int(np.any(d <= radii[None, :], axis=1).sum())
+    return inside / len(queries)
+
+
+def precision_recall(real_features, fake_features, k: int = 3, block: int = 1000) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN manifolds.
+
+    The real manifold is the union of balls around each real feature with radius its distance to
+    the k-th nearest other real feature; precision is the share of fake features inside it.
+    Recall swaps the roles (the share of real features inside the fake manifold).
+
+    Args:
+      real_features: (N, F); fake_features: (M, F); both need more than k rows.
+      k: the neighbour that sets each radius (3, as the paper and StyleGAN2-ADA).
+      block: rows per distance block (memory: block x max(N, M) float64).
+
+    Returns:
+      (precision, recall), each in [0, 1].
+    """
+    real, fake = np.asarray(real_features, np.float64), np.asarray(fake_features, np.float64)
+    if min(len(real), len(fake)) <= k or real.shape[1:] != fake.shape[1:]:
+        raise ValueError(f"precision/recall need more than k={k} features per set, of one width; got "
+                         f"{real.shape} and {fake.shape}")
+    precision = _coverage(real, _knn_radii(real, k, block), fake, block)
+    recall = _coverage(fake, _knn_radii(fake, k, block), real, block)
+    return precision, recall
+
+
 def inception_score(logits, splits: int = 10) -> tuple[float, float]:
     """Inception Score: mean and std over `splits` of exp(E_x KL(p(y|x) || p(y))), p = softmax(logits).
 

@@ -412,13 +412,39 @@ def test_to_uint8():
 
 # ---- --mode=eval ---------------------------------------------------------------------------------
 
+def _lowrank_frechet(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """The Frechet distance for covariances of rank < 64 (fewer than 64 samples) without a 2048-d sqrtm
+    (minutes on 2 CPU cores): S = A A^T from an exact range finder, and tr (S1 S2)^(1/2) is the sum of
+    the singular values of A1^T A2 (the eigenvalues of S1 S2 are those of (A1^T A2)(A1^T A2)^T)."""
+    def factor(s):
+        q, _ = np.linalg.qr(s @ np.random.default_rng(0).standard_normal((len(s), 64)))
+        w, v = np.linalg.eigh(q.T @ s @ q)
+        return q @ v * np.sqrt(np.maximum(w, 0.0))
+
+    a1, a2 = factor(np.asarray(sigma1, np.float64)), factor(np.asarray(sigma2, np.float64))
+    root_trace = np.linalg.svd(a1.T @ a2, compute_uv=False).sum()
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * root_trace)
+
+
+def test_lowrank_frechet_equals_sqrtm():
+    """The test's low-rank Frechet distance equals scipy's sqrtm route on rank-deficient covariances."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((6, 40)), rng.standard_normal((12, 40)) * 1.3 + 0.2
+    sa, sb = metrics.feature_stats(a), metrics.feature_stats(b)
+    exact = metrics.frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
+    assert _lowrank_frechet(sa.mu, sa.sigma, sb.mu, sb.sigma) == pytest.approx(exact, rel=1e-6)
+
+
 @pytest.mark.slow
 def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
     """`--mode=eval`'s hook (`evaluate.inception_quality_of`) on a folder of 8x8 RGB images, with the
-    random-weight file and the exact score of N(0, I) under the VP SDE instead of a trained network:
-    the training split's reference is computed once and cached (pytorch-fid layout + KID features),
-    and FID/KID/IS are reported. The 2048-d sqrtm (minutes on 2 CPU cores) is replaced by a
-    recorder; its maths is tested above."""
+    random-weight file and the exact score of N(0, I) under the VP SDE instead of a trained network.
+    Every figure is recomputed here from independently made features: the samples redrawn with
+    the eval seed, the training split's PNGs read back by this test. FID (through `_lowrank_frechet`,
+    exact for these rank < 12 covariances, instead of the 2048-d sqrtm), KID, precision/recall and
+    IS must equal the samples-vs-training-split values: FID of the reference with itself (0) or KID
+    of the samples with themselves fails. The protocol and the weights' SHA-1 are in the result."""
     import equinox as eqx
     from PIL import Image
 
@@ -433,9 +459,10 @@ def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
             return -x
 
     root = tmp_path / "images"
-    for split, n in (("train", 12), ("test", 2)):
+    train = _images(12, size=8, seed=5)
+    for split, imgs in (("train", train), ("test", _images(2, size=8, seed=4))):
         (root / split).mkdir(parents=True)
-        for i, img in enumerate(_images(n, size=8, seed=len(split))):
+        for i, img in enumerate(imgs):
             Image.fromarray(img).save(root / split / f"{i}.png")
     c = get_default_configs()
     c.data.update(dataset="image_folder", data_dir=str(root), image_size=8, num_channels=3, num_levels=256)
@@ -443,25 +470,42 @@ def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
     c.sampling.ode.update(solver="euler", n_steps=2)
     c.eval.update(inception_weights=weights_file, num_samples=6, batch_size=4)
     workdir = str(tmp_path / "run")
-    calls = []
-
-    def recorded_fd(mu1, sigma1, mu2, sigma2, eps=1e-6):
-        calls.append((np.shape(mu1), np.shape(sigma1), np.shape(mu2), np.shape(sigma2)))
-        return 1.5
-
-    monkeypatch.setattr(scores_module, "frechet_distance", recorded_fd)
+    monkeypatch.setattr(scores_module, "frechet_distance", _lowrank_frechet)
     monkeypatch.setattr(evaluation, "INCEPTION_BATCH", 6)
     loaded = evaluate.Loaded(StandardNormalScore(), ss.VPSDE(), (8, 8, 3), 7)
     out = evaluate.inception_quality_of(c, workdir, loaded, os.path.join(workdir, "eval"))
-    assert out["fid"] == 1.5 and calls == [((2048,), (2048, 2048), (2048,), (2048, 2048))]
-    assert out["num_samples"] == 6 and np.isfinite(out["kid"]) and out["inception_score"] >= 1.0
+
+    # independent features: redrawn samples (eval's documented seed: config.seed + 3), the PNGs read back
+    net = metrics.load_inception(weights_file, cache_dir=str(tmp_path / "own"))
+    samples = np.concatenate(list(evaluate.sample_batches(c, loaded, 6, 4, c.seed + 3)))
+    sample_feats, sample_logits = metrics.inception_outputs(net, metrics.to_uint8(samples, c.data.centered), 6)
+    train_png = np.stack([np.asarray(Image.open(root / "train" / f"{i}.png")) for i in range(12)])
+    np.testing.assert_array_equal(train_png, train)
+    train_feats = metrics.inception_features(net, train_png, 6)
+    s_stats, t_stats = metrics.feature_stats(sample_feats), metrics.feature_stats(train_feats)
+    expected_fid = _lowrank_frechet(s_stats.mu, s_stats.sigma, t_stats.mu, t_stats.sigma)
+    assert expected_fid > 1.0 and out["fid"] == pytest.approx(expected_fid, rel=1e-4)
     ref = os.path.join(workdir, "inception_image_folder_train.npz")
     assert out["reference"] == ref
     with np.load(ref) as f:
         assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048) and f["kid_features"].shape == (12, 2048)
+        ref_kid = f["kid_features"][:]
+    order = lambda a: a[np.lexsort(a[:, :4].T)]  # noqa: E731  (the split's file order is its own)
+    np.testing.assert_allclose(order(ref_kid), order(train_feats), rtol=1e-4, atol=1e-4 * np.abs(train_feats).max())
+    kid_mean, kid_std = metrics.kid(sample_feats, ref_kid)
+    assert out["kid"] == pytest.approx(kid_mean, rel=1e-3, abs=1e-3 * abs(kid_mean))
+    assert abs(kid_mean) > 1e-3 and abs(metrics.kid(sample_feats, sample_feats)[0] - kid_mean) > 0.1 * abs(kid_mean)
+    assert (out["precision"], out["recall"]) == pytest.approx(metrics.precision_recall(ref_kid, sample_feats))
+    assert out["inception_score"] == pytest.approx(metrics.inception_score(sample_logits)[0], rel=1e-4)
+    assert out["num_samples"] == 6 and out["weights_sha1"] == metrics.file_sha1(weights_file)
+    proto = out["protocol"]
+    assert proto["num_samples"] == 6 and proto["final_denoising_step"] is True and proto["sampler"] == "ode"
+    assert proto["weights_sha1"] == out["weights_sha1"] and proto["reference"] == "training split of image_folder"
+    assert "uint8" in proto["samples"] and "EMA" in proto["model_weights"]
     assert os.path.exists(os.path.join(workdir, "pt_inception-2015-12-05-test.npz"))  # converted weights, cached
     stats_hash = outputs.options_hash(evaluate.eval_options(c))  # outputs are named by their options' hash
-    assert os.path.exists(os.path.join(workdir, "eval", f"inception_stats_7_ode_{stats_hash}.npz"))
+    saved = metrics.load_stats(os.path.join(workdir, "eval", f"inception_stats_7_ode_{stats_hash}.npz"))
+    np.testing.assert_allclose(saved.mu, s_stats.mu, rtol=1e-4, atol=1e-5 * np.abs(s_stats.mu).max())
     with pytest.raises(ValueError, match="not an image dataset"):
         evaluation.check_image_data((2,), "moons")
     c.eval.num_samples = 1

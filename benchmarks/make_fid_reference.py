@@ -17,7 +17,7 @@ It writes two small files that tests/test_metrics.py compares with, without torc
     uint8 images: 4 of 28x28x1 (grey repeated to RGB, as MNIST) and 4 of 32x32x3 (as CIFAR-10);
   * `tests/data/fid_pytorch_fid_golden.npz`: pytorch-fid's own `FIDInceptionV3` under the tests'
     seeded random state dict (`_random_state_dict(0)` of test_metrics.py): pool3 and logits of 2
-    fixed 16x16 images, resized to 75x75 by torch's bilinear (as `net` in the tests).
+    fixed 16x16 images, resized to 139x139 by torch's bilinear (Mixed_7c then pools a 3x3 map).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, os.pardir, "tests", "data")
 RAW_SEED, RAW_N = 0, 2
-SMALL = 75
+GOLDEN_SIZE = 139  # Mixed_7c sees 3 x 3 (at 75 x 75 it sees 1 x 1, where max and average pools agree)
 
 
 def raw_inputs(seed: int = RAW_SEED, n: int = RAW_N) -> np.ndarray:
@@ -82,7 +82,7 @@ def torch_side(work: str) -> None:
     images = np.load(os.path.join(work, "golden_images.npy"))
     with torch.no_grad():
         x = torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
-        x = F.interpolate(x, size=(SMALL, SMALL), mode="bilinear", align_corners=False)  # pytorch-fid's resize
+        x = F.interpolate(x, size=(GOLDEN_SIZE, GOLDEN_SIZE), mode="bilinear", align_corners=False)  # pytorch-fid's resize
         pool = model(x)[0][:, :, 0, 0]
         logits = F.linear(pool, sd["fc.weight"], sd["fc.bias"])
     np.savez(os.path.join(work, "golden.npz"), pool=pool.numpy(), logits=logits.numpy())
@@ -122,7 +122,7 @@ def main() -> int:
     np.savez_compressed(os.path.join(DATA, "fid_tf2015_reference.npz"), raw_seed=RAW_SEED, raw_sha1=raw_sha1,
                         weights_sha1="a16e4d89c0ecbc17a915dd76ea9e41211aa82562", **images, **tf)
     np.savez_compressed(os.path.join(DATA, "fid_pytorch_fid_golden.npz"), images=golden_images, seed=0,
-                        resize_to=SMALL, **golden)
+                        resize_to=GOLDEN_SIZE, **golden)
     for name in ("fid_tf2015_reference.npz", "fid_pytorch_fid_golden.npz"):
         print(f"wrote tests/data/{name} ({os.path.getsize(os.path.join(DATA, name)):,} bytes)")
     return 0

@@ -206,16 +206,18 @@ def test_reference_stats_cached_in_pytorch_fid_layout(net, tmp_path):
         metrics.load_stats(str(tmp_path / "other.npz"))
 
 
-def test_flax_inception_matches_pytorch_fid_golden(net):
+def test_flax_inception_matches_pytorch_fid_golden(state_dict):
     """pytorch-fid's own FIDInceptionV3 (torch 2.14.1, pytorch-fid 0.3.0) under `_random_state_dict(0)`,
-    2 images of 16x16 resized to 75x75 by torch's bilinear: pool3 and logits within 1e-4 of the
-    largest value (measured 8.9e-7 and 1.2e-6). Pool padding counted, an average pool in Mixed_7c,
-    no 2x - 1 scaling or batch-norm eps 1e-5 each move them by far more (see the report in README)."""
+    2 images of 16x16 resized to 139x139 by torch's bilinear (so Mixed_7c pools a 3x3 map; at 75x75
+    it is 1x1 and a max pool equals an average pool): pool3 and logits within 1e-4 of the largest
+    value (measured 7.0e-7 and 1.0e-6). Caught (benchmarks/mutants_metrics.py): pool padding
+    counted, an average pool in Mixed_7c, no 2x - 1 scaling, batch-norm eps 1e-5."""
     g = np.load(os.path.join(DATA, "fid_pytorch_fid_golden.npz"))
-    assert int(g["seed"]) == 0 and int(g["resize_to"]) == SMALL
+    assert int(g["seed"]) == 0
+    net = metrics.inception_net(metrics.state_dict_to_variables(state_dict), resize_to=int(g["resize_to"]))
     pool, logits = metrics.inception_outputs(net, g["images"], batch_size=2)
     for got, ref in ((pool, g["pool"]), (logits, g["logits"])):
-        assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref))
+        assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref)), np.max(np.abs(got - ref)) / np.max(np.abs(ref))
 
 
 def _default_1_or_skip():

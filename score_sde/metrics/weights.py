@@ -463,5 +463,6 @@ def load_inception_variables(weights_path: str, cache_dir: str | None = None) ->
     return load_weights(weights_path, cache_dir).variables
 
 
-__all__ = ["WeightsError", "InceptionWeights", "load_weights", "find_weights", "file_sha1", "read_state_dict", "write_state_dict", "expected_state_dict_shapes",
+__all__ = ["WeightsError", "InceptionWeights", "load_weights", "find_weights", "file_sha1", "read_state_dict",
+           "write_state_dict", "expected_state_dict_shapes",
            "state_dict_to_variables", "load_inception_variables"]

@@ -39,6 +39,8 @@ MUTANTS = [  # name, file, old, new, test
      T + "test_eval_reports_fid_kid_is"),
     ("precision_recall_swapped", EV, "F.precision_recall(ref_kid, feats, k=PR_K)",
      "F.precision_recall(feats, ref_kid, k=PR_K)", T + "test_eval_reports_fid_kid_is"),
+    ("reference_of_other_weights_used", EV, "if sha1 is not None and net.sha1 and sha1 != net.sha1:", "if False:",
+     T + "test_eval_reports_fid_kid_is"),
     ("tf2015_scaling_2x_minus_1", INC, "x01 * (255.0 / 128.0) - 1.0", "x01 * 2.0 - 1.0",
      T + "test_tf2015_matches_the_torchscript_module_and_its_pipeline"),
     ("tf2015_half_pixel_resize", INC, 'half_pixel=self.variant == "pytorch_fid"', "half_pixel=True",

@@ -40,26 +40,47 @@ def _config_error(e: BaseException, argv: list[str]) -> str:
            a.split("=", 1)[0].split(".")[-1] == key]
     message = f"unknown config key {key!r} in {', '.join(bad) or 'the overrides'}. {str(inner)[len(key) + 2:]}"
     for b in bad:
-        parts = b.lstrip("-").split(".")
-        if parts[:2] == ["config", "sampling"] and len(parts) == 3:
-            message += f" Sampler options are set per sampler: --config.sampling.<method>.{key}=..."
-        elif parts[:2] == ["config", "sampling"] and len(parts) == 4:
-            from score_sde import solvers
-
-            if parts[2] in solvers.SAMPLERS:
-                message += f" Options of sampler {parts[2]!r}: {', '.join(solvers.options(parts[2]))}."
+        message += _sampling_hint(b.lstrip("-").split("."), key)
     return message.strip()
 
 
+def _sampling_hint(parts: list[str], key: str) -> str:
+    """What is valid instead of an unknown `config.sampling...` key (parts of the flag name), or ""."""
+    if parts[:2] != ["config", "sampling"] or len(parts) not in (3, 4):
+        return ""
+    from score_sde import solvers
+
+    if len(parts) == 3:  # the old flat form, --config.sampling.n_steps
+        from configs.default import get_default_configs
+
+        having = [n for n in solvers.names() if key in solvers.options(n)]
+        keys = sorted(k for k, v in get_default_configs().sampling.items() if not hasattr(v, "keys"))
+        valid = (f" Keys of sampling: {', '.join(keys)}; sampler options: --config.sampling.<method>.<option> "
+                 f"for the samplers {', '.join(solvers.names())}.")
+        if not having:
+            return valid
+        who = "every sampler" if having == solvers.names() else f"the samplers {', '.join(having)}"
+        return (f" Sampler options are set per sampler: --config.sampling.<method>.{key}=... ({key} is an option of "
+                f"{who}, e.g. --config.sampling.{having[0]}.{key}).{valid}")
+    if parts[2] not in solvers.SAMPLERS:
+        return ""
+    hint = f" Options of sampler {parts[2]!r}: {', '.join(solvers.options(parts[2]))}."
+    if key == "nfe":
+        hint += (f" {parts[2]} has no nfe= preset (those are: {', '.join(solvers.budget_names())}); set its "
+                 f"n_steps instead.")
+    return hint
+
+
 try:  # the default config file is loaded, with the overrides applied, when the flag is defined
-    config_flags.DEFINE_config_file("config", "configs/digits_vp.py", "Experiment config file.", lock_config=True)
+    config_flags.DEFINE_config_file("config", "configs/digits_vp.py", "Experiment config file; override any key with "
+                                    "--config.<key>=<value>. Every key with its value and help: --mode=show_config.",
+                                    lock_config=True)
 except _CONFIG_ERRORS as err:
     _fail(_config_error(err, sys.argv))
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and results.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "likelihood", "eval", "edit", "train_classifier"],
-                  "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "likelihood", "eval", "edit", "train_classifier", "show_config"],
+                  "What to run; show_config prints every config key with its value and help (no --workdir needed).")
 flags.DEFINE_string("checkpoints", "latest", "eval/sample/likelihood: 'latest', 'all', or steps like 1000,2000.")
-flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
@@ -104,6 +125,24 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(f"loading the config file {path or 'configs/digits_vp.py'} failed: {type(e).__name__}: {e}")
 
 
+def show_config(config) -> None:
+    """Prints every key of the loaded config (overrides applied) as `key = value  # help`.
+
+    The help comes from the comments of configs/default.py and of the config file, and from each
+    sampler's docstring for `sampling.<method>.<option>`.
+    """
+    from configs import default
+    from score_sde.plumbing import config_help
+
+    key_help = {}
+    for path in (_config_path(sys.argv[1:]), default.__file__):  # default.py's wording wins
+        if path:
+            with open(path.split(":", 1)[0]) as f:
+                key_help.update(config_help.comment_help(f.read()))
+    print(f"# {_config_path(sys.argv[1:]) or 'configs/digits_vp.py'}; set a key with --config.<key>=<value>")
+    print("\n".join(config_help.describe(config, key_help)))
+
+
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -114,8 +153,14 @@ def main(argv):
         _fail(_config_error(e, sys.argv))
     except Exception as e:  # noqa: BLE001  (the config file's own code raised while loading)
         _fail(f"loading the config file failed: {type(e).__name__}: {e}")
+    if FLAGS.mode == "show_config":
+        show_config(config)
+        return
+    if FLAGS.workdir is None:
+        _fail(f"--workdir is required for --mode={FLAGS.mode} (the directory for checkpoints, logs and outputs)")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    from score_sde import cli, config_utils
+    from score_sde import config_utils
+    from score_sde.drivers import cli
 
     others = config_utils.sampler_overrides_for_other_samplers(sys.argv, config.sampling.method)
     if others:

@@ -24,7 +24,8 @@ import os
 import numpy as np
 
 from configs import digits_cld, digits_vp
-from score_sde import data, evaluate
+from score_sde import data
+from score_sde.drivers import evaluate
 
 
 def samplers_at(model: str, nfe: int) -> dict[str, tuple[str, dict]]:

@@ -93,10 +93,10 @@ def compile_aot(jitted, *args, **kwargs):
 
 def timed_split(fn, *args, **kwargs):
     """(compile seconds, run seconds, output) of one call with its output blocked on: the compile
-    share is what JAX reported compiling during the call (`score_sde.timing.Timer`), the run share
+    share is what JAX reported compiling during the call (`score_sde.plumbing.timing.Timer`), the run share
     the rest of the wall time. For calls that compile inside (library functions that jit internally)
     where `compile_aot` cannot reach the jitted function."""
-    from score_sde.timing import Timer
+    from score_sde.plumbing.timing import Timer
 
     with Timer() as t:
         out = jax.block_until_ready(fn(*args, **kwargs))

@@ -24,7 +24,8 @@ import numpy as np
 
 from benchmarks.common import timed_split, write_result
 from configs.digits_vp import get_config
-from score_sde import data, edit, evaluate, inverse, quality, solvers
+from score_sde import data, edit, inverse, quality, solvers
+from score_sde.drivers import evaluate
 
 
 def main():

@@ -32,7 +32,8 @@ import numpy as np
 
 import score_sde.solvers as solvers
 from benchmarks.common import write_result
-from score_sde import data, evaluate, quality
+from score_sde import data, quality
+from score_sde.drivers import evaluate
 from score_sde.solvers import grid_opt
 
 # label -> (sampler name, options for a budget of nfe evaluations)

@@ -5,7 +5,7 @@
 
 Sections (each one prints its error and the script goes on if it fails):
   devices      what JAX sees;
-  train        the real pmapped training step of score_sde.train (continuous DSM, DDPM++, VP SDE) on
+  train        the real pmapped training step of score_sde.drivers.train (continuous DSM, DDPM++, VP SDE) on
                synthetic data: step time, steps/s, images/s;
   score_eval   one network score evaluation at the sampling batch: the baseline every sampler is set against;
   sample:*     euler_maruyama-1000, pc-1000 (reverse diffusion + Langevin), ode (dopri5, rtol = atol = 1e-5),
@@ -45,7 +45,8 @@ import scipy.integrate
 
 from benchmarks.common import Programs, machine_description, run_timed, write_result
 from configs import cifar10_vp
-from score_sde import config_utils, models, solvers, train
+from score_sde import config_utils, models, solvers
+from score_sde.drivers import train
 from score_sde.likelihood import log_likelihood
 from score_sde.sde import default_eps, probability_flow_drift
 
@@ -121,7 +122,7 @@ def devices(rep: Report) -> None:
 
 
 def train_throughput(rep: Report, progs: Programs, config, size: Size, shape, model, sde, params) -> None:
-    """The pmapped step of score_sde.train on a resident synthetic batch; compile = first call - warm step.
+    """The pmapped step of score_sde.drivers.train on a resident synthetic batch; compile = first call - warm step.
 
     The step compiles while the sampler programs do; the steps are timed once every compile is done.
     """

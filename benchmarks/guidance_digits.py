@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.digits_cond import get_config
-from score_sde import bpd, data, evaluate, guidance, likelihood, quality, timing
+from score_sde import bpd, data, guidance, likelihood, quality
+from score_sde.drivers import evaluate
+from score_sde.plumbing import timing
 
 
 def agreement(clf, samples, labels, centered=True) -> tuple[float, float]:
@@ -90,7 +92,8 @@ def test_bpd(config, loaded, test: data.Split, true_labels: bool) -> tuple[float
 def step_time(out: str, rounds: int = 5, steps: int = 50) -> dict:
     """Seconds per training step of digits_cond and digits_vp (best round), and their ratio."""
     from configs import digits_vp
-    from score_sde import config_utils, train
+    from score_sde import config_utils
+    from score_sde.drivers import train
 
     timed = {}
     for name, config in (("digits_vp", digits_vp.get_config()), ("digits_cond", get_config())):

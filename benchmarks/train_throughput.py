@@ -31,7 +31,8 @@ import numpy as np
 from benchmarks.common import write_result
 from configs import cifar10_vp, digits_vp
 from configs.default import get_default_configs
-from score_sde import config_utils, data, train
+from score_sde import config_utils, data
+from score_sde.drivers import train
 
 
 class RandomImages:

@@ -14,8 +14,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.seed = 42
 
     config.data = data = ml_collections.ConfigDict()
-    data.dataset = "digits"          # digits | toy_gmm | checkerboard | moons | swiss_roll | cifar10 | image_folder | any TFDS name
+    data.dataset = "digits"          # digits | toy_gmm | checkerboard | moons | swiss_roll | mnist | cifar10 | image_folder | any TFDS name
     data.data_dir = ""               # local files for real datasets (nothing is downloaded)
+    data.verify_sha256 = True        # mnist: check the decoded split against the published SHA-256
     data.image_size = 8
     data.num_channels = 1
     data.centered = True             # scale to [-1, 1] (False: [0, 1])
@@ -35,6 +36,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet"              # mlp | unet | ddpmpp | ncsnpp
     model.ema_rate = 0.999
+    model.ema_warmup = True          # EMA decay min(ema_rate, (1 + n) / (10 + n)) at step n (False: ema_rate from step 0)
     model.nf = 32
     model.ch_mult = (1, 2)
     model.num_res_blocks = 1

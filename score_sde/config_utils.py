@@ -60,23 +60,52 @@ def sampler_options_config() -> ml_collections.ConfigDict:
     Derived from the samplers themselves (`solvers.option_defaults`), so a new option or sampler
     appears on the command line without a hand-kept list. An option whose default is None (e.g.
     `eps`: the SDE's convention, or ode's `n_steps`: adaptive) is a typed placeholder, settable as
-    `--config.sampling.ode.n_steps=50`.
+    `--config.sampling.ode.n_steps=50`. Every sampler with an `nfe=` preset (`solvers.budget_names()`)
+    also has `nfe` (None: unset): `--config.sampling.unipc.nfe=10` is `solvers.get("unipc", nfe=10)`.
     """
     out = ml_collections.ConfigDict()
     for name in solvers.names():
-        out[name] = ml_collections.ConfigDict({
-            option: config_dict.placeholder(kind) if default is None else default
-            for option, (default, kind) in solvers.option_defaults(name).items()})
+        opts = {option: config_dict.placeholder(kind) if default is None else default
+                for option, (default, kind) in solvers.option_defaults(name).items()}
+        if name in solvers.budget_names():
+            opts.setdefault("nfe", config_dict.placeholder(int))
+        out[name] = ml_collections.ConfigDict(opts)
     return out
 
 
 def sampler_from_config(sampling) -> solvers.Sampler:
     """`config.sampling` -> the sampler named by `sampling.method`, with the options in
-    `sampling.<method>` (unknown names raise ValueError listing the valid samplers)."""
+    `sampling.<method>` (unknown names raise ValueError listing the valid samplers).
+
+    `sampling.<method>.nfe = K` with every other option at the sampler's default is the tuned
+    preset `solvers.get(method, nfe=K)` (`sampler_opts`)."""
     name = sampling.method
     solvers.options(name)  # raises ValueError listing the samplers if the name is unknown
     opts = {k: tuple(v) if isinstance(v, list) else v for k, v in sampling[name].items()}
-    return solvers.get(name, **opts)
+    return solvers.get(name, **sampler_opts(name, opts))
+
+
+def sampler_opts(name: str, opts: dict) -> dict:
+    """The keyword arguments of `solvers.get(name, ...)` for the config's options of sampler `name`.
+
+    Without `nfe` (or `nfe` None): the options as they are. With `nfe = K` and every other option at
+    the sampler's default: `{"nfe": K}`, the preset of `solvers.get(name, nfe=K)`. With `nfe` and other
+    options changed: all of them for dpm_solver (its own `nfe` budget option, as in `solvers.get`),
+    a ValueError for the other samplers (a preset fixes their options).
+    """
+    nfe = opts.get("nfe")
+    own = solvers.options(name)
+    if nfe is None:
+        return {k: v for k, v in opts.items() if k in own}
+    defaults = {k: d for k, (d, _) in solvers.option_defaults(name).items()}
+    changed = sorted(k for k, v in opts.items() if k != "nfe" and v != defaults.get(k))
+    if not changed:
+        return {"nfe": nfe}
+    if "nfe" in own:
+        return opts
+    raise ValueError(f"sampling.{name}.nfe={nfe} picks {name}'s preset for {nfe} score evaluations, which sets its "
+                     f"other options; it cannot be combined with sampling.{name}.{', '.join(changed)}: drop "
+                     f"{'them' if len(changed) > 1 else 'it'}, or set sampling.{name}.n_steps instead of nfe")
 
 
 def sampler_overrides_for_other_samplers(argv: list[str], method: str) -> list[str]:
@@ -91,4 +120,4 @@ def sampler_overrides_for_other_samplers(argv: list[str], method: str) -> list[s
     return bad
 
 
-__all__ = ["sampler_from_config", "sampler_options_config", "sampler_overrides_for_other_samplers", "sde_from_config", "model_from_config", "discrete_loss_name"]
+__all__ = ["sampler_from_config", "sampler_opts", "sampler_options_config", "sampler_overrides_for_other_samplers", "sde_from_config", "model_from_config", "discrete_loss_name"]

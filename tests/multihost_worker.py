@@ -18,7 +18,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs.default import get_default_configs  # noqa: E402
-from score_sde import train  # noqa: E402
+from score_sde.drivers import train  # noqa: E402
 
 GLOBAL_BATCH, N_ITERS = 16, 4
 

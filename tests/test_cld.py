@@ -259,7 +259,7 @@ def test_network_parameterisation_shapes():
 def test_cli_train_sample_likelihood(tmp_path):
     """configs/digits_cld.py with a tiny MLP: train 2 steps, sample with SSCS, ELBO bits/dim (in process)."""
     from configs import digits_cld
-    from score_sde import cli
+    from score_sde.drivers import cli
 
     c = digits_cld.get_config()
     c.model.name, c.model.hidden = "mlp", (32, 32)

@@ -9,11 +9,14 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from score_sde import solvers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.model.name=mlp", "--config.model.hidden=(32,32)", "--config.training.n_iters=4",
@@ -51,11 +54,15 @@ def tree(path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A workdir trained for 4 steps, then resumed to 6 (checkpoints every 2 steps)."""
+    """A workdir trained for 4 steps, then resumed to 6 (checkpoints every 2 steps).
+
+    Without the EMA warm-up: 6 steps at lr ~2e-6 leave the EMA at the (near-zero output) initial
+    network, whose probability-flow round trip the edit test's 1e-2 tolerance assumes; the EMA
+    warm-up is tested in test_train.py."""
     workdir = tmp_path_factory.mktemp("cli") / "run"
-    first = ok(run_cli(workdir, "train"))
+    first = ok(run_cli(workdir, "train", "--config.model.ema_warmup=False"))
     first_steps = steps_saved(workdir)
-    second = ok(run_cli(workdir, "train", "--config.training.n_iters=6"))
+    second = ok(run_cli(workdir, "train", "--config.training.n_iters=6", "--config.model.ema_warmup=False"))
     return workdir, first, first_steps, second
 
 
@@ -75,6 +82,42 @@ def one_file(folder, pattern):
     found = sorted(folder.glob(pattern))
     assert len(found) == 1, found
     return found[0]
+
+
+README = (ROOT / "README.md").read_text()
+# What each <placeholder> of a file name quoted in README stands for.
+PLACEHOLDERS = {"step": r"\d+", "hash": r"[0-9a-f]{6}", "method": "|".join(solvers.names()),
+                "divergence": "exact|hutchinson", "task": "inpaint|colorize|sdedit|interpolate"}
+
+
+def readme_regex(quote, placeholders=PLACEHOLDERS):
+    """A README quote as a regex: each <name> is its placeholder's pattern (an unknown name fails the
+    test: add it above; with placeholders=None every <name> is literal), `...` is anything, the rest
+    is literal."""
+    parts = re.split(r"(<[\w ]+>|\.\.\.)", quote)
+    out = []
+    for part in parts:
+        if part == "...":
+            out.append(".*")
+        elif part.startswith("<") and part.endswith(">") and placeholders is not None:
+            out.append(f"(?:{placeholders[part[1:-1]]})")
+        else:
+            out.append(re.escape(part))
+    return "".join(out)
+
+
+def assert_readme_names(workdir, folder, not_made=()):
+    """Every output file name README quotes under `folder/` (in backticks, with <placeholders>) is the
+    name of a file the command wrote there, except those in `not_made` (outputs this run cannot make)."""
+    names = sorted(p.name for p in (workdir / folder).iterdir())
+    quotes = [q for q in re.findall(r"`([^`\s]+)`", README)  # file names: <placeholders> and an extension
+              if q.startswith(f"{folder}/") and "<" in q and re.search(r"\.[a-z]+$", q)]
+    assert quotes, f"README quotes no file name under {folder}/"
+    for quote in quotes:
+        if quote not in not_made:
+            name = quote.split("/", 1)[1]
+            found = any(re.fullmatch(readme_regex(name), n) for n in names)
+            assert found, f"README's `{quote}`: no such file in {names}"
 
 
 def check_samples(workdir, method, step=6, n=16, out="samples"):
@@ -100,6 +143,7 @@ def test_sample_ode(trained):
     ok(run_cli(workdir, "sample", *ODE, *FEW_SAMPLES))
     summary = check_samples(workdir, "ode")
     assert summary["nfe"] <= 6  # 5 Euler steps (+ at most one denoising evaluation)
+    assert_readme_names(workdir, "samples")
 
 
 @pytest.mark.slow
@@ -108,6 +152,26 @@ def test_sample_pc(trained):
     ok(run_cli(workdir, "sample", *PC, *FEW_SAMPLES))
     summary = check_samples(workdir, "pc")
     assert summary["nfe"] >= 10  # 5 predictor + 5 corrector steps
+
+
+@pytest.mark.slow
+def test_sample_nfe_preset(trained):
+    """--config.sampling.unipc.nfe=4 draws exactly the samples of the preset's settings spelt out
+    (UniPCSampler.for_budget(4): those of solvers.get("unipc", nfe=4)), and they differ from unipc's defaults."""
+    workdir, made = trained[0], set()
+
+    def new_samples(*args):
+        ok(run_cli(workdir, "sample", "--config.sampling.method=unipc", *args, *FEW_SAMPLES))
+        [path] = set(map(str, (workdir / "samples").glob("samples_6_unipc_*.npz"))) - made
+        made.add(path)
+        return np.load(path)["samples"]
+
+    preset = solvers.SAMPLERS["unipc"].for_budget(4)
+    assert solvers.get("unipc", **preset) == solvers.get("unipc", nfe=4) != solvers.get("unipc", n_steps=4)
+    by_nfe = new_samples("--config.sampling.unipc.nfe=4")
+    spelt_out = new_samples(*[f"--config.sampling.unipc.{k}={v}" for k, v in preset.items()])
+    np.testing.assert_array_equal(by_nfe, spelt_out)
+    assert not np.array_equal(by_nfe, new_samples("--config.sampling.unipc.n_steps=4"))
 
 
 @pytest.mark.slow
@@ -121,6 +185,7 @@ def test_likelihood(trained):
     assert math.isfinite(result["standard_error"]) and result["standard_error"] >= 0.0
     assert result["nfe_mean"] > 0 and result["divergence"] == "hutchinson"
     assert '"bits_per_dim"' in proc.stdout
+    assert_readme_names(workdir, "likelihood")
 
 
 @pytest.mark.slow
@@ -133,6 +198,7 @@ def test_eval_one_checkpoint(trained):
     check_samples(workdir, "ode", step=4, out="eval")
     assert result["quality"]["num_samples"] == 16
     assert not list((workdir / "eval").glob("eval_6*"))  # only the requested checkpoint
+    assert_readme_names(workdir, "eval", not_made=["eval/inception_stats_<step>_<method>_<hash>.npz"])  # FID weights
 
 
 @pytest.mark.slow
@@ -166,6 +232,15 @@ ERRORS = {
                                          ["unknown config key 'nokey'", "--config.training.nokey"]),
     "batch_not_divisible": (["--mode=train", "--config.training.batch_size=7"],
                             ["training.batch_size=7", "not divisible by the 2 devices"]),
+    "flat_sampler_option": (["--mode=sample", "--config.sampling.n_steps=5"],
+                            ["unknown config key 'n_steps'", "--config.sampling.<method>.n_steps=...",
+                             "--config.sampling.ddim.n_steps", "Keys of sampling: batch_size, class_label",
+                             ", ".join(solvers.names())]),
+    "nfe_without_preset": (["--mode=sample", "--config.sampling.method=ode", "--config.sampling.ode.nfe=10"],
+                           ["unknown config key 'nfe'", "ode has no nfe= preset", ", ".join(solvers.budget_names())]),
+    "nfe_with_other_options": (["--mode=sample", "--config.sampling.method=unipc", "--config.sampling.unipc.nfe=10",
+                                "--config.sampling.unipc.order=3"],
+                               ["sampling.unipc.nfe=10 picks unipc's preset", "sampling.unipc.order"]),
 }
 
 
@@ -221,5 +296,31 @@ def test_edit_inpaint_and_interpolate(trained):
     assert path.shape == (1, 3, 8, 8, 1)
     np.testing.assert_allclose(path[0, 0], x[0], atol=1e-2)
     np.testing.assert_allclose(path[0, -1], x[1], atol=1e-2)
+    assert_readme_names(workdir, "edit")
     proc = run_cli(workdir, "edit", "--config.edit.task=colorize")
     assert proc.returncode == 2 and "colorize needs RGB data" in proc.stderr
+
+
+# The user errors whose one line README quotes (`error: ...` in backticks).
+README_ERROR_CASES = ("unknown_sampler", "flat_sampler_option", "nfe_without_preset")
+
+
+def error_line(args, workdir):
+    """The one stderr line of `python main.py --workdir=workdir TINY args` (a user error)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env.pop("SCORE_SDE_DEBUG", None)
+    cmd = [sys.executable, "main.py", f"--workdir={workdir}", *TINY, *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_readme_error_quotes_are_what_the_cli_prints(tmp_path):
+    """Every `error: ...` line quoted in README is, up to its `...` elisions, the line main.py prints
+    for one of README_ERROR_CASES: a changed message fails here until README follows."""
+    quotes = re.findall(r"`(error: [^`]+)`", README)
+    assert len(quotes) >= len(README_ERROR_CASES)
+    printed = [error_line(ERRORS[case][0], tmp_path / case) for case in README_ERROR_CASES]
+    for quote in quotes:
+        assert any(re.fullmatch(readme_regex(quote, None), line) for line in printed), (quote, printed)

@@ -18,7 +18,9 @@ import pytest
 from PIL import Image
 
 from configs.default import get_default_configs
-from score_sde import classifier, config_utils, data, evaluate, losses, models, schema, train
+from score_sde import config_utils, data, losses, models
+from score_sde.drivers import classifier, evaluate, train
+from score_sde.plumbing import schema
 
 from helpers import write_cifar_files
 

@@ -330,8 +330,8 @@ def test_tfds_data_source_path_with_a_stand_in_module(tmp_path, monkeypatch):
 
 # --- user errors ------------------------------------------------------------------------------
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'.*cifar10.*digits.*image_folder.*toy_gmm"):
-        data.get_dataset(make_config(dataset="mnist"))
+    with pytest.raises(ValueError, match="unknown dataset 'fashion_mnist'.*cifar10.*digits.*image_folder.*toy_gmm"):
+        data.get_dataset(make_config(dataset="fashion_mnist"))
 
 
 def test_indivisible_global_batch_names_both_numbers():

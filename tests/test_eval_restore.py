@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from configs.default import get_default_configs
-from score_sde import cli, data, evaluate, train
+from score_sde import data
+from score_sde.drivers import cli, evaluate, train
 
 
 def tiny_digits_config():

@@ -465,7 +465,8 @@ def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
 
     import score_sde as ss
     from configs.default import get_default_configs
-    from score_sde import evaluate, outputs
+    from score_sde.drivers import evaluate
+    from score_sde.plumbing import outputs
     from score_sde.metrics import evaluation
     from score_sde.metrics import scores as scores_module
 

@@ -1,5 +1,5 @@
 """Reliability (issue 15): invalid values rejected up front, corrupt checkpoints, the workdir lock,
-divergence, and the library's own checks. In-process through `score_sde.cli.run` where possible;
+divergence, and the library's own checks. In-process through `score_sde.drivers.cli.run` where possible;
 the signal and lock-contention checks share one subprocess pair (test_reliability_cli.py).
 
 One tiny digits run (an MLP, 4 steps, checkpoints at 2 and 4) is trained once per module and copied
@@ -18,7 +18,8 @@ import pytest
 
 import score_sde as ss
 from configs.default import get_default_configs
-from score_sde import checkpoint, cli, evaluate, schema, train
+from score_sde.drivers import cli, evaluate, train
+from score_sde.plumbing import checkpoint, schema
 
 
 def tiny_config():

@@ -11,7 +11,8 @@ def test_every_option_of_every_sampler_is_in_the_config_with_its_default():
     config builds each sampler equal to its no-argument construction."""
     config = get_default_configs()
     for name in solvers.names():
-        assert set(config.sampling[name].keys()) == set(solvers.options(name)), name
+        preset = {"nfe"} if name in solvers.budget_names() else set()  # the nfe= preset key (None: unset)
+        assert set(config.sampling[name].keys()) == set(solvers.options(name)) | preset, name
         config.sampling.method = name
         assert config_utils.sampler_from_config(config.sampling) == solvers.get(name), name
 
@@ -48,3 +49,28 @@ def test_flags_for_another_sampler_are_found():
             "--config.sampling.ode.rtol=1e-3", "--config.sampling.num_samples=4"]
     assert config_utils.sampler_overrides_for_other_samplers(argv, "ode") == ["--config.sampling.pc.snr"]
     assert config_utils.sampler_overrides_for_other_samplers(argv, "pc") == ["--config.sampling.ode.rtol"]
+
+
+def test_nfe_alone_is_the_library_preset():
+    """`sampling.<method>.nfe = 20` with the other options at their defaults builds exactly
+    `solvers.get(method, nfe=20)` for every sampler with a preset (which differs from its defaults)."""
+    for name in solvers.budget_names():
+        config = get_default_configs()
+        config.sampling.method = name
+        config.sampling[name].nfe = 20
+        sampler = config_utils.sampler_from_config(config.sampling)
+        assert sampler == solvers.get(name, nfe=20), name
+        assert sampler != solvers.get(name), name
+
+
+def test_nfe_with_other_options():
+    """With another option changed, nfe is dpm_solver's own budget option (as in solvers.get) and an
+    error naming the conflicting option for the samplers whose preset fixes their options."""
+    config = get_default_configs()
+    config.sampling.method = "dpm_solver"
+    config.sampling.dpm_solver.update(nfe=20, method="singlestep")
+    assert config_utils.sampler_from_config(config.sampling) == solvers.get("dpm_solver", nfe=20, method="singlestep")
+    config.sampling.method = "unipc"
+    config.sampling.unipc.update(nfe=10, order=3)
+    with pytest.raises(ValueError, match=r"sampling.unipc.nfe=10 picks unipc's preset .* sampling.unipc.order"):
+        config_utils.sampler_from_config(config.sampling)

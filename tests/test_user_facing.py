@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 import score_sde as ss
-from score_sde import checkpoint, cli, evaluate, outputs, timing, train
-from score_sde.logging_utils import MetricLogger, sample_image
+from score_sde.drivers import cli, evaluate, train
+from score_sde.plumbing import checkpoint, outputs, timing
+from score_sde.plumbing.logging_utils import MetricLogger, sample_image
 from test_reliability import one_error_line, tiny_config, tree
 
 
@@ -323,7 +324,7 @@ def test_a_long_solve_reports_progress_at_most_10_times():
 
 
 def test_sample_freq_is_checked_by_the_schema():
-    from score_sde import schema
+    from score_sde.plumbing import schema
 
     c = tiny_config()
     c.training.sample_freq = -1

@@ -4,10 +4,10 @@ Each driver loads the EMA parameters of a checkpoint in `workdir` (nothing else:
 is built, so changed `config.optim` settings never make a checkpoint unreadable), turns them into
 a `score_fn(x, t)`, and splits its work over the local devices with `jax.pmap`. The data splits
 are read once by the caller (`score_sde.data.load_split`) and passed in. Outputs go to
-`workdir/<mode>/` as .npz / .png / .json named by what produced them (`score_sde.outputs`: step,
+`workdir/<mode>/` as .npz / .png / .json named by what produced them (`score_sde.plumbing.outputs`: step,
 method, a hash of the options, a number if the name is taken), each recorded in
 `workdir/results.jsonl`; nothing already written is modified. Timings keep compilation apart
-(`compile_seconds`, `run_seconds`; `score_sde.timing`).
+(`compile_seconds`, `run_seconds`; `score_sde.plumbing.timing`).
 
 Class-conditional models (`config.data.num_classes` > 0) load as cond_score(x, t, y), which
 called as score(x, t) is the null-class (unconditional) score, so every mode works unchanged;
@@ -30,11 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from score_sde import checkpoint, config_utils, data, guidance, likelihood, models, outputs, timing, train
+from score_sde import config_utils, data, guidance, likelihood, models
+from score_sde.drivers import train
+from score_sde.plumbing import checkpoint, outputs, timing
 from score_sde.bpd import bits_per_dim
 
 # Datasets whose --mode=eval adds the weight-free quality figures (they need the training split).
-QUALITY_DATASETS = ("digits",)
+QUALITY_DATASETS = ("digits", "mnist")
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -177,7 +179,7 @@ def load_guidance_classifier(config, workdir: str, data_shape: tuple[int, ...]):
     """The classifier's log_prob(x, t, y) when `sampling.guidance` is "classifier", else None."""
     if config.sampling.get("guidance", "free") != "classifier":
         return None
-    from score_sde import classifier
+    from score_sde.drivers import classifier
 
     return classifier.load_classifier(config, workdir, data_shape)
 
@@ -351,8 +353,10 @@ def evaluate_checkpoint(config, workdir: str, step: int | None, test: data.Split
     if needs_train_split(config, "eval"):
         if train_split is None:
             raise ValueError(f"evaluating {config.data.dataset} needs its training split (train_split=...)")
-        samples = np.load(samples_summary["npz"])["samples"]
-        result["quality"] = digits_quality_of(config, workdir, samples, train_split, test)
+        with np.load(samples_summary["npz"]) as f:
+            samples, labels = f["samples"], f["labels"] if "labels" in f.files else None
+        quality_of = mnist_quality_of if config.data.dataset == "mnist" else digits_quality_of
+        result["quality"] = quality_of(config, workdir, samples, train_split, test, labels)
     if config.get("eval") and config.eval.inception_weights:  # FID / KID / IS (score_sde.metrics)
         result["inception"] = inception_quality_of(config, workdir, loaded, out_dir)
     timer.__exit__(None, None, None)
@@ -402,21 +406,34 @@ def write_eval_scalars(workdir: str, step: int, figures: dict) -> None:
         writer.close()
 
 
+def _to01(config, x: np.ndarray) -> np.ndarray:
+    return (x + 1.0) / 2.0 if config.data.centered else x
+
+
+def _levels01(split: data.Split) -> np.ndarray:
+    return split.source.get(np.arange(len(split.source))) / (split.num_levels - 1)
+
+
 def digits_quality_of(config, workdir: str, samples: np.ndarray, train_split: data.Split,
-                      test: data.Split) -> dict:
+                      test: data.Split, labels: np.ndarray | None = None) -> dict:
     """Weight-free quality of digits samples (model scale) with the cached classifier."""
     from score_sde import quality
 
-    def to01(x):
-        return (x + 1.0) / 2.0 if config.data.centered else x
-
-    def levels01(split):
-        return split.source.get(np.arange(len(split.source))) / (split.num_levels - 1)
-
-    train01, test01 = levels01(train_split), levels01(test)
+    train01, test01 = _levels01(train_split), _levels01(test)
     clf = quality.load_or_train_classifier(os.path.join(workdir, "digits_classifier.npz"), train01,
                                            train_split.labels)
-    return quality.digits_quality(clf, to01(samples)[..., 0], train01[..., 0], test01[..., 0])
+    return quality.digits_quality(clf, _to01(config, samples)[..., 0], train01[..., 0], test01[..., 0])
+
+
+def mnist_quality_of(config, workdir: str, samples: np.ndarray, train_split: data.Split,
+                     test: data.Split, labels: np.ndarray | None = None) -> dict:
+    """MNIST samples (model scale): the cached CNN's Frechet distance, confidence and label agreement."""
+    from score_sde import mnist_quality
+
+    train01, test01 = _levels01(train_split), _levels01(test)
+    clf = mnist_quality.load_or_train_classifier(os.path.join(workdir, "mnist_classifier.npz"), train01,
+                                                 train_split.labels)
+    return mnist_quality.mnist_quality(clf, _to01(config, samples), train01, test01, labels)
 
 
 def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int,

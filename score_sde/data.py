@@ -154,6 +154,7 @@ class Split:
     `labels`: integer class labels (N,) in the order of the source's examples, when the dataset has
     them (digits, CIFAR-10, image_folder class subfolders, the toy_gmm component), else None.
     `num_classes`: the number of classes the labels index (0 when there are no labels).
+    `conds`: further named condition arrays (N, ...) in the same order (e.g. toy_cond's "y"), or None.
     """
 
     source: Source
@@ -161,6 +162,7 @@ class Split:
     num_levels: int | None
     labels: np.ndarray | None = None
     num_classes: int = 0
+    conds: Mapping[str, np.ndarray] | None = None
 
 
 # --- embedded datasets -----------------------------------------------------------------
@@ -266,6 +268,24 @@ def _toy(name: str) -> Callable[..., Split]:
         return Split(ArraySource(points), (2,), None)
 
     return load
+
+
+TOY_COND_NOISE = 0.5  # toy_cond: y = x[0] + TOY_COND_NOISE * e
+
+
+def _toy_cond(config, split: str) -> Split:
+    """The toy_gmm points (the same draws) with the condition y = x[0] + 0.5 e, e ~ N(0, 1), as the
+    part "y" (N, 1) (its own random stream), and the component ids as labels."""
+    gmm = _toy("toy_gmm")(config, split)
+    x = gmm.source.array
+    e = np.random.default_rng([SPLIT_SEED, _SPLIT_CODE[split], 7]).standard_normal((len(x), 1))
+    y = (x[:, :1] + TOY_COND_NOISE * e).astype(np.float32)
+    return dataclasses.replace(gmm, conds={"y": y})
+
+
+def toy_cond_observation() -> tuple[np.ndarray, float]:
+    """(A (1, 2), noise_std) of toy_cond's observation y = A x + noise_std e: the first coordinate."""
+    return np.array([[1.0, 0.0]]), TOY_COND_NOISE
 
 
 # --- CIFAR-10 from the standard python archive ------------------------------------------
@@ -500,6 +520,7 @@ def _tfds(name: str) -> Callable[..., Split]:
 LOADERS: Mapping[str, Callable[..., Split]] = types.MappingProxyType({
     "digits": _digits,
     **{name: _toy(name) for name in _TOY_GENERATORS},
+    "toy_cond": _toy_cond,
     "cifar10": _cifar10,
     "mnist": _mnist,
     "image_folder": _image_folder,
@@ -524,7 +545,7 @@ def load_split(config, split: str = "train") -> Split:
     if tfds_name is None:
         check_choice(name, dataset_names(), "dataset", "datasets")
     # before any file is read, so a bad config fails fast
-    _check_levels(config, name, None if name in _TOY_GENERATORS else 17 if name == "digits" else 256)
+    _check_levels(config, name, None if name in _TOY_GENERATORS or name == "toy_cond" else 17 if name == "digits" else 256)
     loaded = _tfds_split(config, tfds_name, split) if tfds_name else LOADERS[name](config, split)
     check_labels(config, loaded)
     return loaded
@@ -533,6 +554,31 @@ def load_split(config, split: str = "train") -> Split:
 def num_classes(config) -> int:
     """`config.data.num_classes`: 0 (unconditional, the default) or the number of class labels."""
     return int(config.data.get("num_classes", 0) or 0)
+
+
+def cond_names(config) -> list[str]:
+    """The condition parts the config trains with: "label" (num_classes > 0), then config.data.cond's names."""
+    names = ["label"] if num_classes(config) else []
+    return names + sorted((config.data.get("cond", None) or {}).keys())
+
+
+def cond_arrays(config, split: Split) -> dict[str, np.ndarray] | None:
+    """{part name: (N, ...) array} of the split for the config's condition parts (None: unconditional).
+
+    Labels are int32, every other part float32. Raises ValueError naming the parts the split has.
+    """
+    names = cond_names(config)
+    if not names:
+        return None
+    check_labels(config, split)
+    have = dict(split.conds or {})
+    if split.labels is not None:
+        have.setdefault("label", split.labels)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ValueError(f"dataset {config.data.dataset!r} has no condition part(s) {missing}; it has "
+                         f"{sorted(have) or 'none'} (config.data.cond names the parts to train with)")
+    return {n: np.asarray(have[n], np.int32 if n == "label" else np.float32) for n in names}
 
 
 def check_labels(config, split: Split) -> None:
@@ -610,16 +656,17 @@ class DataIterator:
       batch_size: examples per `next` on this process (global batch // process count).
       global_batch_size: examples per step over all processes.
 
-    Batches are float32 arrays (B, *data_shape), or with `with_labels` dicts
-    {"image": (B, *data_shape) float32, "label": (B,) int32}.
+    Batches are float32 arrays (B, *data_shape), or with conditions `conds` ({part: (N, ...)} of
+    the split) dicts {"image": (B, *data_shape) float32, "cond": {part: (B, ...)}} (labels int32);
+    `with_labels` is conds={"label": split.labels}.
     """
 
     def __init__(self, split: Split, transform: Transform, global_batch: int, process_index: int,
-                 process_count: int, with_labels: bool = False):
+                 process_count: int, with_labels: bool = False, conds: Mapping[str, np.ndarray] | None = None):
         if with_labels and split.labels is None:
             raise ValueError("with_labels=True needs a split with class labels (Split.labels is None)")
         self._source, self._transform = split.source, transform
-        self._labels = split.labels if with_labels else None
+        self._conds = dict(conds) if conds else ({"label": split.labels.astype(np.int32)} if with_labels else None)
         self.data_shape, self.num_levels = tuple(split.data_shape), split.num_levels
         self.num_examples = len(split.source)
         self.global_batch_size = global_batch
@@ -642,15 +689,16 @@ class DataIterator:
         n = self.num_examples
         start = self._epoch * n + self._index + self._offset  # stream position of this share
         epochs, index = np.divmod(np.arange(start, start + self.batch_size), n)
-        out, labels = [], []
+        out, all_ids = [], []
         for epoch in np.unique(epochs).tolist():  # a batch may straddle epochs
             ids = self._order(epoch)[index[epochs == epoch]]
             out.append(self._transform(self._source.get(ids), epoch, ids))
-            labels.append(self._labels[ids] if self._labels is not None else None)
+            all_ids.append(ids)
         self._epoch, self._index = divmod(self._epoch * n + self._index + self.global_batch_size, n)
-        if self._labels is None:
+        if self._conds is None:
             return np.concatenate(out)
-        return {"image": np.concatenate(out), "label": np.concatenate(labels).astype(np.int32)}
+        ids = np.concatenate(all_ids)
+        return {"image": np.concatenate(out), "cond": {k: v[ids] for k, v in self._conds.items()}}
 
     def get_state(self) -> dict:
         """The stream position {'epoch', 'index'} (JSON-serialisable; save it with the checkpoint)."""
@@ -698,22 +746,23 @@ def get_dataset(config, split: str = "train", process_index: int = 0, process_co
       loaded: `load_split(config, split)` when the caller has it already (it is not read again).
 
     Returns:
-      Batches of shape (global_batch // process_count, *data_shape), float32; when
-      `config.data.num_classes` > 0, dicts {"image": those, "label": (B,) int32}.
+      Batches of shape (global_batch // process_count, *data_shape), float32; for a conditional
+      config (`data.num_classes` > 0 or `data.cond`), dicts {"image": those, "cond": {part: (B, ...)}}
+      ("label": int32, other parts float32; `cond_arrays`).
     """
     global_batch = int(batch_size or config.training.batch_size)
     _process_batch(global_batch, process_index, process_count)
     if not repeat:
         return iterate_once(config, split, global_batch, process_index, process_count, loaded=loaded)
     data = loaded if loaded is not None else load_split(config, split)
-    check_labels(config, data)
     return DataIterator(data, _transform(config, data, split), global_batch, process_index, process_count,
-                        with_labels=num_classes(config) > 0)
+                        conds=cond_arrays(config, data))
 
 
 def iterate_once(config, split: str = "test", batch_size: int | None = None, process_index: int = 0,
                  process_count: int = 1, dequantize: bool | None = None,
-                 loaded: Split | None = None, with_labels: bool = False) -> Iterator[np.ndarray]:
+                 loaded: Split | None = None, with_labels: bool = False,
+                 with_cond: bool = False) -> Iterator[np.ndarray]:
     """One pass over `split` in its stored order, every example exactly once (e.g. for bits/dim).
 
     Global batches hold `batch_size` examples except the last, which is smaller (the remainder).
@@ -722,21 +771,25 @@ def iterate_once(config, split: str = "test", batch_size: int | None = None, pro
     Dequantisation follows `config.data.uniform_dequantization` unless `dequantize` is given;
     its noise is a pure function of (config.seed, split, example), so bits/dim is reproducible.
     `loaded`: `load_split(config, split)` when the caller has it already (it is not read again).
-    `with_labels`: yield {"image", "label"} dicts (the split must have labels).
+    `with_labels` / `with_cond`: yield {"image", "cond": {part: ...}} dicts with the config's condition
+    parts (`cond_arrays`; with_labels and an unconditional config: the split's labels as "label").
     """
     global_batch = int(batch_size or config.training.batch_size)
     _process_batch(global_batch, process_index, process_count)
     data = loaded if loaded is not None else load_split(config, split)  # errors surface here, not at the first `next`
     if with_labels and data.labels is None:
         raise ValueError(f"dataset {config.data.dataset!r} has no class labels to iterate over")
+    conds = cond_arrays(config, data) if (with_labels or with_cond) else None
+    if with_labels and conds is None:
+        conds = {"label": data.labels.astype(np.int32)}
     return _one_pass(data, _transform(config, data, split, dequantize), global_batch, process_index, process_count,
-                     with_labels)
+                     conds)
 
 
 def _one_pass(data: Split, transform: Transform, global_batch: int, process_index: int,
-              process_count: int, with_labels: bool = False) -> Iterator[np.ndarray]:
+              process_count: int, conds: Mapping[str, np.ndarray] | None = None) -> Iterator[np.ndarray]:
     n = len(data.source)
     for start in range(0, n, global_batch):
         ids = np.array_split(np.arange(start, min(start + global_batch, n)), process_count)[process_index]
         x = np.zeros((0,) + data.data_shape, np.float32) if ids.size == 0 else transform(data.source.get(ids), 0, ids)
-        yield {"image": x, "label": data.labels[ids].astype(np.int32)} if with_labels else x
+        yield x if conds is None else {"image": x, "cond": {k: v[ids] for k, v in conds.items()}}

@@ -62,7 +62,7 @@ def load_score_fn(config, workdir: str, data_shape: tuple[int, ...], step: int |
       data_shape: the shape of one example, e.g. `data.load_split(config, "test").data_shape`.
       step: a saved step instead of the latest.
     """
-    model = config_utils.model_from_config(config.model, data.num_classes(config))
+    model = config_utils.net_from_config(config)
     sde = config_utils.sde_from_config(config.sde)
     shape = tuple(data_shape)
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -81,9 +81,9 @@ def load_score_fn(config, workdir: str, data_shape: tuple[int, ...], step: int |
         manager.close()
     if restored is None:
         raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
-    params, step = restored
-    wrap = models.cond_score_fn if data.num_classes(config) else models.score_fn  # cond: score(x, t) = null class
-    return Loaded(wrap(model, {"params": params}, sde), sde, shape, step)
+    params, step = restored  # a ScoreModel: called as score(x, t) it is the null condition's score
+    return Loaded(models.ScoreModel(model, {"params": params}, sde, config_utils.cond_spec_from_config(config)),
+                  sde, shape, step)
 
 
 def _per_device(total: int, n_dev: int) -> int:
@@ -132,6 +132,7 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
     """
     loaded = loaded or load_score_fn(config, workdir, data_shape, step)
     labels = sample_labels(config)
+    conds = sample_conditions(config) if labels is None else None
     num, batch = (config.sampling.num_samples if labels is None else len(labels)), config.sampling.batch_size
     log_prob = load_guidance_classifier(config, workdir, loaded.data_shape) if labels is not None else None
     n_batches = math.ceil(num / (_per_device(min(batch, num), jax.local_device_count()) * jax.local_device_count()))
@@ -140,7 +141,7 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
     try:
         with timing.Timer() as timer:
             for x, nfe in draw_batches(config, loaded, num, batch, config.seed, labels=labels, log_prob=log_prob,
-                                       progress=bar.step if progress else None):
+                                       progress=bar.step if progress else None, conds=conds):
                 outs.append(x)
                 nfes.append(nfe)
                 bar.batch_done()
@@ -155,7 +156,7 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
         tag = f"_class{'all' if sc.class_label == -1 else sc.class_label}_{sc.guidance}{float(sc.guidance_scale):g}"
         cols = len(labels) // data.num_classes(config) if sc.class_label == -1 else None
     with outputs.writing():  # the files and their results.jsonl row, or (a signal before it) none of them
-        summary = write_samples(config, samples, out_dir, step, extra, labels=labels, tag=tag, cols=cols)
+        summary = write_samples(config, samples, out_dir, step, extra, labels=labels, tag=tag, cols=cols, conds=conds)
         if record:
             files = [summary[k] for k in ("npz", "grid", "json") if k in summary]
             outputs.append_result(workdir, "sample", step, config.sampling.method, outputs.sampling_options(config),
@@ -173,6 +174,30 @@ def sample_labels(config) -> np.ndarray | None:
     if label == -1:
         return np.repeat(np.arange(k, dtype=np.int32), math.ceil(n / k))
     return np.full((n,), label, np.int32)
+
+
+def sample_conditions(config) -> dict[str, np.ndarray] | None:
+    """The conditions of a `data.cond` model's samples: {part: (num_samples, ...)}, the first
+    num_samples of the test split (cycled if it is shorter) for `sampling.condition="test"`, None
+    (every part null: the marginal) for "null" or an unconditional config."""
+    if not (config.data.get("cond", None) or {}):
+        return None
+    how = config.sampling.get("condition", "test")
+    if how == "null":
+        return None
+    if how != "test":
+        raise ValueError(f"sampling.condition must be 'test' (conditions from the test split) or 'null' "
+                         f"(the marginal), got {how!r}")
+    arrays = data.cond_arrays(config, data.load_split(config, "test"))
+    n = config.sampling.num_samples
+    return {k: v[np.arange(n) % len(v)] for k, v in arrays.items()}
+
+
+def guided_parts_score(config, model, cond: dict):
+    """score_fn(x, t) of a conditional model under `cond`, with classifier-free guidance weights
+    `sampling.guidance_scales` ({part: w}; none: the plain conditional score)."""
+    scales = {k: float(v) for k, v in (config.sampling.get("guidance_scales", None) or {}).items()}
+    return guidance.classifier_free_parts(model, cond, scales)
 
 
 def load_guidance_classifier(config, workdir: str, data_shape: tuple[int, ...]):
@@ -194,13 +219,15 @@ def guided_score(config, cond_score, y, log_prob=None):
 
 
 def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: dict,
-                  labels: np.ndarray | None = None, tag: str = "", cols: int | None = None) -> dict:
+                  labels: np.ndarray | None = None, tag: str = "", cols: int | None = None,
+                  conds: dict | None = None) -> dict:
     """samples_<step>_<method><tag>_<hash>.npz (model scale), a PNG grid (images only) and a JSON summary.
 
     The sampler's name, `tag` (class and guidance) and a hash of the sampling options are part of the
     file name (plus a number when the name is taken), so no earlier result is ever overwritten; each
     file is written atomically. `labels`: the requested classes, saved in the npz beside the samples;
-    `cols`: grid columns (one row per class).
+    `cols`: grid columns (one row per class); `conds`: the condition parts of the samples, saved as
+    cond_<name> (e.g. cond_y).
     """
     os.makedirs(out_dir, exist_ok=True)
     options = outputs.sampling_options(config)
@@ -208,7 +235,9 @@ def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: d
     summary = {"step": int(step), "method": config.sampling.method, "num_samples": int(len(samples)),
                "shape": list(samples.shape[1:]), **extra, "options": options}
     with outputs.writing():
-        outputs.save_npz(stem + ".npz", samples=samples, **({} if labels is None else {"labels": labels}))
+        extra_arrays = {} if labels is None else {"labels": labels}
+        extra_arrays.update({f"cond_{k}": np.asarray(v)[: len(samples)] for k, v in (conds or {}).items()})
+        outputs.save_npz(stem + ".npz", samples=samples, **extra_arrays)
         if samples.ndim == 4:
             outputs.save_with(stem + ".png", lambda p: save_grid(samples, config.data.centered, p, cols=cols))
             summary["grid"] = stem + ".png"
@@ -317,9 +346,9 @@ def test_loss(config, score_fn, sde, test: data.Split, max_examples: int = 2048)
 
     loss_fn = jax.jit(train.loss_fn_from_config(config, score_fn.model, sde, train=False))
     key, total, count = jax.random.PRNGKey(config.seed + 2), 0.0, 0
-    labeled = data.num_classes(config) > 0  # a conditional model's loss takes {"image", "label"} batches
+    labeled = bool(data.cond_names(config))  # a conditional model's loss takes {"image", "cond"} batches
     for i, x in enumerate(data.iterate_once(config, "test", batch_size=config.sampling.batch_size, loaded=test,
-                                            with_labels=labeled)):
+                                            with_cond=labeled)):
         n = len(x["image"]) if labeled else len(x)
         if count >= max_examples or n == 0:
             break
@@ -437,18 +466,25 @@ def mnist_quality_of(config, workdir: str, samples: np.ndarray, train_split: dat
 
 
 def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int,
-                 labels: np.ndarray | None = None, log_prob=None, progress=None):
+                 labels: np.ndarray | None = None, log_prob=None, progress=None, conds: dict | None = None):
     """Yields (samples (model scale), NFE) for `num_samples` samples in batches of about `batch_size`,
     drawn with `config.sampling`'s sampler on every local device; batch i uses fold_in(PRNGKey(seed), i).
 
     `labels` (num_samples,): class labels of a conditional model, sampled with the guidance of
     `config.sampling` (`guided_score`; `log_prob`: the classifier for sampling.guidance=classifier).
     `progress(i, n)`: the sampler's per-step host callback (`Sampler.__call__`), or None.
+    `conds` ({part: (num_samples, ...)}): the conditions of a `data.cond` model (`guided_parts_score`).
     """
     sampler = config_utils.sampler_from_config(config.sampling)
     n_dev = jax.local_device_count()
     shape = (_per_device(min(batch_size, num_samples), n_dev),) + loaded.data_shape
-    if labels is None:
+    if conds is not None:
+        labels = conds  # drawn like labels below: a pytree of per-sample values
+        guided = jax.pmap(lambda key, sf, c, lp: sampler(key, loaded.sde, guided_parts_score(config, sf, c), shape,
+                                                         progress=progress),
+                          in_axes=(0, None, 0, None))
+        per_call = n_dev * shape[0]
+    elif labels is None:
         p_draw = jax.pmap(lambda key, sf: sampler(key, loaded.sde, sf, shape, progress=progress), in_axes=(0, None))
     else:
         guided = jax.pmap(lambda key, sf, y, lp: sampler(key, loaded.sde, guided_score(config, sf, y, lp), shape,
@@ -461,8 +497,9 @@ def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed
         if labels is None:
             x, info = p_draw(keys, loaded.score_fn)
         else:  # the labels of samples done .. done + per_call (the last call padded with the last label)
-            y = labels[np.minimum(np.arange(done, done + per_call), len(labels) - 1)].reshape(n_dev, shape[0])
-            x, info = guided(keys, loaded.score_fn, jnp.asarray(y), log_prob)
+            rows = np.minimum(np.arange(done, done + per_call), num_samples - 1)
+            y = jax.tree.map(lambda v: jnp.asarray(v[rows].reshape(n_dev, shape[0], *v.shape[1:])), labels)
+            x, info = guided(keys, loaded.score_fn, y, log_prob)
         x = np.asarray(x).reshape((-1,) + loaded.data_shape)[: num_samples - done]
         done, i = done + len(x), i + 1
         yield x, int(np.max(info.nfe))
@@ -488,7 +525,7 @@ def inception_quality_of(config, workdir: str, loaded: Loaded, out_dir: str) -> 
 
 
 __all__ = ["Loaded", "SampleProgress", "likelihood_batch", "exact_cost_line", "eval_options", "eval_figures",
-           "write_eval_scalars", "load_score_fn", "sample", "sample_labels", "guided_score", "load_guidance_classifier",
+           "write_eval_scalars", "load_score_fn", "sample", "sample_labels", "sample_conditions", "guided_score", "guided_parts_score", "load_guidance_classifier",
            "write_samples", "save_grid", "likelihood_bpd", "test_loss",
            "needs_train_split", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError",
            "draw_batches", "sample_batches", "inception_quality_of"]

@@ -61,6 +61,8 @@ def sampling_options(config) -> dict:
     if sc.get("class_label", None) is not None:  # guided sampling of a class-conditional model
         options.update(class_label=sc.class_label, guidance=sc.get("guidance", "free"),
                        guidance_scale=float(sc.get("guidance_scale", 0.0)))
+    if config.get("data", {}).get("cond", None):  # a data.cond model: where its conditions come from, the weights
+        options.update(condition=sc.get("condition", "test"), guidance_scales=_plain(sc.get("guidance_scales", {})))
     return options
 
 

@@ -58,7 +58,8 @@ def test_unconditional_score_model_is_the_old_score():
     variables = jax.tree.map(lambda p: p + 0.1, _init(net, (2,)))
     x, t = jax.random.normal(jax.random.PRNGKey(1), (4, 2)), jnp.full((4,), 0.3)
     want = models.model_score(net, variables, SDE, x, t)
-    np.testing.assert_allclose(jax.jit(ss.ScoreModel(net, variables, SDE))(x, t), want, rtol=1e-6)
+    got = jax.jit(lambda m, x, t: m(x, t))(ss.ScoreModel(net, variables, SDE), x, t)  # a pytree argument of jit
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 # --- the kinds ---------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ One read-only name table per family (no registries filled by imports).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import ml_collections
 from ml_collections import config_dict
@@ -86,6 +88,44 @@ def score_model_from_config(config, variables) -> models.ScoreModel:
     """`ScoreModel(net, variables, sde, cond_spec)` of `config` with the given variables ({"params": ...})."""
     return models.ScoreModel(net_from_config(config), variables, sde_from_config(config.sde),
                              cond_spec_from_config(config))
+
+
+class Objects(NamedTuple):
+    """What a config describes, built once (`objects`): the SDE, the network, the condition parts and
+    the sampler of `config.sampling`."""
+
+    sde: SDE
+    net: nn.Module
+    cond_spec: tuple
+    sampler: solvers.Sampler
+
+    def score_model(self, variables) -> models.ScoreModel:
+        """The `ScoreModel` of these objects with the given variables ({"params": ...})."""
+        return models.ScoreModel(self.net, variables, self.sde, self.cond_spec)
+
+
+_OBJECTS: dict[str, Objects] = {}  # config JSON -> its objects (a bounded cache, newest last)
+
+
+def objects(config) -> Objects:
+    """Config -> objects in one place: the SDE, network, condition spec and sampler of `config`.
+
+    Built on the first call for a config's contents and returned again for equal contents (the CLI's
+    validation builds them and the drivers use the same objects: nothing is built and thrown away).
+
+    Raises:
+      ValueError: an unknown name (SDE, model, sampler, condition kind) or a bad option, naming it.
+    """
+    key = config.to_json_best_effort(sort_keys=True) if hasattr(config, "to_json_best_effort") else None
+    if key is not None and key in _OBJECTS:
+        return _OBJECTS[key]
+    built = Objects(sde_from_config(config.sde), net_from_config(config), cond_spec_from_config(config),
+                    sampler_from_config(config.sampling))
+    if key is not None:
+        _OBJECTS[key] = built
+        while len(_OBJECTS) > 16:
+            _OBJECTS.pop(next(iter(_OBJECTS)))
+    return built
 
 
 class FrozenSection(tuple):
@@ -181,6 +221,6 @@ def sampler_overrides_for_other_samplers(argv: list[str], method: str) -> list[s
     return bad
 
 
-__all__ = ["cond_spec_from_config", "net_from_config", "score_model_from_config", "FrozenSection", "freeze",
-           "sampler_from_config", "sampler_opts", "sampler_options_config", "sampler_overrides_for_other_samplers",
-           "sde_from_config", "model_from_config", "discrete_loss_name"]
+__all__ = ["Objects", "objects", "cond_spec_from_config", "net_from_config", "score_model_from_config", "FrozenSection",
+           "freeze", "sampler_from_config", "sampler_opts", "sampler_options_config",
+           "sampler_overrides_for_other_samplers", "sde_from_config", "model_from_config", "discrete_loss_name"]

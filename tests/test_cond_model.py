@@ -76,7 +76,7 @@ def test_each_kind_enters_the_unet(kind):
     """Image kinds widen the input conv (image: c + 1 present channel; mask: known values + mask);
     embedding kinds add parameters; the output keeps the data's shape; a real value changes it."""
     part, shapes, in_ch = IMAGE_SPECS[kind]
-    net = models.UNet(nf=8, ch_mult=(1, 2), cond_spec=(part,))
+    net = models.UNet(nf=8, ch_mult=(1,), cond_spec=(part,))
     params = _init(net, (8, 8, 1))["params"]
     assert params["Conv_0"]["kernel"].shape[2] == in_ch
     params = jax.tree.map(lambda p: p + 0.02, params)
@@ -117,7 +117,10 @@ def test_condition_dropout_rate_and_gradients_through_nulls():
 
 def test_frozen_is_an_argument_of_the_pmapped_step():
     """frozen reaches the loss as an argument: new values give new results with no recompilation."""
+    traces = []
+
     def loss_fn(params, batch, keys, frozen=None):
+        traces.append(1)  # at trace time only
         return jnp.sum((params["w"] - frozen["target"]) ** 2) + 0.0 * jnp.sum(batch)
 
     opt = optax.sgd(0.1)
@@ -131,7 +134,7 @@ def test_frozen_is_an_argument_of_the_pmapped_step():
         new, _ = p_step(train.replicate(state), batches, {"target": jnp.full(3, target)})
         outs.append(float(train.unreplicate(new).params["w"][0]))
     np.testing.assert_allclose(outs, [0.2, -0.4], rtol=1e-6)  # w - 0.1 * 2 (w - target)
-    assert p_step.pmapped._cache_size() == 1
+    assert len(traces) == 1  # one compilation served both targets: frozen is not a constant
 
 
 def test_guidance_per_part_formula():

@@ -50,7 +50,7 @@ def classifier_workdir(workdir: str) -> str:
 
 def _sde(config) -> SDE:
     """config.sde; the classifier perturbs data with sde.marginal_prob (VP, sub-VP, VE; not CLD's (x, v) state)."""
-    sde = config_utils.sde_from_config(config.sde)
+    sde = config_utils.objects(config).sde
     if getattr(sde, "training_objective", "dsm") != "dsm":
         raise ValueError(f"the noise-conditional classifier supports sde.name = vpsde | subvpsde | vesde, "
                          f"got {config.sde.name!r}; use classifier-free guidance (sampling.guidance=free)")

@@ -23,67 +23,24 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from score_sde import config_utils, data, guidance, likelihood, models
+from score_sde import config_utils, data, guidance, likelihood
 from score_sde.drivers import train
-from score_sde.plumbing import checkpoint, outputs, timing
+from score_sde.plumbing import outputs, restore, timing
 from score_sde.bpd import bits_per_dim
 
 # Datasets whose --mode=eval adds the weight-free quality figures (they need the training split).
 QUALITY_DATASETS = ("digits", "mnist")
 
 
-class CheckpointNotFoundError(FileNotFoundError):
-    """No checkpoint in the workdir (train first, or point --workdir at a trained run)."""
-
-
-class Loaded(NamedTuple):
-    """A restored checkpoint, ready to sample from: `load_score_fn`'s result."""
-
-    score_fn: Callable
-    sde: Any
-    data_shape: tuple[int, ...]
-    step: int
-
-
-def load_score_fn(config, workdir: str, data_shape: tuple[int, ...], step: int | None = None) -> Loaded:
-    """The score_fn of the EMA params of the latest (or given) checkpoint, with its sde and step.
-
-    Only the EMA params are read (`checkpoint.restore_ema_params`); `config.model` and
-    `config.sde` must be those of the run, `config.optim` and `config.training` may differ.
-
-    Args:
-      data_shape: the shape of one example, e.g. `data.load_split(config, "test").data_shape`.
-      step: a saved step instead of the latest.
-    """
-    model = config_utils.net_from_config(config)
-    sde = config_utils.sde_from_config(config.sde)
-    shape = tuple(data_shape)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
-    net_shape = models.network_input_shape(sde, shape)
-    template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *net_shape), jnp.float32),
-                                                 jnp.zeros((1,), jnp.float32))["params"])
-    manager = checkpoint.make_manager(workdir, config.training.keep_checkpoints)
-    try:
-        if step is not None and step not in manager.all_steps():
-            raise CheckpointNotFoundError(f"no checkpoint at step {step} in {ckpt_dir}; "
-                                          f"available steps: {sorted(manager.all_steps())}")
-        restored = checkpoint.restore_ema_params(manager, template, step)
-    finally:
-        manager.close()
-    if restored is None:
-        raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
-    params, step = restored  # a ScoreModel: called as score(x, t) it is the null condition's score
-    return Loaded(models.ScoreModel(model, {"params": params}, sde, config_utils.cond_spec_from_config(config)),
-                  sde, shape, step)
+# The restore of a checkpoint as a ScoreModel lives in plumbing (every driver uses it); these names stay.
+CheckpointNotFoundError, Loaded, load_score_fn = restore.CheckpointNotFoundError, restore.Loaded, restore.load_score_fn
+save_grid = outputs.save_grid
 
 
 def _per_device(total: int, n_dev: int) -> int:
@@ -245,24 +202,6 @@ def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: d
         summary["json"] = stem + ".json"
         outputs.write_json(stem + ".json", summary)
     return summary
-
-
-def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4, cols: int | None = None) -> None:
-    """Writes images (N, H, W, C) in model scale as a PNG grid, square unless `cols` is given."""
-    from PIL import Image
-
-    x = (samples + 1.0) / 2.0 if centered else samples
-    x = np.clip(x, 0.0, 1.0)
-    n, h, w, c = x.shape
-    cols = cols or int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
-    img = (grid * 255).round().astype(np.uint8)
-    img = img[..., 0] if c == 1 else img
-    Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.NEAREST).save(path)
 
 
 def likelihood_batch(batch_size: int, num_examples: int, n_dev: int) -> int:
@@ -475,7 +414,7 @@ def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed
     `progress(i, n)`: the sampler's per-step host callback (`Sampler.__call__`), or None.
     `conds` ({part: (num_samples, ...)}): the conditions of a `data.cond` model (`guided_parts_score`).
     """
-    sampler = config_utils.sampler_from_config(config.sampling)
+    sampler = config_utils.objects(config).sampler
     n_dev = jax.local_device_count()
     shape = (_per_device(min(batch_size, num_samples), n_dev),) + loaded.data_shape
     if conds is not None:

@@ -513,16 +513,13 @@ def make_snapshot(config, model: nn.Module, sde, data_shape: tuple[int, ...], lo
     """snapshot(step, pstate): samples min(64, sampling.num_samples) examples from the EMA params with
     `config.sampling`'s sampler (one device, a fixed key, so snapshots compare like for like) and
     logs them to TensorBoard as `samples/<method>` (a grid for images, a histogram for 2-D points)."""
-    from score_sde import models
-
-    sampler = config_utils.sampler_from_config(config.sampling)
+    objects = config_utils.objects(config)
     shape = (min(64, config.sampling.num_samples), *data_shape)
     key = jax.random.PRNGKey(config.seed + 4)
 
     def snapshot(step: int, pstate) -> None:
-        fn = models.ScoreModel(model, {"params": jax.tree.map(_local, pstate.ema_params)}, sde,
-                               config_utils.cond_spec_from_config(config))
-        x, _ = sampler(key, sde, fn, shape)  # the null condition: the unconditional score
+        fn = models.ScoreModel(model, {"params": jax.tree.map(_local, pstate.ema_params)}, sde, objects.cond_spec)
+        x, _ = objects.sampler(key, sde, fn, shape)  # the null condition: the unconditional score
         logger.image(step, f"samples/{config.sampling.method}", np.asarray(x), config.data.centered)
 
     return snapshot
@@ -551,8 +548,8 @@ def train(config, workdir: str, train_iter=None) -> TrainState:
         from score_sde import data
 
         train_iter = data.get_dataset(config, "train", jax.process_index(), jax.process_count())
-    model = config_utils.net_from_config(config)
-    sde = config_utils.sde_from_config(config.sde)
+    objects = config_utils.objects(config)
+    model, sde = objects.net, objects.sde
     optimizer, p_step = step_for_config(config, model, sde)
     state = create_train_state(jax.random.PRNGKey(config.seed), model, optimizer,
                                models.network_input_shape(sde, tuple(train_iter.data_shape)))

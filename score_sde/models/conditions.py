@@ -55,6 +55,9 @@ def _clean(value: Array) -> Array:
     return jnp.where(jnp.isnan(value), 0.0, value)
 
 
+_resize = jax.jit(lambda img, shape: jax.image.resize(img, shape, "bilinear"), static_argnums=1)  # one fused op
+
+
 class Kind:
     """Base of the condition kinds: frozen dataclasses (hashable, so networks can hold them).
 
@@ -149,7 +152,7 @@ class Image(Kind):
         if value.ndim != 4 or value.shape[-1] != self.channels_ or x.ndim != 4:
             raise ValueError(f"condition {name!r} (image) must have shape (B, h, w, {self.channels_}) for image "
                              f"data (B, H, W, C), got {value.shape} for data {x.shape}")
-        img = jax.image.resize(_clean(value), (*x.shape[:3], self.channels_), "bilinear")
+        img = _resize(_clean(value), (*x.shape[:3], self.channels_))
         present = jnp.broadcast_to(_present(value)[:, None, None, None], (*x.shape[:3], 1)).astype(img.dtype)
         return jnp.concatenate([img, present], -1)
 

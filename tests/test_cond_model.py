@@ -238,8 +238,9 @@ def _oracle_figures(samples, ys, marginal_samples):
 def test_toy_cond_ode_samples_match_the_exact_posterior(tmp_path):
     """800 training steps of configs/toy_cond.py, then --mode=sample's ODE samples with the first 1000
     test conditions: the joint sliced W1 of (y, x) against exact posterior draws with the same y is
-    within 2 x its Monte Carlo floor + 0.06 (the full-length bar is + 0.03, see the README); the
-    control, exact *marginal* draws paired with the same y, fails that bar (the statistic sees y)."""
+    within 1.5 x its Monte Carlo floor + 0.01 (measured 0.054, floor 0.057; the README's full-length
+    bar is 2 x floor + 0.03). Controls: exact *marginal* draws paired with the same y fail it (0.31),
+    and so does a model trained on y = x[0] + 1.0 e instead of 0.5 e (measured 0.109 > 0.095)."""
     c = toy_cond.get_config()
     c.training.update(n_iters=800, snapshot_freq=800, log_freq=400)
     c.sampling.update(num_samples=1000, batch_size=1000)
@@ -250,6 +251,6 @@ def test_toy_cond_ode_samples_match_the_exact_posterior(tmp_path):
     np.testing.assert_array_equal(f["cond_y"], data.load_split(c, "test").conds["y"][:1000])
     marginal = np.asarray(data.toy_gmm_mixture().sample(jax.random.PRNGKey(5), 1000))
     w1, floor, control = _oracle_figures(f["samples"], f["cond_y"], marginal)
-    bar = 2 * floor + 0.06
+    bar = 1.5 * floor + 0.01
     assert w1 <= bar, (w1, floor)
     assert control > bar, (control, floor)

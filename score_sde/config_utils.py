@@ -62,7 +62,10 @@ def cond_spec_from_config(config) -> tuple:
         fields = dict(fields)
         if "kind" not in fields:
             raise ValueError(f"config.data.cond.{name} needs a 'kind'; valid kinds: {', '.join(conditions.KINDS)}")
-        parts.append(conditions.Part(name, conditions.kind_from_config(fields), float(fields.get("dropout", 0.0))))
+        dropout = float(fields.get("dropout", 0.0))
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"config.data.cond.{name}.dropout must be in [0, 1), got {dropout}")
+        parts.append(conditions.Part(name, conditions.kind_from_config(fields), dropout))
     num_classes = int(config.data.get("num_classes", 0) or 0)
     if num_classes:
         if any(p.name == "label" for p in parts):

@@ -74,10 +74,10 @@ def test_bpd(config, loaded, test: data.Split, true_labels: bool) -> tuple[float
     batches = data.iterate_once(config, "test", batch_size=per_dev * n_dev, dequantize=True, loaded=test,
                                 with_labels=True)
     for i, batch in enumerate(batches):
-        if len(batch["label"]) == 0:
+        if len(batch["cond"]["label"]) == 0:
             continue
         x, mask = data.pad_batch(batch["image"], per_dev * n_dev)
-        y = batch["label"] if true_labels else np.full(len(batch["label"]), k, np.int32)
+        y = batch["cond"]["label"] if true_labels else np.full(len(batch["cond"]["label"]), k, np.int32)
         y, _ = data.pad_batch(y.astype(np.int32), per_dev * n_dev)
         keys = jax.random.split(jax.random.fold_in(key, i), n_dev)
         logp = p_solve(keys, x.reshape((n_dev, per_dev) + shape), jnp.asarray(y.reshape(n_dev, per_dev)),

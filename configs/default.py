@@ -25,6 +25,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.num_levels = 17             # grey levels of the raw data (digits: 17, 8-bit images: 256)
     data.test_fraction = 0.1         # image_folder without train/ and test/ subfolders: held-out share
     data.num_classes = 0             # > 0: class-conditional (labels from the dataset; digits/cifar10 10, toy_gmm 8)
+    # Condition parts beyond labels, {name: {kind, dropout, ...}} (score_sde.models.conditions.KINDS):
+    # e.g. data.cond.y = {kind: "vector", size: 1, dropout: 0.1} (configs/toy_cond.py).
+    data.cond = ml_collections.ConfigDict()
 
     config.sde = sde = ml_collections.ConfigDict()
     sde.name = "vpsde"               # vpsde | subvpsde | vesde
@@ -92,6 +95,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.class_label = config_dict.placeholder(int)
     sampling.guidance = "free"       # free: classifier-free (1 + w) s(x,t,y) - w s(x,t); classifier: + w grad log p_t(y|x)
     sampling.guidance_scale = 0.0    # w; 0 is the plain conditional model (free) / no guidance (classifier)
+    # data.cond models: the conditions come from the test split ("test": the first num_samples of it,
+    # saved as cond_<name> beside the samples) or are all null ("null": the marginal);
+    # classifier-free guidance per part: --config.sampling.guidance_scales.y=1.0 (unset parts: 0).
+    sampling.condition = "test"
+    sampling.guidance_scales = ml_collections.ConfigDict()
 
     config.likelihood = likelihood = ml_collections.ConfigDict()
     likelihood.num_examples = 256

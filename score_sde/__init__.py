@@ -4,6 +4,7 @@ from score_sde import analytic, bpd, guidance, likelihood, solvers
 from score_sde import edit, inverse  # after solvers: they build on them
 from score_sde.analytic import GaussianMixture
 from score_sde.cld import CLD
+from score_sde.models.parameterization import ScoreModel
 from score_sde.sde import (
     SDE,
     ForwardSDE,
@@ -18,6 +19,7 @@ from score_sde.sde import (
 __all__ = [
     "SDE",
     "CLD",
+    "ScoreModel",
     "ForwardSDE",
     "VPSDE",
     "SubVPSDE",

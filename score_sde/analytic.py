@@ -142,6 +142,25 @@ class GaussianMixture(eqx.Module):
         t = batch_times(t, x.shape[0], x.dtype)
         return self.dim * sde.drift_coef(t) - 0.5 * sde.diffusion_sq(t) * self.score_laplacian(sde, x, t)
 
+    def posterior(self, A, y, noise_std: float = 0.0) -> "LinearGaussianConditional":
+        """The exact p(x | A x + noise_std n = y), n ~ N(0, I): a full-covariance Gaussian mixture.
+
+        Args:
+          A: (M, D) observation matrix on the flattened x.
+          y: (M,) one observation.
+          noise_std: observation noise std >= 0.
+
+        Returns:
+          A `LinearGaussianConditional` (weights, means, covs, mean, cov, sample, log_prob).
+        """
+        return linear_conditional(self, A, y, noise_std)
+
+    def posterior_samples(self, key: Array, A, ys, noise_std: float = 0.0) -> Array:
+        """One exact draw of x | y for each row of ys (B, M): (B, *event_shape) (draw b uses fold_in(key, b))."""
+        ys = jnp.asarray(ys, self.means.dtype)
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(ys.shape[0]))
+        return jax.vmap(lambda k, y: self.posterior(A, y, noise_std).sample(k, 1)[0])(keys, ys)
+
     def score_fn(self, sde: SDE) -> "MixtureScore":
         """The exact score of p_t as a callable score_fn(x, t) (a pytree, safe to pass to jit).
 

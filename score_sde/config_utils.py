@@ -5,11 +5,14 @@ One read-only name table per family (no registries filled by imports).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import ml_collections
 from ml_collections import config_dict
 
 from score_sde import models, solvers
+from score_sde.models import conditions
 from score_sde.lookup import lookup
 from score_sde.cld import CLD
 from score_sde.sde import SDE, VESDE, VPSDE, SubVPSDE
@@ -43,6 +46,107 @@ def model_from_config(model_config, num_classes: int = 0) -> nn.Module:
     if model_config.name != "mlp":
         raise ValueError(f"model {model_config.name!r} is not available in this build; use model.name='mlp'")
     return models.MLP(hidden=tuple(model_config.hidden))
+
+
+def cond_spec_from_config(config) -> tuple:
+    """The condition parts of `config`: one `conditions.Part` per entry of `config.data.cond`
+    ({name: {kind, dropout, ...the kind's fields}}), or for `config.data.num_classes` > 0 the one
+    label part "label" with dropout `training.label_dropout`; () for an unconditional model.
+
+    Raises:
+      ValueError: an unknown kind (the message lists the valid ones), or both num_classes and a
+        "label" entry in data.cond.
+    """
+    parts = []
+    for name, fields in sorted((config.data.get("cond", None) or {}).items()):
+        fields = dict(fields)
+        if "kind" not in fields:
+            raise ValueError(f"config.data.cond.{name} needs a 'kind'; valid kinds: {', '.join(conditions.KINDS)}")
+        dropout = float(fields.get("dropout", 0.0))
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"config.data.cond.{name}.dropout must be in [0, 1), got {dropout}")
+        parts.append(conditions.Part(name, conditions.kind_from_config(fields), dropout))
+    num_classes = int(config.data.get("num_classes", 0) or 0)
+    if num_classes:
+        if any(p.name == "label" for p in parts):
+            raise ValueError("config.data.num_classes and config.data.cond.label both define the 'label' part; "
+                             "keep one of them")
+        parts = list(conditions.label_spec(num_classes, config.training.get("label_dropout", 0.0))) + parts
+    return tuple(parts)
+
+
+def net_from_config(config) -> nn.Module:
+    """The Flax network of `config` (config.model) with the condition parts of `config.data`.
+
+    A config with only `data.num_classes` builds the network exactly as before (the same
+    parameter tree as every existing class-conditional checkpoint)."""
+    spec = cond_spec_from_config(config)
+    legacy = len(spec) == 1 and spec[0].name == "label" and not config.data.get("cond", None)
+    if legacy or not spec:
+        return model_from_config(config.model, int(config.data.get("num_classes", 0) or 0))
+    return models.get_model(config.model, cond_spec=tuple(conditions.Part(p.name, p.kind) for p in spec))
+
+
+def score_model_from_config(config, variables) -> models.ScoreModel:
+    """`ScoreModel(net, variables, sde, cond_spec)` of `config` with the given variables ({"params": ...})."""
+    return models.ScoreModel(net_from_config(config), variables, sde_from_config(config.sde),
+                             cond_spec_from_config(config))
+
+
+class Objects(NamedTuple):
+    """What a config describes, built once (`objects`): the SDE, the network, the condition parts and
+    the sampler of `config.sampling`."""
+
+    sde: SDE
+    net: nn.Module
+    cond_spec: tuple
+    sampler: solvers.Sampler
+
+    def score_model(self, variables) -> models.ScoreModel:
+        """The `ScoreModel` of these objects with the given variables ({"params": ...})."""
+        return models.ScoreModel(self.net, variables, self.sde, self.cond_spec)
+
+
+_OBJECTS: dict[str, Objects] = {}  # config JSON -> its objects (a bounded cache, newest last)
+
+
+def objects(config) -> Objects:
+    """Config -> objects in one place: the SDE, network, condition spec and sampler of `config`.
+
+    Built on the first call for a config's contents and returned again for equal contents (the CLI's
+    validation builds them and the drivers use the same objects: nothing is built and thrown away).
+
+    Raises:
+      ValueError: an unknown name (SDE, model, sampler, condition kind) or a bad option, naming it.
+    """
+    key = config.to_json_best_effort(sort_keys=True) if hasattr(config, "to_json_best_effort") else None
+    if key is not None and key in _OBJECTS:
+        return _OBJECTS[key]
+    built = Objects(sde_from_config(config.sde), net_from_config(config), cond_spec_from_config(config),
+                    sampler_from_config(config.sampling))
+    if key is not None:
+        _OBJECTS[key] = built
+        while len(_OBJECTS) > 16:
+            _OBJECTS.pop(next(iter(_OBJECTS)))
+    return built
+
+
+class FrozenSection(tuple):
+    """A hashable snapshot of a ConfigDict section (sorted items) with attribute access (a cache key)."""
+
+    def __getattr__(self, name):
+        for key, value in tuple.__iter__(self):
+            if key == name:
+                return value
+        raise AttributeError(name)
+
+    def get(self, name, default=None):
+        return getattr(self, name, default)
+
+
+def freeze(section) -> FrozenSection:
+    """`section` (a ConfigDict or dict) as a `FrozenSection`: hashable, so usable as an lru_cache key."""
+    return FrozenSection(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in section.items()))
 
 
 def discrete_loss_name(sde_config) -> str:
@@ -120,4 +224,6 @@ def sampler_overrides_for_other_samplers(argv: list[str], method: str) -> list[s
     return bad
 
 
-__all__ = ["sampler_from_config", "sampler_opts", "sampler_options_config", "sampler_overrides_for_other_samplers", "sde_from_config", "model_from_config", "discrete_loss_name"]
+__all__ = ["Objects", "objects", "cond_spec_from_config", "net_from_config", "score_model_from_config", "FrozenSection",
+           "freeze", "sampler_from_config", "sampler_opts", "sampler_options_config",
+           "sampler_overrides_for_other_samplers", "sde_from_config", "model_from_config", "discrete_loss_name"]

@@ -24,21 +24,23 @@ A loss needs a `score_apply(params, x, t, rng) -> score` callable; `score_apply_
 builds one from a Flax network through the one parameterisation in `score_sde.models`.
 No parallelism lives here: the training driver wraps these functions in `pmap`.
 
-Class-conditional training (`labeled_loss_fn`): the batch is {"image": x0, "label": y}; each
-label is replaced by the null class (index num_classes) with probability `label_dropout`, drawn
-from the example's own key, so one network learns s(x, t, y) and s(x, t, None) for
-classifier-free guidance (Ho & Salimans 2021).
+The one training loss (`model_loss_fn`): loss_fn(params, batch, keys, frozen=None), the batch an
+array x0 or {"image": x0, "cond": {part: value}}; each condition part is replaced by its null value
+(`score_sde.models.conditions`) with the part's dropout rate, drawn from the example's own key, so
+one network learns s(x, t, cond) and s(x, t, None) for classifier-free guidance (Ho & Salimans
+2021). `frozen` carries non-trained variables as an argument (never a closed-over constant).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_sde.models.parameterization import model_score
+from score_sde.models.conditions import drop_parts, label_spec
+from score_sde.models.parameterization import ScoreModel, model_score
 from score_sde.sde import SDE, Array, expand_to
 
 ScoreApply = Callable[[Any, Array, Array, Array], Array]
@@ -58,7 +60,8 @@ def score_apply_from_model(model: nn.Module, sde: SDE, *, train: bool = True) ->
 def drop_labels(keys: Array, y: Array, num_classes: int, rate: float) -> Array:
     """Labels y (B,) with each replaced by the null class `num_classes` with probability `rate`.
 
-    The decision for an example comes from fold_in(its key, 2), independent of its time and noise.
+    The decision for an example comes from fold_in(its key, 2), independent of its time and noise
+    (`conditions.drop_parts` with one label part makes the same decisions).
     """
     if rate <= 0:
         return y
@@ -66,30 +69,62 @@ def drop_labels(keys: Array, y: Array, num_classes: int, rate: float) -> Array:
     return jnp.where(drop, num_classes, y).astype(jnp.int32)
 
 
-def labeled_loss_fn(model: nn.Module, sde: SDE, make_loss: Callable[[ScoreApply], LossFn], *,
-                    label_dropout: float = 0.0, train: bool = True) -> LossFn:
-    """loss_fn(params, batch, keys) for a class-conditional network, batch = {"image", "label"}.
+def split_batch(batch) -> tuple[Array, dict | None]:
+    """(x0, cond) of a batch: an array (B, *dims) (no condition), {"image", "cond": {part: value}},
+    or the older {"image", "label"} (the "label" part)."""
+    if not isinstance(batch, Mapping):
+        return batch, None
+    if "image" not in batch:
+        raise ValueError(f"a batch dict needs an 'image' entry (and optionally 'cond'), got keys {sorted(batch)}")
+    cond = batch.get("cond")
+    if "label" in batch:
+        cond = {**(cond or {}), "label": batch["label"]}
+    return batch["image"], cond
+
+
+def model_loss_fn(model: ScoreModel, make_loss: Callable[[ScoreApply], LossFn], *, train: bool = True) -> LossFn:
+    """The one training loss: loss_fn(params, batch, keys, frozen=None) -> scalar, for unconditional,
+    labelled and any other conditional training.
+
+    Each condition part is replaced by its null value with probability `part.dropout` (per example,
+    from its own key; `conditions.drop_parts`), so one network learns s(x, t, cond) and the
+    null-condition score for classifier-free guidance.
 
     Args:
-      model: a network built with num_classes > 0.
+      model: the `ScoreModel` (its variables are ignored: `params` are differentiated).
       make_loss: score_apply -> loss_fn(params, x0, keys), e.g. `get_loss_fn` with its options bound.
-      label_dropout: probability of training an example with the null class.
-      train: dropout layers on (and label dropout applied) when True.
-    """
-    num_classes = int(getattr(model, "num_classes", 0))
-    if not num_classes:
-        raise ValueError("labeled_loss_fn needs a class-conditional network (num_classes > 0)")
+      train: dropout layers on (and condition dropout applied) when True.
 
-    def loss_fn(params, batch, keys):
-        y = drop_labels(keys, batch["label"], num_classes, label_dropout if train else 0.0)
+    The returned loss_fn's `frozen`: variables that are not trained, passed as an argument (e.g. of
+    the pmapped step) and never closed over: a dict of further Flax variable collections of the
+    network, merged beside {"params": params}.
+    """
+    spec = model.cond_spec
+
+    def loss_fn(params, batch, keys, frozen=None):
+        x0, cond = split_batch(batch)
+        if spec:
+            cond = drop_parts(keys, spec, cond, x0.shape[0], x0.shape[1:], train)
+        elif cond:
+            raise ValueError(f"the batch has condition parts {sorted(cond)} but the model is unconditional; "
+                             "set config.data.num_classes or config.data.cond to train a conditional model")
 
         def score_apply(p, x, t, rng):
             rngs = None if rng is None else {"dropout": rng}
-            return model_score(model, {"params": p}, sde, x, t, train=train, rngs=rngs, y=y)
+            return model.with_variables({"params": p, **(frozen or {})})(x, t, cond, train=train, rngs=rngs)
 
-        return make_loss(score_apply)(params, batch["image"], keys)
+        return make_loss(score_apply)(params, x0, keys)
 
     return loss_fn
+
+
+def labeled_loss_fn(model: nn.Module, sde: SDE, make_loss: Callable[[ScoreApply], LossFn], *,
+                    label_dropout: float = 0.0, train: bool = True) -> LossFn:
+    """`model_loss_fn` for a class-conditional network (num_classes > 0) with label dropout `label_dropout`."""
+    num_classes = int(getattr(model, "num_classes", 0))
+    if not num_classes:
+        raise ValueError("labeled_loss_fn needs a class-conditional network (num_classes > 0)")
+    return model_loss_fn(ScoreModel(model, None, sde, label_spec(num_classes, label_dropout)), make_loss, train=train)
 
 
 def example_keys(key: Array, n: int, offset=0) -> Array:
@@ -249,6 +284,6 @@ def hsm_loss(score_apply: ScoreApply, sde, params, x0: Array, keys: Array, *, re
     return jnp.mean(per)
 
 
-__all__ = ["ScoreApply", "LossFn", "score_apply_from_model", "drop_labels", "labeled_loss_fn", "example_keys",
+__all__ = ["ScoreApply", "LossFn", "score_apply_from_model", "drop_labels", "split_batch", "model_loss_fn", "labeled_loss_fn", "example_keys",
            "draw_time_and_noise", "dsm_per_example", "dsm_loss", "ddpm_grid", "smld_grid", "ddpm_loss", "smld_loss", "get_loss_fn",
            "hsm_per_example", "hsm_loss"]

@@ -46,12 +46,12 @@ def test_digits_batches_carry_labels_consistent_with_images():
     it = data.get_dataset(c, "test", batch_size=64)
     for _ in range(6):  # 384 > 300 examples: crosses an epoch boundary
         batch = next(it)
-        assert set(batch) == {"image", "label"}
-        assert batch["image"].shape == (64, 8, 8, 1) and batch["label"].shape == (64,)
-        assert batch["label"].dtype == np.int32 and 0 <= batch["label"].min() and batch["label"].max() <= 9
-        assert all((x.tobytes(), int(y)) in pairs for x, y in zip(batch["image"], batch["label"]))
+        assert set(batch) == {"image", "cond"} and set(batch["cond"]) == {"label"}
+        assert batch["image"].shape == (64, 8, 8, 1) and batch["cond"]["label"].shape == (64,)
+        assert batch["cond"]["label"].dtype == np.int32 and 0 <= batch["cond"]["label"].min() and batch["cond"]["label"].max() <= 9
+        assert all((x.tobytes(), int(y)) in pairs for x, y in zip(batch["image"], batch["cond"]["label"]))
     once = list(data.iterate_once(c, "test", batch_size=128, loaded=split, with_labels=True))
-    np.testing.assert_array_equal(np.concatenate([b["label"] for b in once]), split.labels)
+    np.testing.assert_array_equal(np.concatenate([b["cond"]["label"] for b in once]), split.labels)
     # unconditional configs keep plain arrays
     assert isinstance(next(data.get_dataset(config_with(num_classes=0), "test", batch_size=8)), np.ndarray)
 
@@ -66,7 +66,7 @@ def test_toy_gmm_labels_are_the_component_ids():
     batch = next(data.get_dataset(c, "train", batch_size=1000))
     means = data.toy_gmm_params()[1]
     nearest = np.argmin(((batch["image"][:, None] - means[None]) ** 2).sum(-1), axis=1)
-    assert np.mean(nearest == batch["label"]) >= 0.97
+    assert np.mean(nearest == batch["cond"]["label"]) >= 0.97
     assert set(np.unique(split.labels)) == set(range(8))
 
 
@@ -222,7 +222,7 @@ def test_classifier_learns_the_mixture_posterior(tmp_path):
     t, z = losses.draw_time_and_noise(keys, jnp.asarray(batch["image"]),
                                       lambda k: jax.random.uniform(k, (), jnp.float32, 1e-3, 1.0))
     mean, std = sde.marginal_prob(jnp.asarray(batch["image"]), t)
-    xt, y = mean + std[:, None] * z, jnp.asarray(batch["label"])
+    xt, y = mean + std[:, None] * z, jnp.asarray(batch["cond"]["label"])
     ce_learned, ce_exact = -float(jnp.mean(learned(xt, t, y))), -float(jnp.mean(exact(xt, t, y)))
     np.testing.assert_allclose(loaded(xt, t, y), learned(xt, t, y), rtol=1e-5, atol=1e-5)
     assert ce_exact < 0.8 * np.log(8)  # the task is learnable at small t

@@ -50,7 +50,7 @@ def classifier_workdir(workdir: str) -> str:
 
 def _sde(config) -> SDE:
     """config.sde; the classifier perturbs data with sde.marginal_prob (VP, sub-VP, VE; not CLD's (x, v) state)."""
-    sde = config_utils.sde_from_config(config.sde)
+    sde = config_utils.objects(config).sde
     if getattr(sde, "training_objective", "dsm") != "dsm":
         raise ValueError(f"the noise-conditional classifier supports sde.name = vpsde | subvpsde | vesde, "
                          f"got {config.sde.name!r}; use classifier-free guidance (sampling.guidance=free)")
@@ -89,10 +89,12 @@ class ClassifierLogProb(eqx.Module):
 
 
 def classifier_loss_fn(model: nn.Module, sde: SDE, eps: float = 1e-5) -> losses.LossFn:
-    """loss_fn(params, batch, keys) -> mean cross-entropy of batch["label"] given x_t, t ~ U(eps, T)."""
+    """loss_fn(params, batch, keys, frozen=None) -> mean cross-entropy of the batch's "label" part
+    given x_t, t ~ U(eps, T); batch {"image", "cond": {"label"}} (`losses.split_batch`)."""
 
-    def loss_fn(params, batch, keys):
-        x0, y = batch["image"], batch["label"]
+    def loss_fn(params, batch, keys, frozen=None):
+        x0, cond = losses.split_batch(batch)
+        y = cond["label"]
         t, z = losses.draw_time_and_noise(keys, x0, lambda k: jax.random.uniform(k, (), x0.dtype, eps, sde.T))
         mean, std = sde.marginal_prob(x0, t)
         out = logits(model, {"params": params}, sde, mean + expand_to(std, x0) * z, t)
@@ -113,7 +115,7 @@ def training_config(config) -> ml_collections.ConfigDict:
 def _optim_settings(config) -> tuple:
     """config.optim with the classifier's lr and warmup, as a hashable snapshot."""
     optim = dict(config.optim.to_dict(), lr=config.classifier.lr, warmup=config.classifier.warmup)
-    return train._frozen(optim)
+    return config_utils.freeze(optim)
 
 
 @functools.lru_cache(maxsize=4)

@@ -70,10 +70,8 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
             checkpoint.check_unlocked(workdir)  # a second run on a busy workdir stops before loading anything
         if mode == "train_classifier":
             checkpoint.check_unlocked(os.path.join(workdir, "classifier"))
-    sde = config_utils.sde_from_config(config.sde)
-    schema.validate(config, sde.T)
-    config_utils.model_from_config(config.model, config.data.get("num_classes", 0))
-    config_utils.sampler_from_config(config.sampling)
+    objects = config_utils.objects(config)  # built once; the drivers get the same objects
+    schema.validate(config, objects.sde.T)
     check_choice(config.likelihood.divergence, likelihood.DIVERGENCES, "likelihood.divergence", "divergences")
     split = data.load_split(config, "train" if mode in ("train", "train_classifier") else "test")
     if mode == "train":

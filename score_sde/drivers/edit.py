@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import config_utils, data, edit, inverse
-from score_sde.drivers import evaluate
-from score_sde.plumbing import outputs, timing
+from score_sde.plumbing import outputs, restore, timing
 from score_sde.lookup import check_choice
 
 TASKS = ("inpaint", "colorize", "sdedit", "interpolate")
@@ -68,7 +67,7 @@ def run_edit(config, workdir: str, test: data.Split, step: int | None = None) ->
     """Runs `config.edit.task` on the first test examples; writes the grid, .npz and .json."""
     ec = config.edit
     check_edit_config(config, test.data_shape)
-    score_fn, sde, shape, step = evaluate.load_score_fn(config, workdir, test.data_shape, step)
+    score_fn, sde, shape, step = restore.load_score_fn(config, workdir, test.data_shape, step)
     x = jnp.asarray(next(data.iterate_once(config, "test", batch_size=ec.num_examples, loaded=test)))
     key = jax.random.PRNGKey(config.seed + 3)
     timer = timing.Timer().__enter__()
@@ -84,7 +83,7 @@ def run_edit(config, workdir: str, test: data.Split, step: int | None = None) ->
         result, _ = inverse.colorize(key, sde, score_fn, gray, method=ec.method, **method_opts)
         rows = [x, jnp.repeat(gray, 3, axis=-1), result]
     elif ec.task == "sdedit":
-        sampler = config_utils.sampler_from_config(config.sampling)
+        sampler = config_utils.objects(config).sampler
         result, _ = edit.sdedit(key, sampler, sde, score_fn, x, ec.t0)
         rows = [x, result]
     else:
@@ -103,7 +102,7 @@ def run_edit(config, workdir: str, test: data.Split, step: int | None = None) ->
     if ec.task in ("inpaint", "colorize"):
         summary.update(method=ec.method, n_steps=ec.n_steps)
     with outputs.writing():
-        outputs.save_with(stem + ".png", lambda p: evaluate.save_grid(grid.reshape((-1,) + grid.shape[2:]),
+        outputs.save_with(stem + ".png", lambda p: outputs.save_grid(grid.reshape((-1,) + grid.shape[2:]),
                                                                      config.data.centered, p, cols=grid.shape[1]))
         outputs.save_npz(stem + ".npz", inputs=np.asarray(x), result=result)
         outputs.write_json(stem + ".json", summary)

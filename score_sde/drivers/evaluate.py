@@ -23,67 +23,24 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from score_sde import config_utils, data, guidance, likelihood, models, solvers
+from score_sde import config_utils, data, guidance, likelihood, solvers
 from score_sde.drivers import train
-from score_sde.plumbing import checkpoint, outputs, timing
+from score_sde.plumbing import outputs, restore, timing
 from score_sde.bpd import bits_per_dim
 
 # Datasets whose --mode=eval adds the weight-free quality figures (they need the training split).
 QUALITY_DATASETS = ("digits", "mnist")
 
 
-class CheckpointNotFoundError(FileNotFoundError):
-    """No checkpoint in the workdir (train first, or point --workdir at a trained run)."""
-
-
-class Loaded(NamedTuple):
-    """A restored checkpoint, ready to sample from: `load_score_fn`'s result."""
-
-    score_fn: Callable
-    sde: Any
-    data_shape: tuple[int, ...]
-    step: int
-
-
-def load_score_fn(config, workdir: str, data_shape: tuple[int, ...], step: int | None = None) -> Loaded:
-    """The score_fn of the EMA params of the latest (or given) checkpoint, with its sde and step.
-
-    Only the EMA params are read (`checkpoint.restore_ema_params`); `config.model` and
-    `config.sde` must be those of the run, `config.optim` and `config.training` may differ.
-
-    Args:
-      data_shape: the shape of one example, e.g. `data.load_split(config, "test").data_shape`.
-      step: a saved step instead of the latest.
-    """
-    model = config_utils.model_from_config(config.model, data.num_classes(config))
-    sde = config_utils.sde_from_config(config.sde)
-    shape = tuple(data_shape)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
-    net_shape = models.network_input_shape(sde, shape)
-    template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *net_shape), jnp.float32),
-                                                 jnp.zeros((1,), jnp.float32))["params"])
-    manager = checkpoint.make_manager(workdir, config.training.keep_checkpoints)
-    try:
-        if step is not None and step not in manager.all_steps():
-            raise CheckpointNotFoundError(f"no checkpoint at step {step} in {ckpt_dir}; "
-                                          f"available steps: {sorted(manager.all_steps())}")
-        restored = checkpoint.restore_ema_params(manager, template, step)
-    finally:
-        manager.close()
-    if restored is None:
-        raise CheckpointNotFoundError(f"no checkpoints in {ckpt_dir}; train first with --mode=train")
-    params, step = restored
-    wrap = models.cond_score_fn if data.num_classes(config) else models.score_fn  # cond: score(x, t) = null class
-    return Loaded(wrap(model, {"params": params}, sde), sde, shape, step)
+# The restore of a checkpoint as a ScoreModel lives in plumbing (every driver uses it); these names stay.
+CheckpointNotFoundError, Loaded, load_score_fn = restore.CheckpointNotFoundError, restore.Loaded, restore.load_score_fn
+save_grid = outputs.save_grid
 
 
 def _per_device(total: int, n_dev: int) -> int:
@@ -132,6 +89,7 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
     """
     loaded = loaded or load_score_fn(config, workdir, data_shape, step)
     labels = sample_labels(config)
+    conds = sample_conditions(config) if labels is None else None
     num, batch = (config.sampling.num_samples if labels is None else len(labels)), config.sampling.batch_size
     log_prob = load_guidance_classifier(config, workdir, loaded.data_shape) if labels is not None else None
     n_batches = math.ceil(num / (_per_device(min(batch, num), jax.local_device_count()) * jax.local_device_count()))
@@ -140,7 +98,7 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
     try:
         with timing.Timer() as timer:
             for x, nfe in draw_batches(config, loaded, num, batch, config.seed, labels=labels, log_prob=log_prob,
-                                       progress=bar.step if progress else None):
+                                       progress=bar.step if progress else None, conds=conds):
                 outs.append(x)
                 nfes.append(nfe)
                 bar.batch_done()
@@ -155,7 +113,7 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
         tag = f"_class{'all' if sc.class_label == -1 else sc.class_label}_{sc.guidance}{float(sc.guidance_scale):g}"
         cols = len(labels) // data.num_classes(config) if sc.class_label == -1 else None
     with outputs.writing():  # the files and their results.jsonl row, or (a signal before it) none of them
-        summary = write_samples(config, samples, out_dir, step, extra, labels=labels, tag=tag, cols=cols)
+        summary = write_samples(config, samples, out_dir, step, extra, labels=labels, tag=tag, cols=cols, conds=conds)
         if record:
             files = [summary[k] for k in ("npz", "grid", "json") if k in summary]
             outputs.append_result(workdir, "sample", step, config.sampling.method, outputs.sampling_options(config),
@@ -173,6 +131,30 @@ def sample_labels(config) -> np.ndarray | None:
     if label == -1:
         return np.repeat(np.arange(k, dtype=np.int32), math.ceil(n / k))
     return np.full((n,), label, np.int32)
+
+
+def sample_conditions(config) -> dict[str, np.ndarray] | None:
+    """The conditions of a `data.cond` model's samples: {part: (num_samples, ...)}, the first
+    num_samples of the test split (cycled if it is shorter) for `sampling.condition="test"`, None
+    (every part null: the marginal) for "null" or an unconditional config."""
+    if not (config.data.get("cond", None) or {}):
+        return None
+    how = config.sampling.get("condition", "test")
+    if how == "null":
+        return None
+    if how != "test":
+        raise ValueError(f"sampling.condition must be 'test' (conditions from the test split) or 'null' "
+                         f"(the marginal), got {how!r}")
+    arrays = data.cond_arrays(config, data.load_split(config, "test"))
+    n = config.sampling.num_samples
+    return {k: v[np.arange(n) % len(v)] for k, v in arrays.items()}
+
+
+def guided_parts_score(config, model, cond: dict):
+    """score_fn(x, t) of a conditional model under `cond`, with classifier-free guidance weights
+    `sampling.guidance_scales` ({part: w}; none: the plain conditional score)."""
+    scales = {k: float(v) for k, v in (config.sampling.get("guidance_scales", None) or {}).items()}
+    return guidance.classifier_free_parts(model, cond, scales)
 
 
 def load_guidance_classifier(config, workdir: str, data_shape: tuple[int, ...]):
@@ -194,13 +176,15 @@ def guided_score(config, cond_score, y, log_prob=None):
 
 
 def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: dict,
-                  labels: np.ndarray | None = None, tag: str = "", cols: int | None = None) -> dict:
+                  labels: np.ndarray | None = None, tag: str = "", cols: int | None = None,
+                  conds: dict | None = None) -> dict:
     """samples_<step>_<method><tag>_<hash>.npz (model scale), a PNG grid (images only) and a JSON summary.
 
     The sampler's name, `tag` (class and guidance) and a hash of the sampling options are part of the
     file name (plus a number when the name is taken), so no earlier result is ever overwritten; each
     file is written atomically. `labels`: the requested classes, saved in the npz beside the samples;
-    `cols`: grid columns (one row per class).
+    `cols`: grid columns (one row per class); `conds`: the condition parts of the samples, saved as
+    cond_<name> (e.g. cond_y).
     """
     os.makedirs(out_dir, exist_ok=True)
     options = outputs.sampling_options(config)
@@ -208,7 +192,9 @@ def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: d
     summary = {"step": int(step), "method": config.sampling.method, "num_samples": int(len(samples)),
                "shape": list(samples.shape[1:]), **extra, "options": options}
     with outputs.writing():
-        outputs.save_npz(stem + ".npz", samples=samples, **({} if labels is None else {"labels": labels}))
+        extra_arrays = {} if labels is None else {"labels": labels}
+        extra_arrays.update({f"cond_{k}": np.asarray(v)[: len(samples)] for k, v in (conds or {}).items()})
+        outputs.save_npz(stem + ".npz", samples=samples, **extra_arrays)
         if samples.ndim == 4:
             outputs.save_with(stem + ".png", lambda p: save_grid(samples, config.data.centered, p, cols=cols))
             summary["grid"] = stem + ".png"
@@ -216,24 +202,6 @@ def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: d
         summary["json"] = stem + ".json"
         outputs.write_json(stem + ".json", summary)
     return summary
-
-
-def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4, cols: int | None = None) -> None:
-    """Writes images (N, H, W, C) in model scale as a PNG grid, square unless `cols` is given."""
-    from PIL import Image
-
-    x = (samples + 1.0) / 2.0 if centered else samples
-    x = np.clip(x, 0.0, 1.0)
-    n, h, w, c = x.shape
-    cols = cols or int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
-    img = (grid * 255).round().astype(np.uint8)
-    img = img[..., 0] if c == 1 else img
-    Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.NEAREST).save(path)
 
 
 def likelihood_batch(batch_size: int, num_examples: int, n_dev: int) -> int:
@@ -319,9 +287,9 @@ def test_loss(config, score_fn, sde, test: data.Split, max_examples: int = 2048)
 
     loss_fn = jax.jit(train.loss_fn_from_config(config, score_fn.model, sde, train=False))
     key, total, count = jax.random.PRNGKey(config.seed + 2), 0.0, 0
-    labeled = data.num_classes(config) > 0  # a conditional model's loss takes {"image", "label"} batches
+    labeled = bool(data.cond_names(config))  # a conditional model's loss takes {"image", "cond"} batches
     for i, x in enumerate(data.iterate_once(config, "test", batch_size=config.sampling.batch_size, loaded=test,
-                                            with_labels=labeled)):
+                                            with_cond=labeled)):
         n = len(x["image"]) if labeled else len(x)
         if count >= max_examples or n == 0:
             break
@@ -445,7 +413,7 @@ CHUNK_STEPS = 16
 
 
 def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int,
-                 labels: np.ndarray | None = None, log_prob=None, progress=None):
+                 labels: np.ndarray | None = None, log_prob=None, progress=None, conds: dict | None = None):
     """Yields (samples (model scale), NFE) for `num_samples` samples in batches of about `batch_size`,
     drawn with `config.sampling`'s sampler on every local device; batch i uses fold_in(PRNGKey(seed), i).
 
@@ -453,15 +421,21 @@ def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed
     `config.sampling` (`guided_score`; `log_prob`: the classifier for sampling.guidance=classifier).
     `progress(i, n)`: called on the host after every CHUNK_STEPS steps of a fixed-grid solve (after the
     batch for the adaptive ode), or None.
+    `conds` ({part: (num_samples, ...)}): the conditions of a `data.cond` model (`guided_parts_score`).
 
     A fixed-grid solve runs as pmapped calls of CHUNK_STEPS steps (`StepSampler.begin` / `advance` /
     `finish`; the samples are those of one call) inside `outputs.deferring`, so a SIGINT / SIGTERM
     stops it after the steps in flight, with nothing left running on the devices.
     """
-    sampler = config_utils.sampler_from_config(config.sampling)
+    sampler = config_utils.objects(config).sampler
     n_dev = jax.local_device_count()
     shape = (_per_device(min(batch_size, num_samples), n_dev),) + loaded.data_shape
-    if labels is None:
+    if conds is not None:
+        labels = conds  # drawn like labels below: a pytree of per-sample values
+        score_args, in_axes = (loaded.score_fn, None, None), (None, 0, None)
+        score_of = lambda sf, c, lp: guided_parts_score(config, sf, c)  # noqa: E731
+        per_call = n_dev * shape[0]
+    elif labels is None:
         score_args, in_axes = (loaded.score_fn,), (None,)
         score_of = lambda sf: sf  # noqa: E731
     else:
@@ -473,8 +447,9 @@ def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed
     while done < num_samples:
         keys = jax.random.split(jax.random.fold_in(key, i), n_dev)
         if labels is not None:  # the labels of samples done .. done + per_call (the last call padded with the last label)
-            y = labels[np.minimum(np.arange(done, done + per_call), len(labels) - 1)].reshape(n_dev, shape[0])
-            score_args = (loaded.score_fn, jnp.asarray(y), log_prob)
+            rows = np.minimum(np.arange(done, done + per_call), num_samples - 1)
+            y = jax.tree.map(lambda v: jnp.asarray(v[rows].reshape(n_dev, shape[0], *v.shape[1:])), labels)
+            score_args = (loaded.score_fn, y, log_prob)
         x, nfe = solve(keys, score_args)
         x = x.reshape((-1,) + loaded.data_shape)[: num_samples - done]
         done, i = done + len(x), i + 1
@@ -559,7 +534,7 @@ def inception_quality_of(config, workdir: str, loaded: Loaded, out_dir: str) -> 
 
 
 __all__ = ["Loaded", "SampleProgress", "likelihood_batch", "exact_cost_line", "eval_options", "eval_figures",
-           "write_eval_scalars", "load_score_fn", "sample", "sample_labels", "guided_score", "load_guidance_classifier",
+           "write_eval_scalars", "load_score_fn", "sample", "sample_labels", "sample_conditions", "guided_score", "guided_parts_score", "load_guidance_classifier",
            "write_samples", "save_grid", "likelihood_bpd", "test_loss",
            "needs_train_split", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError",
            "draw_batches", "sample_batches", "inception_quality_of", "CHUNK_STEPS"]

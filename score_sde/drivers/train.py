@@ -133,20 +133,25 @@ def ema_decay(rate: float, step: Array, warmup: bool = True) -> Array:
 
 def make_train_step(loss_fn: losses.LossFn, optimizer: optax.GradientTransformation, ema_rate: float,
                     axis_name: str | None = None,
-                    ema_warmup: bool = True) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
-    """A pure step(state, batch) -> (state, metrics) on this device's batch (B_local, *dims).
+                    ema_warmup: bool = True) -> Callable[..., tuple[TrainState, dict]]:
+    """A pure step(state, batch, frozen=None) -> (state, metrics) on this device's batch (B_local, *dims).
 
+    `loss_fn(params, batch, keys, frozen)`; `frozen`: variables that are not trained (a teacher, a
+    classifier), an argument of the step, so never a constant of the compiled program.
     With `axis_name` (inside pmap) the loss and gradients are averaged over the named axis
     with `lax.pmean`, and the device's examples get global indices d * B_local + i.
     EMA: ema <- d ema + (1 - d) params with d = `ema_decay(ema_rate, state.step, ema_warmup)`,
     skipped together with non-finite updates.
     """
 
-    def step(state: TrainState, batch: Array):
+    def step(state: TrainState, batch: Array, frozen=None):
         n = batch_size_of(batch)
         device = lax.axis_index(axis_name) if axis_name else 0
         keys = losses.example_keys(jax.random.fold_in(state.rng, state.step), n, offset=device * n)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, keys)
+        if frozen is None:  # losses written for three arguments keep working
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, keys)
+        else:
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, keys, frozen)
         if axis_name:
             loss, grads = lax.pmean((loss, grads), axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -169,19 +174,27 @@ def make_multi_step(step: Callable) -> Callable:
     `training.steps_per_call = 1`; small MLPs gain from k > 1 (less dispatch per step).
     """
 
-    def multi(state, batches):
+    def multi(state, batches, frozen=None):
         if batch_size_of(batches) == 1:
-            state, metrics = step(state, jax.tree.map(lambda b: b[0], batches))
+            state, metrics = step(state, jax.tree.map(lambda b: b[0], batches), frozen)
             return state, jax.tree.map(lambda m: m[None], metrics)
-        return lax.scan(step, state, batches)
+        return lax.scan(lambda s, b: step(s, b, frozen), state, batches)
 
     return multi
 
 
 def make_pmapped_step(loss_fn, optimizer, ema_rate: float, ema_warmup: bool = True) -> Callable:
-    """pmap over all devices (of all processes) of k scanned steps; state is donated."""
+    """p_step(state, batches, frozen=None): pmap over all devices (of all processes) of k scanned
+    steps; state is donated; `frozen` (non-trained variables) is broadcast to every device as an
+    argument (in_axes None), not compiled in as a constant."""
     step = make_train_step(loss_fn, optimizer, ema_rate, axis_name=AXIS, ema_warmup=ema_warmup)
-    return jax.pmap(make_multi_step(step), axis_name=AXIS, donate_argnums=0)
+    pmapped = jax.pmap(make_multi_step(step), axis_name=AXIS, donate_argnums=0, in_axes=(0, 0, None))
+
+    def p_step(state, batches, frozen=None):
+        return pmapped(state, batches, frozen)
+
+    p_step.pmapped = pmapped  # the compiled function
+    return p_step
 
 
 # --------------------------------------------------------------------------- host side
@@ -255,22 +268,25 @@ def device_batches(it, k: int, per_device: int, depth: int = 2) -> Iterator[tupl
 
 
 def _stack_batches(batches: list):
-    """k batches -> one with a leading k axis: images float32, labels (dict entry "label") int32."""
-    if not isinstance(batches[0], dict):
-        return np.stack([np.asarray(b, np.float32) for b in batches])
-    return {name: np.stack([np.asarray(b[name], np.int32 if name == "label" else np.float32) for b in batches])
-            for name in batches[0]}
+    """k batches -> one with a leading k axis: integer leaves (labels) int32, the rest float32."""
+    def stack(*xs):
+        kind = np.int32 if np.issubdtype(np.asarray(xs[0]).dtype, np.integer) else np.float32
+        return np.stack([np.asarray(x, kind) for x in xs])
+
+    return jax.tree.map(stack, *batches)
 
 
 def loss_fn_from_config(config, model: nn.Module, sde, *, train: bool = True) -> losses.LossFn:
-    """The training objective named by `config.training` (continuous DSM or DDPM/SMLD).
+    """The training objective named by `config.training` (continuous DSM or DDPM/SMLD), with the
+    condition parts of `config` (`config_utils.cond_spec_from_config`) and their dropout rates.
 
     `train=False` evaluates the network in eval mode (no dropout), e.g. for a test loss.
     """
-    return _loss_fn(model, sde, config.training, config.sde, train)
+    return _loss_fn(model, sde, config_utils.freeze(config.training), config_utils.freeze(config.sde),
+                    config_utils.cond_spec_from_config(config), train)
 
 
-def _loss_fn(model, sde, tc, sde_config, train: bool = True) -> losses.LossFn:
+def _loss_fn(model, sde, tc, sde_config, spec, train: bool = True) -> losses.LossFn:
     discrete = "ddpm" if tc.continuous else config_utils.discrete_loss_name(sde_config)
 
     def make(apply):
@@ -278,42 +294,23 @@ def _loss_fn(model, sde, tc, sde_config, train: bool = True) -> losses.LossFn:
                                   likelihood_weighting=tc.likelihood_weighting, eps=tc.eps,
                                   n_levels=tc.get("num_scales", 1000))
 
-    if getattr(model, "num_classes", 0):  # batches are {"image", "label"}; labels dropped to the null class
-        return losses.labeled_loss_fn(model, sde, make, label_dropout=tc.get("label_dropout", 0.0), train=train)
-    return make(losses.score_apply_from_model(model, sde, train=train))
-
-
-class _Frozen(tuple):
-    """A hashable snapshot of a ConfigDict section (sorted items) with attribute access."""
-
-    def __getattr__(self, name):
-        for key, value in tuple.__iter__(self):
-            if key == name:
-                return value
-        raise AttributeError(name)
-
-    def get(self, name, default=None):
-        return getattr(self, name, default)
-
-
-def _frozen(section) -> _Frozen:
-    return _Frozen(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in section.items()))
+    return losses.model_loss_fn(models.ScoreModel(model, None, sde, spec), make, train=train)
 
 
 @functools.lru_cache(maxsize=8)
-def _step_for_config(model, sde, tc: _Frozen, optim: _Frozen, sde_config: _Frozen, ema_rate: float,
-                     ema_warmup: bool = True):
+def _step_for_config(model, sde, tc, optim, sde_config, spec, ema_rate: float, ema_warmup: bool = True):
     """(optimizer, pmapped step), cached so that a resumed run in the same process does not recompile."""
     optimizer = make_optimizer(optim)
-    return optimizer, make_pmapped_step(_loss_fn(model, sde, tc, sde_config), optimizer, ema_rate, ema_warmup)
+    return optimizer, make_pmapped_step(_loss_fn(model, sde, tc, sde_config, spec), optimizer, ema_rate, ema_warmup)
 
 
 def step_for_config(config, model: nn.Module, sde) -> tuple[optax.GradientTransformation, Callable]:
     """(optimizer, pmapped step) for `config`; the same settings give the same compiled step."""
-    loss_keys = ("continuous", "reduce_mean", "likelihood_weighting", "eps", "num_scales", "label_dropout")
-    loss_config = _frozen({k: config.training[k] for k in loss_keys if k in config.training})
-    return _step_for_config(model, sde, loss_config, _frozen(config.optim), _frozen(config.sde),
-                            config.model.ema_rate, bool(config.model.get("ema_warmup", True)))
+    loss_keys = ("continuous", "reduce_mean", "likelihood_weighting", "eps", "num_scales")
+    loss_config = config_utils.freeze({k: config.training[k] for k in loss_keys if k in config.training})
+    return _step_for_config(model, sde, loss_config, config_utils.freeze(config.optim), config_utils.freeze(config.sde),
+                            config_utils.cond_spec_from_config(config), config.model.ema_rate,
+                            bool(config.model.get("ema_warmup", True)))
 
 
 def _local(x: Array) -> np.ndarray:
@@ -516,15 +513,13 @@ def make_snapshot(config, model: nn.Module, sde, data_shape: tuple[int, ...], lo
     """snapshot(step, pstate): samples min(64, sampling.num_samples) examples from the EMA params with
     `config.sampling`'s sampler (one device, a fixed key, so snapshots compare like for like) and
     logs them to TensorBoard as `samples/<method>` (a grid for images, a histogram for 2-D points)."""
-    from score_sde import models
-
-    sampler = config_utils.sampler_from_config(config.sampling)
+    objects = config_utils.objects(config)
     shape = (min(64, config.sampling.num_samples), *data_shape)
     key = jax.random.PRNGKey(config.seed + 4)
 
     def snapshot(step: int, pstate) -> None:
-        fn = models.score_fn(model, {"params": jax.tree.map(_local, pstate.ema_params)}, sde)
-        x, _ = sampler(key, sde, fn, shape)
+        fn = models.ScoreModel(model, {"params": jax.tree.map(_local, pstate.ema_params)}, sde, objects.cond_spec)
+        x, _ = objects.sampler(key, sde, fn, shape)  # the null condition: the unconditional score
         logger.image(step, f"samples/{config.sampling.method}", np.asarray(x), config.data.centered)
 
     return snapshot
@@ -553,8 +548,8 @@ def train(config, workdir: str, train_iter=None) -> TrainState:
         from score_sde import data
 
         train_iter = data.get_dataset(config, "train", jax.process_index(), jax.process_count())
-    model = config_utils.model_from_config(config.model, config.data.get("num_classes", 0))
-    sde = config_utils.sde_from_config(config.sde)
+    objects = config_utils.objects(config)
+    model, sde = objects.net, objects.sde
     optimizer, p_step = step_for_config(config, model, sde)
     state = create_train_state(jax.random.PRNGKey(config.seed), model, optimizer,
                                models.network_input_shape(sde, tuple(train_iter.data_shape)))

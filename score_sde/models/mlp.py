@@ -7,28 +7,33 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from score_sde.models.embeddings import add_class, class_embedding, fourier_embedding
+from score_sde.models.conditions import conditioning, merge_label, network_spec
+from score_sde.models.embeddings import add_class, fourier_embedding
 
 
 class MLP(nn.Module):
     """Noise-prediction MLP: x (B, *dims), c_noise (B,) -> like x.
 
-    The noise level enters through a Fourier embedding added after every hidden layer; with
-    num_classes > 0 a learned class embedding of y (None: the null class) is added to it.
+    The noise level enters through a Fourier embedding added after every hidden layer; the
+    condition parts of `cond_spec` (or one label part for num_classes > 0; `score_sde.models.conditions`)
+    add their embeddings to it and their channels to the input (`cond`: dict of parts, None: null).
     """
 
     hidden: Sequence[int] = (128, 128, 128)
     embed_dim: int = 32
     fourier_scale: float = 1.0
     num_classes: int = 0
+    cond_spec: tuple = ()
 
     @nn.compact
-    def __call__(self, x, c_noise, train: bool = False, y=None):
+    def __call__(self, x, c_noise, train: bool = False, y=None, cond=None):
         shape = x.shape
-        h = x.reshape(shape[0], -1)
         emb = fourier_embedding(c_noise, self.embed_dim, self.fourier_scale)
         emb = nn.silu(nn.Dense(self.embed_dim)(emb))
-        emb = add_class(emb, class_embedding(y, self.num_classes, self.embed_dim, shape[0]))
+        cemb, xc = conditioning(network_spec(self.cond_spec, self.num_classes), merge_label(cond, y), x,
+                                self.embed_dim)
+        emb = add_class(emb, cemb)
+        h = xc.reshape(shape[0], -1)
         for width in self.hidden:
             h = nn.Dense(width)(h) + nn.Dense(width)(emb)
             h = nn.silu(h)

@@ -29,7 +29,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from score_sde.models import layers
-from score_sde.models.embeddings import add_class, class_embedding, gaussian_fourier_projection, positional_embedding
+from score_sde.models.conditions import conditioning, merge_label, network_spec
+from score_sde.models.embeddings import add_class, gaussian_fourier_projection, positional_embedding
 
 _CHOICES = {
     "resblock_type": ("ddpm", "biggan"),
@@ -66,6 +67,7 @@ class NCSNpp(nn.Module):
     init_scale: float = 0.0
     resamp_with_conv: bool = True
     num_classes: int = 0
+    cond_spec: tuple = ()  # condition parts (score_sde.models.conditions); () and num_classes > 0: one label part
 
     # --- pieces ---------------------------------------------------------------------
     def _check(self, x):
@@ -171,10 +173,11 @@ class NCSNpp(nn.Module):
 
     # --- network --------------------------------------------------------------------
     @nn.compact
-    def __call__(self, x, c_noise, train: bool = False, y=None):
+    def __call__(self, x, c_noise, train: bool = False, y=None, cond=None):
         self._check(x)
-        temb = add_class(self._embed(c_noise), class_embedding(y, self.num_classes, 4 * self.nf, x.shape[0]))
-        hs = self._encode(x, temb, train)
+        cemb, xc = conditioning(network_spec(self.cond_spec, self.num_classes), merge_label(cond, y), x, 4 * self.nf)
+        temb = add_class(self._embed(c_noise), cemb)
+        hs = self._encode(xc, temb, train)
         h = self._resblock()(hs[-1], temb, train)
         h = self._attn()(h)
         h = self._resblock()(h, temb, train)

@@ -21,7 +21,7 @@ from score_sde.models.unet import UNet
 
 # The MLP keeps its own log-spaced embedding: the image networks' fourier_scale (16) is a
 # random-feature scale that does not transfer to it.
-_MLP_FIELDS = ("hidden", "embed_dim", "num_classes")
+_MLP_FIELDS = ("hidden", "embed_dim", "num_classes", "cond_spec")
 
 
 def _fields(cls) -> tuple[str, ...]:
@@ -66,16 +66,19 @@ def names() -> tuple[str, ...]:
     return tuple(MODELS)
 
 
-def get_model(config: Mapping[str, Any], num_classes: int | None = None) -> nn.Module:
+def get_model(config: Mapping[str, Any], num_classes: int | None = None, cond_spec: tuple = ()) -> nn.Module:
     """Builds the Flax network named by `config.name` from the fields of `config` (config.model).
 
     `num_classes` (config.data.num_classes) > 0 gives the network a class embedding; 0 / None
-    leaves the parameter tree exactly as an unconditional network's.
+    leaves the parameter tree exactly as an unconditional network's. `cond_spec` (a tuple of
+    `conditions.Part`) gives it those condition parts instead (their branches add parameters).
 
     Raises:
       ValueError: the name is unknown (the message lists the valid ones).
     """
     model = lookup(MODELS, str(config["name"]).lower(), "model name", "names")(config)
+    if cond_spec:
+        return model.clone(cond_spec=tuple(cond_spec))
     return model.clone(num_classes=int(num_classes)) if num_classes else model
 
 

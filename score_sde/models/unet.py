@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from score_sde.models import layers, resample
-from score_sde.models.embeddings import add_class, class_embedding, gaussian_fourier_projection, positional_embedding
+from score_sde.models.conditions import conditioning, merge_label, network_spec
+from score_sde.models.embeddings import add_class, gaussian_fourier_projection, positional_embedding
 
 
 class UNet(nn.Module):
@@ -37,6 +38,7 @@ class UNet(nn.Module):
     skip_rescale: bool = True
     init_scale: float = 0.0
     num_classes: int = 0
+    cond_spec: tuple = ()  # condition parts (score_sde.models.conditions); () and num_classes > 0: one label part
 
     def _embed(self, c_noise):
         if not self.conditional:
@@ -59,12 +61,13 @@ class UNet(nn.Module):
         return h
 
     @nn.compact
-    def __call__(self, x, c_noise, train: bool = False, y=None):
+    def __call__(self, x, c_noise, train: bool = False, y=None, cond=None):
         factor = 2 ** (len(self.ch_mult) - 1)
         if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
             raise ValueError(f"x must have shape (B, H, W, C) with H, W divisible by {factor}, got {x.shape}")
-        temb = add_class(self._embed(c_noise), class_embedding(y, self.num_classes, 4 * self.nf, x.shape[0]))
-        h = layers.conv3x3(self.nf)(x)
+        cemb, xc = conditioning(network_spec(self.cond_spec, self.num_classes), merge_label(cond, y), x, 4 * self.nf)
+        temb = add_class(self._embed(c_noise), cemb)
+        h = layers.conv3x3(self.nf)(xc)
         skips = []
         for level, mult in enumerate(self.ch_mult):
             if level:

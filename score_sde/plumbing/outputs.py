@@ -20,6 +20,7 @@ import glob
 import hashlib
 import io
 import json
+import math
 import os
 import signal
 import sys
@@ -62,6 +63,8 @@ def sampling_options(config) -> dict:
     if sc.get("class_label", None) is not None:  # guided sampling of a class-conditional model
         options.update(class_label=sc.class_label, guidance=sc.get("guidance", "free"),
                        guidance_scale=float(sc.get("guidance_scale", 0.0)))
+    if config.get("data", {}).get("cond", None):  # a data.cond model: where its conditions come from, the weights
+        options.update(condition=sc.get("condition", "test"), guidance_scales=_plain(sc.get("guidance_scales", {})))
     return options
 
 
@@ -228,7 +231,25 @@ def writing():
     return deferring(None)
 
 
-__all__ = ["RESULTS_INDEX", "ROW_KEYS", "Stopped", "append_result", "likelihood_options", "new_stem",
+def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4, cols: int | None = None) -> None:
+    """Writes images (N, H, W, C) in model scale as a PNG grid, square unless `cols` is given."""
+    from PIL import Image
+
+    x = (samples + 1.0) / 2.0 if centered else samples
+    x = np.clip(x, 0.0, 1.0)
+    n, h, w, c = x.shape
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
+    img = (grid * 255).round().astype(np.uint8)
+    img = img[..., 0] if c == 1 else img
+    Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.NEAREST).save(path)
+
+
+__all__ = ["save_grid", "RESULTS_INDEX", "ROW_KEYS", "Stopped", "append_result", "likelihood_options", "new_stem",
            "options_hash", "read_results", "sampling_options", "save_npz", "save_with", "stop_on_signals",
            "check_stop", "deferring",
            "write_json", "writing"]

@@ -34,6 +34,7 @@ _NONNEG = Rule(float, lambda v: v >= 0, ">= 0")
 _POSITIVE = Rule(float, lambda v: v > 0, "> 0")
 _UNIT = Rule(float, lambda v: 0 <= v < 1, "in [0, 1)")
 GUIDANCE = ("free", "classifier")  # sampling.guidance: classifier-free, or with the trained noisy classifier
+CONDITIONS = ("test", "null")  # sampling.condition (data.cond models): from the test split, or null (the marginal)
 
 SCHEMA: dict[str, Rule] = {
     "seed": Rule(int),
@@ -44,6 +45,7 @@ SCHEMA: dict[str, Rule] = {
     "training.label_dropout": _UNIT,
     "sampling.guidance_scale": Rule(float),
     "sampling.guidance": Rule(str, lambda v: v in GUIDANCE, f"one of {', '.join(GUIDANCE)}"),
+    "sampling.condition": Rule(str, lambda v: v in CONDITIONS, f"one of {', '.join(CONDITIONS)}"),
     "classifier.nf": _POSITIVE_INT,
     "classifier.ch_mult": Rule("ints", lambda v: len(v) > 0 and all(h >= 1 for h in v), "a tuple of positive ints"),
     "classifier.num_res_blocks": _at_least(0),

@@ -1,4 +1,6 @@
-"""Datasets -> numpy batches: scaling, dequantisation, random flip, per-process and per-device sharding.
+"""Sources: the raw examples of one split of each dataset (`load_split`), their labels and conditions.
+
+Datasets -> numpy batches: scaling, dequantisation, random flip, per-process and per-device sharding.
 
 Nothing is downloaded. Embedded datasets ship with the code or its dependencies:
 
@@ -13,16 +15,6 @@ Real datasets load from local files in ``config.data.data_dir``: ``cifar10`` fro
 user's own PNG/JPEG files, and TFDS image datasets (``celeb_a``, ``lsun/<category>``,
 ``tfds:<name>``, and ``cifar10`` as a fallback) from a prepared TFDS ``data_dir`` through the
 TensorFlow-free ``tfds.data_source`` path when ``tensorflow_datasets`` is installed.
-
-Scaling of an integer level k in {0, ..., L-1} (L = ``num_levels``) to x in [0, 1]:
-without dequantisation x = k / (L - 1); with uniform dequantisation x = (k + u) / L, u ~ U[0, 1),
-so each level keeps its own bin [k / L, (k + 1) / L). Centered data is 2 x - 1.
-
-The stream of examples of a split is the concatenation of per-epoch permutations; the
-permutation of epoch e is a pure function of (config.seed, split, e), and every random
-augmentation of an example is a pure function of (config.seed, split, e, example id). What a
-stream position holds therefore does not depend on the batch size or the number of processes,
-and a run resumed from ``get_state`` continues bit for bit.
 """
 
 from __future__ import annotations
@@ -34,11 +26,10 @@ import pickle
 import tarfile
 import types
 import zlib
-from typing import Callable, Iterator, Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
-from score_sde import bpd
 from score_sde.lookup import check_choice
 
 SPLIT_SEED = 0  # fixes the digits train/test split and the generated toy sets
@@ -47,82 +38,6 @@ TOY_SIZES = {"train": 50_000, "test": 5_000}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "test")
 _SPLIT_CODE = {"train": 0, "test": 1}
-
-
-# --- scaling (the rules live in score_sde.bpd; these are the data range of `centered`) ---------
-def data_range(centered: bool) -> tuple[float, float]:
-    """(-1, 1) for centered data, else (0, 1)."""
-    return (-1.0, 1.0) if centered else (0.0, 1.0)
-
-
-def scale(x_uint, num_levels: int, centered: bool) -> np.ndarray:
-    """Integer levels k in {0, ..., L-1} -> float32 k / (L - 1) in [0, 1], or 2 k / (L - 1) - 1."""
-    return bpd.scale_levels(np.asarray(x_uint), num_levels, data_range(centered))
-
-
-def dequantize(x_uint, u, num_levels: int, centered: bool) -> np.ndarray:
-    """Uniform dequantisation: level k and u in [0, 1) -> float32 (k + u) / L (centered: 2 (.) - 1).
-
-    `score_sde.bpd.dequantize` on numpy arrays: the float32 result is clamped into the level's
-    bin [k / L, (k + 1) / L) (scaled, exact edges), so ``inverse_scale(..., dequantized=True)``
-    recovers k exactly despite rounding.
-    """
-    return bpd.dequantize(np.asarray(x_uint), np.asarray(u, np.float32), num_levels, data_range(centered))
-
-
-def _affine(x01, centered):
-    return 2.0 * x01 - 1.0 if centered else x01
-
-
-def inverse_scale(x, num_levels: int, centered: bool, dequantized: bool = False) -> np.ndarray:
-    """Inverse of `scale` (round(x (L - 1))) or of `dequantize` (floor(x L)) -> integer levels.
-
-    Values outside the data range are clipped to {0, ..., L-1}. Returns uint8 when L <= 256
-    (images), int32 otherwise.
-    """
-    x = np.asarray(x, np.float64)
-    x01 = (x + 1.0) / 2.0 if centered else x
-    if dequantized:  # floor, then corrected against the exact bin edges (float rounding near them)
-        k = np.floor(x01 * num_levels)
-        k = k - (x < _affine(k / num_levels, centered)) + (x >= _affine((k + 1) / num_levels, centered))
-    else:
-        k = np.rint(x01 * (num_levels - 1))
-    k = np.clip(k, 0, num_levels - 1)
-    return k.astype(np.uint8 if num_levels <= 256 else np.int32)
-
-
-def bits_per_dim_offset(num_levels: int, centered: bool) -> float:
-    """Bits/dim added to -log2 p / D for dequantised data: log2(L / width), width 2 if centered.
-
-    A level's bin has width (2 if centered else 1) / L in data space, so the probability of the
-    integer data is p(x) (width / L)^D; 8-bit data in [-1, 1] gives log2(256 / 2) = 7.
-    """
-    return bpd.bpd_offset(num_levels, data_range(centered))
-
-
-def shard_for_devices(batch, n_devices: int):
-    """Reshapes every array of a batch (an array or a pytree) from (B, ...) to (n, B // n, ...)."""
-    import jax  # local: the data pipeline itself needs no jax
-
-    def split(x):
-        x = np.asarray(x) if not hasattr(x, "reshape") else x
-        if x.shape[0] % n_devices:
-            raise ValueError(
-                f"batch of {x.shape[0]} examples is not divisible by {n_devices} devices; "
-                f"choose a batch size that is a multiple of {n_devices}")
-        return x.reshape((n_devices, x.shape[0] // n_devices) + tuple(x.shape[1:]))
-
-    return jax.tree.map(split, batch)
-
-
-def pad_batch(batch: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pads a (b, ...) batch with zeros to (size, ...); returns it and a (size,) bool mask of real rows."""
-    b = batch.shape[0]
-    if b > size:
-        raise ValueError(f"batch of {b} examples is larger than the padded size {size}")
-    out = np.zeros((size,) + batch.shape[1:], batch.dtype)
-    out[:b] = batch
-    return out, np.arange(size) < b
 
 
 # --- sources: random access to the raw examples of one split ---------------------------
@@ -154,6 +69,7 @@ class Split:
     `labels`: integer class labels (N,) in the order of the source's examples, when the dataset has
     them (digits, CIFAR-10, image_folder class subfolders, the toy_gmm component), else None.
     `num_classes`: the number of classes the labels index (0 when there are no labels).
+    `conds`: further named condition arrays (N, ...) in the same order (e.g. toy_cond's "y"), or None.
     """
 
     source: Source
@@ -161,6 +77,7 @@ class Split:
     num_levels: int | None
     labels: np.ndarray | None = None
     num_classes: int = 0
+    conds: Mapping[str, np.ndarray] | None = None
 
 
 # --- embedded datasets -----------------------------------------------------------------
@@ -266,6 +183,24 @@ def _toy(name: str) -> Callable[..., Split]:
         return Split(ArraySource(points), (2,), None)
 
     return load
+
+
+TOY_COND_NOISE = 0.5  # toy_cond: y = x[0] + TOY_COND_NOISE * e
+
+
+def _toy_cond(config, split: str) -> Split:
+    """The toy_gmm points (the same draws) with the condition y = x[0] + 0.5 e, e ~ N(0, 1), as the
+    part "y" (N, 1) (its own random stream), and the component ids as labels."""
+    gmm = _toy("toy_gmm")(config, split)
+    x = gmm.source.array
+    e = np.random.default_rng([SPLIT_SEED, _SPLIT_CODE[split], 7]).standard_normal((len(x), 1))
+    y = (x[:, :1] + TOY_COND_NOISE * e).astype(np.float32)
+    return dataclasses.replace(gmm, conds={"y": y})
+
+
+def toy_cond_observation() -> tuple[np.ndarray, float]:
+    """(A (1, 2), noise_std) of toy_cond's observation y = A x + noise_std e: the first coordinate."""
+    return np.array([[1.0, 0.0]]), TOY_COND_NOISE
 
 
 # --- CIFAR-10 from the standard python archive ------------------------------------------
@@ -500,6 +435,7 @@ def _tfds(name: str) -> Callable[..., Split]:
 LOADERS: Mapping[str, Callable[..., Split]] = types.MappingProxyType({
     "digits": _digits,
     **{name: _toy(name) for name in _TOY_GENERATORS},
+    "toy_cond": _toy_cond,
     "cifar10": _cifar10,
     "mnist": _mnist,
     "image_folder": _image_folder,
@@ -524,7 +460,7 @@ def load_split(config, split: str = "train") -> Split:
     if tfds_name is None:
         check_choice(name, dataset_names(), "dataset", "datasets")
     # before any file is read, so a bad config fails fast
-    _check_levels(config, name, None if name in _TOY_GENERATORS else 17 if name == "digits" else 256)
+    _check_levels(config, name, None if name in _TOY_GENERATORS or name == "toy_cond" else 17 if name == "digits" else 256)
     loaded = _tfds_split(config, tfds_name, split) if tfds_name else LOADERS[name](config, split)
     check_labels(config, loaded)
     return loaded
@@ -533,6 +469,31 @@ def load_split(config, split: str = "train") -> Split:
 def num_classes(config) -> int:
     """`config.data.num_classes`: 0 (unconditional, the default) or the number of class labels."""
     return int(config.data.get("num_classes", 0) or 0)
+
+
+def cond_names(config) -> list[str]:
+    """The condition parts the config trains with: "label" (num_classes > 0), then config.data.cond's names."""
+    names = ["label"] if num_classes(config) else []
+    return names + sorted((config.data.get("cond", None) or {}).keys())
+
+
+def cond_arrays(config, split: Split) -> dict[str, np.ndarray] | None:
+    """{part name: (N, ...) array} of the split for the config's condition parts (None: unconditional).
+
+    Labels are int32, every other part float32. Raises ValueError naming the parts the split has.
+    """
+    names = cond_names(config)
+    if not names:
+        return None
+    check_labels(config, split)
+    have = dict(split.conds or {})
+    if split.labels is not None:
+        have.setdefault("label", split.labels)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ValueError(f"dataset {config.data.dataset!r} has no condition part(s) {missing}; it has "
+                         f"{sorted(have) or 'none'} (config.data.cond names the parts to train with)")
+    return {n: np.asarray(have[n], np.int32 if n == "label" else np.float32) for n in names}
 
 
 def check_labels(config, split: Split) -> None:
@@ -567,176 +528,3 @@ def _check_levels(config, name: str, num_levels: int | None) -> None:
             f"set --config.data.num_levels={num_levels}")
 
 
-# --- iteration ------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Transform:
-    """Raw levels -> float32 model inputs, with per-example randomness from (seed, split, epoch, id)."""
-
-    num_levels: int | None
-    centered: bool
-    random_flip: bool
-    dequantize: bool
-    seed: int
-    split_code: int
-
-    def _example_rng(self, epoch: int, example_id: int) -> np.random.Generator:
-        """A counter-based (Philox) stream keyed by (seed, split, epoch, id): cheap and independent."""
-        key = np.array([(epoch << 32) | example_id, ((self.seed & (2**61 - 1)) << 2) | self.split_code], np.uint64)
-        return np.random.Generator(np.random.Philox(key=key))
-
-    def __call__(self, raw: np.ndarray, epoch: int, ids: np.ndarray) -> np.ndarray:
-        if self.num_levels is None:  # continuous toy data
-            return np.asarray(raw, np.float32)
-        if not (self.random_flip or self.dequantize):
-            return scale(raw, self.num_levels, self.centered)
-        rngs = [self._example_rng(epoch, i) for i in np.asarray(ids).tolist()]
-        if self.random_flip:  # horizontal: reverse the width axis of (H, W, C)
-            flip = np.array([r.random() < 0.5 for r in rngs], bool)
-            raw = np.array(raw)  # a copy: sources may hand out views of their storage
-            raw[flip] = raw[flip][:, :, ::-1]
-        if not self.dequantize:
-            return scale(raw, self.num_levels, self.centered)
-        u = np.stack([r.random(raw.shape[1:], np.float32) for r in rngs])
-        return dequantize(raw, u, self.num_levels, self.centered)
-
-
-class DataIterator:
-    """Infinite shuffled batches of one split: this process's share of each global batch.
-
-    Attributes:
-      data_shape: shape of one example, e.g. (8, 8, 1) or (2,).
-      num_examples: examples in the split.
-      num_levels: grey levels of the raw data (17 digits, 256 8-bit images, None continuous).
-      batch_size: examples per `next` on this process (global batch // process count).
-      global_batch_size: examples per step over all processes.
-
-    Batches are float32 arrays (B, *data_shape), or with `with_labels` dicts
-    {"image": (B, *data_shape) float32, "label": (B,) int32}.
-    """
-
-    def __init__(self, split: Split, transform: Transform, global_batch: int, process_index: int,
-                 process_count: int, with_labels: bool = False):
-        if with_labels and split.labels is None:
-            raise ValueError("with_labels=True needs a split with class labels (Split.labels is None)")
-        self._source, self._transform = split.source, transform
-        self._labels = split.labels if with_labels else None
-        self.data_shape, self.num_levels = tuple(split.data_shape), split.num_levels
-        self.num_examples = len(split.source)
-        self.global_batch_size = global_batch
-        self.batch_size = _process_batch(global_batch, process_index, process_count)
-        self._offset = process_index * self.batch_size
-        self._epoch, self._index = 0, 0
-        self._orders: dict[int, np.ndarray] = {}
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
-            key = [self._transform.seed, self._transform.split_code, epoch]
-            self._orders[epoch] = np.random.default_rng(key).permutation(self.num_examples)
-        return self._orders[epoch]
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return self
-
-    def __next__(self) -> np.ndarray:
-        n = self.num_examples
-        start = self._epoch * n + self._index + self._offset  # stream position of this share
-        epochs, index = np.divmod(np.arange(start, start + self.batch_size), n)
-        out, labels = [], []
-        for epoch in np.unique(epochs).tolist():  # a batch may straddle epochs
-            ids = self._order(epoch)[index[epochs == epoch]]
-            out.append(self._transform(self._source.get(ids), epoch, ids))
-            labels.append(self._labels[ids] if self._labels is not None else None)
-        self._epoch, self._index = divmod(self._epoch * n + self._index + self.global_batch_size, n)
-        if self._labels is None:
-            return np.concatenate(out)
-        return {"image": np.concatenate(out), "label": np.concatenate(labels).astype(np.int32)}
-
-    def get_state(self) -> dict:
-        """The stream position {'epoch', 'index'} (JSON-serialisable; save it with the checkpoint)."""
-        return {"epoch": int(self._epoch), "index": int(self._index)}
-
-    def set_state(self, state: Mapping) -> None:
-        """Moves to a position from `get_state`; the following batches are those that followed it."""
-        epoch, index = int(state["epoch"]), int(state["index"])
-        if epoch < 0 or not 0 <= index < self.num_examples:
-            raise ValueError(f"invalid data state {dict(state)}: need epoch >= 0 and 0 <= index < {self.num_examples}")
-        self._epoch, self._index = epoch, index
-
-
-def _process_batch(global_batch: int, process_index: int, process_count: int) -> int:
-    if global_batch <= 0 or global_batch % process_count:
-        raise ValueError(
-            f"global batch size {global_batch} is not divisible by the process count {process_count}; "
-            f"set --config.training.batch_size to a positive multiple of {process_count}")
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
-    return global_batch // process_count
-
-
-def _transform(config, split: Split, split_name: str, dequantize: bool | None = None) -> Transform:
-    data = config.data
-    return Transform(
-        num_levels=split.num_levels,
-        centered=bool(data.centered),
-        random_flip=bool(data.random_flip) and split_name == "train" and len(split.data_shape) == 3,
-        dequantize=bool(data.uniform_dequantization if dequantize is None else dequantize),
-        seed=int(config.seed) & (2**61 - 1),  # non-negative, as SeedSequence and the Philox key need
-        split_code=_SPLIT_CODE[split_name])
-
-
-def get_dataset(config, split: str = "train", process_index: int = 0, process_count: int = 1,
-                batch_size: int | None = None, repeat: bool = True, loaded: Split | None = None):
-    """An infinite, per-epoch reshuffled `DataIterator` over `split` of `config.data.dataset`.
-
-    Args:
-      config: the experiment config (`config.data`, `config.training.batch_size`, `config.seed`).
-      split: "train" or "test"; random flips apply to "train" only.
-      process_index, process_count: this process's share of each global batch (contiguous rows).
-      batch_size: global batch size; defaults to `config.training.batch_size`.
-      repeat: False gives `iterate_once(config, split, batch_size, ...)` instead (one ordered pass).
-      loaded: `load_split(config, split)` when the caller has it already (it is not read again).
-
-    Returns:
-      Batches of shape (global_batch // process_count, *data_shape), float32; when
-      `config.data.num_classes` > 0, dicts {"image": those, "label": (B,) int32}.
-    """
-    global_batch = int(batch_size or config.training.batch_size)
-    _process_batch(global_batch, process_index, process_count)
-    if not repeat:
-        return iterate_once(config, split, global_batch, process_index, process_count, loaded=loaded)
-    data = loaded if loaded is not None else load_split(config, split)
-    check_labels(config, data)
-    return DataIterator(data, _transform(config, data, split), global_batch, process_index, process_count,
-                        with_labels=num_classes(config) > 0)
-
-
-def iterate_once(config, split: str = "test", batch_size: int | None = None, process_index: int = 0,
-                 process_count: int = 1, dequantize: bool | None = None,
-                 loaded: Split | None = None, with_labels: bool = False) -> Iterator[np.ndarray]:
-    """One pass over `split` in its stored order, every example exactly once (e.g. for bits/dim).
-
-    Global batches hold `batch_size` examples except the last, which is smaller (the remainder).
-    Each process gets its contiguous share (np.array_split of the global batch, so the shares of
-    the last batch may differ by one and may be empty). Use `pad_batch` for fixed shapes.
-    Dequantisation follows `config.data.uniform_dequantization` unless `dequantize` is given;
-    its noise is a pure function of (config.seed, split, example), so bits/dim is reproducible.
-    `loaded`: `load_split(config, split)` when the caller has it already (it is not read again).
-    `with_labels`: yield {"image", "label"} dicts (the split must have labels).
-    """
-    global_batch = int(batch_size or config.training.batch_size)
-    _process_batch(global_batch, process_index, process_count)
-    data = loaded if loaded is not None else load_split(config, split)  # errors surface here, not at the first `next`
-    if with_labels and data.labels is None:
-        raise ValueError(f"dataset {config.data.dataset!r} has no class labels to iterate over")
-    return _one_pass(data, _transform(config, data, split, dequantize), global_batch, process_index, process_count,
-                     with_labels)
-
-
-def _one_pass(data: Split, transform: Transform, global_batch: int, process_index: int,
-              process_count: int, with_labels: bool = False) -> Iterator[np.ndarray]:
-    n = len(data.source)
-    for start in range(0, n, global_batch):
-        ids = np.array_split(np.arange(start, min(start + global_batch, n)), process_count)[process_index]
-        x = np.zeros((0,) + data.data_shape, np.float32) if ids.size == 0 else transform(data.source.get(ids), 0, ids)
-        yield {"image": x, "label": data.labels[ids].astype(np.int32)} if with_labels else x

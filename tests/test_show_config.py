@@ -35,7 +35,7 @@ def test_every_key_once_and_every_sampler_option_with_help():
     assert "sampling.unipc.nfe = None (int)  # nfe alone" in text and "sampling.ode.eps = None (float)  # " in text
     assert "\ntraining.n_iters = 1000\n" in text
     assert "model.ema_warmup = True  # EMA decay min(ema_rate, (1 + n) / (10 + n))" in text
-    assert key_help["eval.stats_path"].endswith("cached as <workdir>/inception_<dataset>_train.npz")  # continued
+    assert key_help["eval.stats_path"].endswith("cached as <workdir>/inception_<dataset>_train_<sha1[:12]>.npz")  # continued
 
 
 def test_docstring_entries_with_several_names_and_continuations():

@@ -1,5 +1,6 @@
 """Test setup: two forced host devices, so multi-device code is always exercised on CPU."""
 
+import gc
 import os
 
 _flag = "--xla_force_host_platform_device_count=2"
@@ -19,3 +20,13 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Releases each test module's compiled programs after it. One process runs the whole suite; without
+    this it keeps every XLA:CPU executable of ~500 tests (7 GB, and memory maps towards the kernel's
+    vm.max_map_count of 65530, where the compiler segfaulted in test_train at ~95 % of the suite)."""
+    yield
+    jax.clear_caches()
+    gc.collect()

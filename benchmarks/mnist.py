@@ -133,18 +133,22 @@ def gaussian_baseline_bpd(data_dir: str, verify: bool, examples: int) -> float:
     return float(np.mean(-logp / (784 * math.log(2)) + 8 - 1))   # offset log2(256) - log2(2)
 
 
-def sample_quality(workdir: str, npz: str, data_dir: str, verify: bool, train_subset: int | None) -> dict:
+def quality_scorer(workdir: str, data_dir: str, verify: bool, train_subset: int | None):
+    """score(npz) -> the `mnist_quality` figures of its samples; MNIST and the classifier are read once."""
     from score_sde import mnist, mnist_quality
 
     train, train_labels, _ = mnist.read_mnist(data_dir, "train", verify)
     test, _, _ = mnist.read_mnist(data_dir, "test", verify)
     train01, test01 = train[:train_subset] / 255.0, test / 255.0
-    train_labels = train_labels[:train_subset]
     clf = mnist_quality.load_or_train_classifier(os.path.join(workdir, "mnist_classifier.npz"), train01,
-                                                 train_labels)
-    with np.load(npz) as f:
-        samples01 = (f["samples"] + 1.0) / 2.0
-    return mnist_quality.mnist_quality(clf, samples01, train01, test01)
+                                                 train_labels[:train_subset])
+
+    def score(npz: str) -> dict:
+        with np.load(npz) as f:
+            samples01 = (f["samples"] + 1.0) / 2.0
+        return mnist_quality.mnist_quality(clf, samples01, train01, test01)
+
+    return score
 
 
 def main() -> None:
@@ -191,15 +195,14 @@ def main() -> None:
               "published": dict((name, v) for name, v in PUBLISHED), "samplers": {}}
     settings = [(f"dpm_solver nfe={k}", ["--config.sampling.method=dpm_solver", f"--config.sampling.dpm_solver.nfe={k}"])
                 for k in NFES] + [("ode (adaptive)", ["--config.sampling.method=ode"])]
-    grid = None
+    grid, score = None, quality_scorer(args.workdir, args.data_dir, verify, 2000 if args.smoke else None)
     for name, sampler in settings:
         row = main_py(args.workdir, "sample", [*common, *net, *sampler,
                                                f"--config.sampling.num_samples={args.num_samples}",
                                                f"--config.sampling.batch_size={min(500, args.num_samples)}"])
         npz = next(f for f in row["files"] if f.endswith(".npz"))
         grid = next((f for f in row["files"] if f.endswith(".png")), grid)
-        result["samplers"][name] = {"nfe": row["figures"].get("nfe"), **sample_quality(
-            args.workdir, npz, args.data_dir, verify, 2000 if args.smoke else None)}
+        result["samplers"][name] = {"nfe": row["figures"].get("nfe"), **score(npz)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mnist.json").write_text(json.dumps(result, indent=2) + "\n")
     if grid:

@@ -136,8 +136,8 @@ def protocol(config, net: F.InceptionNet, ref_path: str, num_samples: int, num_r
     method = config.sampling.method
     sampler_opts = config.sampling.get(method) if method in config.sampling else None
     denoise = sampler_opts.get("denoise") if sampler_opts is not None else None
-    if sampler_opts is not None and "denoise" in sampler_opts and denoise is None:  # the default: on where
-        from score_sde import config_utils                                         # the SDE has a scalar kernel
+    if sampler_opts is not None and "denoise" in sampler_opts and denoise is None:
+        from score_sde import config_utils  # the default (None): on where the SDE has a scalar kernel
 
         denoise = "scalar_kernel" in config_utils.sde_from_config(config.sde).capabilities
     return {

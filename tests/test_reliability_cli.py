@@ -24,7 +24,17 @@ def env():
 
 def start(workdir):
     cmd = [sys.executable, "main.py", f"--workdir={workdir}", "--mode=train", *TINY]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # stderr to a file, not a pipe nobody reads while training runs: a full pipe (progress bar, warnings)
+    # blocks the child before step 4 (seen once in a whole-suite run)
+    err = open(workdir.parent / f"{workdir.name}.stderr", "w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=err, text=True)
+    proc.err_file = err
+    return proc
+
+
+def _stderr(proc) -> str:
+    proc.err_file.seek(0)
+    return proc.err_file.read()
 
 
 def wait_for_step(workdir, step, proc, timeout=120):
@@ -36,12 +46,13 @@ def wait_for_step(workdir, step, proc, timeout=120):
                 json.loads(line).get("step", 0) >= step for line in metrics.read_text().splitlines() if line.strip()):
             return
         time.sleep(0.2)
-    raise AssertionError(f"step {step} not reached; stderr:\n{proc.stderr.read() if proc.poll() is not None else ''}")
+    raise AssertionError(f"step {step} not reached; stderr:\n{_stderr(proc) if proc.poll() is not None else ''}")
 
 
 def stop(proc, sig):
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    err = _stderr(proc)
     lines = [line for line in err.splitlines() if line.strip() and "WARNING:absl" not in line and "train:" not in line]
     return proc.returncode, lines, err
 

@@ -1,0 +1,50 @@
+"""A frozen teacher: its arrays travel as the training step's `frozen` argument, its step is a
+solver's `single_step`.
+
+    frozen, static = split_teacher(score_fn)          # arrays (passed to the pmapped step) | the rest
+    step = teacher_step(sde, static, solvers.get("ddim"))
+    x_s = step(frozen, x_t, t, s)                     # (B,) times; s = 0: the teacher's x0 prediction
+
+The teacher is any score function that is a pytree (a `ScoreModel` with its variables, an analytic
+`MixtureScore`, a previous round's `Student`): `equinox.partition` keeps its arrays apart, so they
+are an argument of the compiled step, never constants compiled into it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import equinox as eqx
+import jax.numpy as jnp
+from jax import lax
+
+from score_sde.sde import SDE, Array, expand_to
+from score_sde.solvers.base import StepSampler
+from score_sde.solvers.data_prediction import data_prediction
+
+TeacherStep = Callable[[Any, Array, Array, Array], Array]
+
+
+def split_teacher(score_fn) -> tuple[Any, Any]:
+    """(frozen arrays, static rest) of a pytree score function; `eqx.combine` puts them together."""
+    return eqx.partition(score_fn, eqx.is_array)
+
+
+def teacher_step(sde: SDE, static, sampler: StepSampler) -> TeacherStep:
+    """step(frozen, x, t, s) -> x at s: one step of `sampler` (its `single_step`: DDIM, EDM's Heun, ...)
+    with the teacher eqx.combine(frozen, static), per-example times t, s (B,), 0 <= s < t. A step to
+    s = 0 is the teacher's data prediction x0_hat(x, t) (the DDIM step to clean data). A constant
+    for autodiff."""
+
+    def step(frozen, x, t, s):
+        score_fn = eqx.combine(frozen, static)
+        to_clean = s <= 0
+        s_safe = jnp.where(to_clean, 0.5 * t, s)  # the unused branch stays finite
+        moved = sampler.single_step(sde, score_fn, x, t, s_safe)
+        clean = data_prediction(sde, score_fn, x, t)
+        return lax.stop_gradient(jnp.where(expand_to(to_clean, x), clean, moved).astype(x.dtype))
+
+    return step
+
+
+__all__ = ["TeacherStep", "split_teacher", "teacher_step"]

@@ -1,13 +1,13 @@
 """A frozen teacher: its arrays travel as the training step's `frozen` argument, its step is a
 solver's `single_step`.
 
-    frozen, static = split_teacher(score_fn)          # arrays (passed to the pmapped step) | the rest
-    step = teacher_step(sde, static, solvers.get("ddim"))
-    x_s = step(frozen, x_t, t, s)                     # (B,) times; s = 0: the teacher's x0 prediction
+    step = teacher_step(sde, lambda v: model.with_variables(v), solvers.get("ddim"))
+    x_s = step(model.variables, x_t, t, s)            # (B,) times; s = 0: the teacher's x0 prediction
+    frozen, build = split_teacher(score_fn)           # any pytree score_fn: its arrays | a rebuilder
 
-The teacher is any score function that is a pytree (a `ScoreModel` with its variables, an analytic
-`MixtureScore`, a previous round's `Student`): `equinox.partition` keeps its arrays apart, so they
-are an argument of the compiled step, never constants compiled into it.
+`build(frozen)` turns the frozen arrays (the step's `frozen` argument, never constants compiled
+into it) back into the teacher: a `ScoreModel` from its variables, a previous round's `Student`,
+or any pytree score function (an analytic `MixtureScore`) through `split_teacher`.
 """
 
 from __future__ import annotations
@@ -25,19 +25,20 @@ from score_sde.solvers.data_prediction import data_prediction
 TeacherStep = Callable[[Any, Array, Array, Array], Array]
 
 
-def split_teacher(score_fn) -> tuple[Any, Any]:
-    """(frozen arrays, static rest) of a pytree score function; `eqx.combine` puts them together."""
-    return eqx.partition(score_fn, eqx.is_array)
+def split_teacher(score_fn) -> tuple[Any, Callable]:
+    """(frozen arrays, build) of a pytree score function: build(frozen) = the score function again
+    (`eqx.partition` / `eqx.combine`)."""
+    frozen, static = eqx.partition(score_fn, eqx.is_array)
+    return frozen, lambda f: eqx.combine(f, static)
 
 
-def teacher_step(sde: SDE, static, sampler: StepSampler) -> TeacherStep:
+def teacher_step(sde: SDE, build: Callable, sampler: StepSampler) -> TeacherStep:
     """step(frozen, x, t, s) -> x at s: one step of `sampler` (its `single_step`: DDIM, EDM's Heun, ...)
-    with the teacher eqx.combine(frozen, static), per-example times t, s (B,), 0 <= s < t. A step to
-    s = 0 is the teacher's data prediction x0_hat(x, t) (the DDIM step to clean data). A constant
-    for autodiff."""
+    with the teacher build(frozen), per-example times t, s (B,), 0 <= s < t. A step to s = 0 is the
+    teacher's data prediction x0_hat(x, t) (the DDIM step to clean data). A constant for autodiff."""
 
     def step(frozen, x, t, s):
-        score_fn = eqx.combine(frozen, static)
+        score_fn = build(frozen)
         to_clean = s <= 0
         s_safe = jnp.where(to_clean, 0.5 * t, s)  # the unused branch stays finite
         moved = sampler.single_step(sde, score_fn, x, t, s_safe)

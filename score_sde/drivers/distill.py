@@ -19,12 +19,15 @@ the pmapped step's `frozen` argument.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import os
 
 import jax
+import ml_collections
 
 from score_sde import config_utils, data
-from score_sde.distill import (DISTANCES, WEIGHTINGS, Student, consistency_loss_fn, progressive_loss_fn, split_teacher,
+from score_sde.distill import (DISTANCES, WEIGHTINGS, Student, consistency_loss_fn, progressive_loss_fn,
                                teacher_step)
 from score_sde.drivers import train
 from score_sde.lookup import check_choice
@@ -87,29 +90,73 @@ def run_dirs(config, workdir: str) -> list[str]:
 
 def make_student(config, params=None) -> Student:
     """The `Student` of `config` (network `config.model`, parameterisation from distill.method)."""
-    objects = config_utils.objects(config)
+    sde, net = config_utils.sde_from_config(config.sde), config_utils.net_from_config(config)
     kind = "v" if config.distill.method == "progressive" else "consistency"
-    eps = config.distill.eps if config.distill.eps is not None else objects.sde.sampling_eps
-    return Student(objects.net, {"params": params}, objects.sde, kind, float(eps), float(config.distill.sigma_data))
+    eps = config.distill.eps if config.distill.eps is not None else sde.sampling_eps
+    return Student(net, {"params": params}, sde, kind, float(eps), float(config.distill.sigma_data))
 
 
 def load_teacher(config, data_shape: tuple[int, ...]):
-    """(teacher score_fn, its network params or None): the trained run's EMA params, or the exact mixture score."""
-    sde = config_utils.objects(config).sde
+    """(the teacher's frozen arrays, its network params or None): the trained run's EMA variables, or
+    the toy mixture's (weights, means, stds) for the exact score (`_teacher_builder` rebuilds it)."""
     if config.distill.teacher == "analytic":
-        return data.sources.toy_gmm_mixture().score_fn(sde), None
+        gmm = data.sources.toy_gmm_mixture()
+        return (gmm.weights, gmm.means, gmm.stds), None
     loaded = restore.load_score_fn(config, config.distill.teacher_workdir, data_shape)
-    return loaded.score_fn, loaded.score_fn.variables["params"]
+    return loaded.score_fn.variables, loaded.score_fn.variables["params"]
 
 
-def _run(config, run_dir: str, loss_fn, frozen, init_params, train_iter, frozen_of=None) -> train.TrainState:
+@functools.lru_cache(maxsize=8)
+def _pmapped_step(config_json: str, n_steps: int):
+    """(optimizer, pmapped step) of a student run, cached on what defines the step (the config without its
+    loop settings, the round), so that a resumed run in the same process does not recompile. The
+    teacher's arrays are the step's `frozen` argument, so they are not part of the key."""
+    config = ml_collections.ConfigDict(json.loads(config_json))
+    dc, sde = config.distill, config_utils.sde_from_config(config.sde)
+    student = make_student(config)
+    denoise = lambda params, x, t: student.with_variables({"params": params}).denoise(x, t)  # noqa: E731
+    build = _teacher_builder(config, n_steps, student)
+    optimizer = train.make_optimizer(config.optim)
+    warmup = bool(config.model.get("ema_warmup", True))
+    if dc.method == "consistency":
+        from score_sde import solvers
+
+        step = teacher_step(sde, build, solvers.get(dc.teacher_sampler))
+        loss = consistency_loss_fn(denoise, step, sde, dc.n_points, student.eps, dc.distance, dc.huber_c)
+        return optimizer, train.make_pmapped_step(loss, optimizer, config.model.ema_rate, warmup,
+                                                  lambda state, f: {"teacher": f, "target": state.ema_params})
+    from score_sde.solvers.ddim import DDIMSampler
+
+    loss = progressive_loss_fn(denoise, teacher_step(sde, build, DDIMSampler()), sde, n_steps, dc.weighting)
+    return optimizer, train.make_pmapped_step(loss, optimizer, config.model.ema_rate, warmup)
+
+
+def _teacher_builder(config, n_steps: int, student: Student):
+    """build(frozen) -> this round's teacher: the toy mixture's exact score from (weights, means, stds), a
+    trained run's ScoreModel or (later progressive rounds) the previous student from {"params": ...}."""
+    sde = config_utils.sde_from_config(config.sde)
+    if config.distill.method == "progressive" and n_steps < config.distill.teacher_steps // 2:
+        return student.with_variables
+    if config.distill.teacher == "analytic":
+        from score_sde.analytic import GaussianMixture
+
+        return lambda f: GaussianMixture(*f).score_fn(sde)
+    return lambda variables: config_utils.score_model_from_config(config, variables)
+
+
+def _step_key(config) -> str:
+    """The config as JSON without the keys that do not change the compiled step (loop settings, sampling)."""
+    keep = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+            for k in ("model", "sde", "optim", "distill", "data", "seed")}
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _run(config, run_dir: str, n_steps: int, frozen, init_params, train_iter) -> train.TrainState:
     """One student run through `train.run_loop` (checkpoints, resume, signals, metrics)."""
     tc = config.training
     per_device = train.check_batch_config(tc)
     objects = config_utils.objects(config)
-    optimizer = train.make_optimizer(config.optim)
-    p = train.make_pmapped_step(loss_fn, optimizer, config.model.ema_rate, bool(config.model.get("ema_warmup", True)),
-                                frozen_of)
+    optimizer, p = _pmapped_step(_step_key(config), n_steps)
     state = train.create_train_state(jax.random.PRNGKey(config.seed), objects.net, optimizer,
                                      tuple(train_iter.data_shape))
     if init_params is not None:  # a student starts from its teacher's weights
@@ -117,38 +164,21 @@ def _run(config, run_dir: str, loss_fn, frozen, init_params, train_iter, frozen_
     return train.run_loop(run_dir, lambda s, b: p(s, b, frozen), state, train_iter, tc, per_device)
 
 
-def _denoise(student: Student):
-    return lambda params, x, t: student.with_variables({"params": params}).denoise(x, t)
-
-
 def distill(config, workdir: str, train_iter) -> dict[str, train.TrainState]:
     """Runs distill.method; returns {student dir: final state}. Resumes every unfinished run."""
     check_distill_config(config)
-    dc, sde = config.distill, config_utils.objects(config).sde
-    teacher, params = load_teacher(config, tuple(train_iter.data_shape))
-    student = make_student(config)
-    out = {}
-    if dc.method == "consistency":
-        from score_sde import solvers
-
-        frozen, static = split_teacher(teacher)
-        loss = consistency_loss_fn(_denoise(student), teacher_step(sde, static, solvers.get(dc.teacher_sampler)), sde,
-                                   dc.n_points, student.eps, dc.distance, dc.huber_c)
+    frozen, params = load_teacher(config, tuple(train_iter.data_shape))
+    if config.distill.method == "consistency":
         run_dir = student_dir(workdir, "consistency")
-        out[run_dir] = _run(config, run_dir, loss, frozen, params, train_iter,
-                            frozen_of=lambda state, f: {"teacher": f, "target": state.ema_params})
-        return out
-    from score_sde.solvers.ddim import DDIMSampler
-
-    for n in rounds(dc.teacher_steps):
-        frozen, static = split_teacher(teacher)
-        loss = progressive_loss_fn(_denoise(student), teacher_step(sde, static, DDIMSampler()), sde, n, dc.weighting)
+        return {run_dir: _run(config, run_dir, 0, frozen, params, train_iter)}
+    out = {}
+    for n in rounds(config.distill.teacher_steps):
         run_dir = student_dir(workdir, "progressive", n)
         print(f"progressive distillation: {2 * n} teacher steps -> {n} student steps in {run_dir}")
-        state = _run(config, run_dir, loss, frozen, params, train_iter)
+        state = _run(config, run_dir, n, frozen, params, train_iter)
         out[run_dir] = state
         params = state.ema_params
-        teacher = student.with_variables({"params": params})  # the next round's teacher
+        frozen = {"params": params}  # the next round's teacher: this student
     return out
 
 

@@ -15,8 +15,9 @@ adaptive probability-flow ODE (tsit5, rtol = atol = 1e-5) on the exact score. Tr
 counted in teacher evaluations (progressive: 2 DDIM steps = 2 per example, the step to t = 0 one
 more; consistency: one Heun step = 2) and minutes.
 
-Writes <out>/distill.md and distill.json (default benchmarks/results). `--smoke` runs a tiny
-version (a few seconds of training) into a temporary folder unless --out is given.
+Writes <out>/distill.md and distill.json (default benchmarks/out; the committed figures are in
+benchmarks/results/). `--smoke` runs a tiny version (seconds of training; a few minutes with
+compilation on 2 shared cores) into a temporary folder unless --out is given.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def table(res: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny run (seconds of training), for a check")
-    p.add_argument("--out", default=None, help="output folder (default benchmarks/results; --smoke: a temp folder)")
+    p.add_argument("--out", default=None, help="output folder (default benchmarks/out; --smoke: a temp folder)")
     p.add_argument("--iters", type=int, default=2000, help="training steps per progressive round (consistency: 4x)")
     p.add_argument("--n", type=int, default=5000, help="samples per sampler and in the reference")
     args = p.parse_args(argv)

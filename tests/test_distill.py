@@ -15,6 +15,7 @@ import score_sde as ss
 from score_sde import distill, models, solvers
 from score_sde.analytic import gaussian_flow_map
 from score_sde.losses import draw_time_and_noise, example_keys
+from score_sde.solvers.data_prediction import data_prediction
 
 MIX = ss.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[-1.0, 0.5], [1.0, -0.5]]), jnp.array([0.3, 0.3]))
 
@@ -84,9 +85,11 @@ def test_progressive_student_step_equals_two_teacher_steps():
         x_t = sde.marginal_prob(x0, t)[0] + sde.std(t)[:, None] * z
         two = step(frozen, step(frozen, x_t, t, t_mid), t_mid, t_next)
         one = sampler.single_step(sde, student.with_variables({"params": params}), x_t, t, t_next)
-        return jnp.sqrt(jnp.mean((one - two) ** 2)), jnp.sqrt(jnp.mean((two - x_t) ** 2)), i
+        to_clean = jnp.abs(step(frozen, x_t, t, 0 * t) - data_prediction(sde, MIX.score_fn(sde), x_t, t)).max()
+        return jnp.sqrt(jnp.mean((one - two) ** 2)), jnp.sqrt(jnp.mean((two - x_t) ** 2)), i, to_clean
 
-    before, _, i = measure(student.variables["params"])
+    before, _, i, to_clean = measure(student.variables["params"])
+    assert float(to_clean) < 1e-5  # the teacher's step to t = 0 is its data prediction (Tweedie)
     after, moved = (float(v) for v in measure(fit(student.variables["params"]))[:2])
     assert set(np.asarray(i).tolist()) == {1.0, 2.0}  # both student steps are in the batch
     assert after < 0.02 and after < 0.02 * moved, (float(before), after, moved)

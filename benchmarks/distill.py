@@ -12,8 +12,8 @@ presets) draw as many from the exact score at the same NFE K; the figure is the 
 Wasserstein-1 distance (64 directions) to `--n` fresh samples of the true mixture. The Monte Carlo
 floor is the distance between two independent true samples of that size; "converged" is the
 adaptive probability-flow ODE (tsit5, rtol = atol = 1e-5) on the exact score. Training cost is
-counted in teacher evaluations (progressive: 2 DDIM steps = 2 per example, the step to t = 0 one
-more; consistency: one Heun step = 2) and minutes.
+counted in teacher evaluations (progressive: 2 DDIM steps, each also evaluating the Tweedie branch
+of the step to t = 0 = 4 per example; consistency: one Heun step = 2) and minutes.
 
 Writes <out>/distill.md and distill.json (default benchmarks/out; the committed figures are in
 benchmarks/results/). `--smoke` runs a tiny version (seconds of training; a few minutes with
@@ -94,7 +94,9 @@ def run(out: pathlib.Path, iters: int, n: int, teacher_steps: int) -> dict:
             loaded = distill_driver.load_student(cfg, str(work / method), (2,))
             rows[f"{method} student"][k] = sliced_w1(draw(solvers.get("student", n_steps=k, kind=kind), sde,
                                                           loaded.score_fn, n), truth)
-        per_example = 3 if method == "progressive" else 2  # teacher evaluations per example and step
+        # teacher evaluations per example and step: two DDIM steps, each also evaluating the Tweedie
+        # branch of the step to t = 0 (`teacher_step` computes both); one Heun step = 2
+        per_example = 4 if method == "progressive" else 2
         rounds = len(distill_driver.rounds(teacher_steps)) if method == "progressive" else 1
         cost[method] = {"minutes": round(minutes, 2), "steps": steps * rounds,
                         "teacher_evaluations": steps * rounds * cfg.training.batch_size * per_example}

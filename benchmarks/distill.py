@@ -34,7 +34,7 @@ import numpy as np
 import score_sde.solvers as solvers
 from benchmarks.common import RESULTS, write_result
 from configs import toy_distill
-from score_sde import data
+from score_sde import config_utils, data
 from score_sde.drivers import distill as distill_driver
 
 BUDGETS = (1, 2, 4, 8)
@@ -72,7 +72,7 @@ def draw(sampler, sde, score_fn, n: int, seed: int = 7) -> np.ndarray:
 def run(out: pathlib.Path, iters: int, n: int, teacher_steps: int) -> dict:
     gmm = data.sources.toy_gmm_mixture()
     config = toy_distill.get_config()
-    sde = distill_driver.config_utils.sde_from_config(config.sde)
+    sde = config_utils.sde_from_config(config.sde)
     truth = np.asarray(gmm.sample(jax.random.PRNGKey(1), n))
     floor = sliced_w1(np.asarray(gmm.sample(jax.random.PRNGKey(2), n)), truth)
     exact = gmm.score_fn(sde)

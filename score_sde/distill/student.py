@@ -13,7 +13,8 @@ net.apply(variables, x_in, c_noise(t)) with the usual c_noise(t) = -lambda(t)):
     "consistency"  consistency models (Song et al. 2023, Sec. 3 / App. C): in the equivalent VE
                    noise level sigma = std / alpha and sigma_min = sigma(eps),
                    f(x, t) = c_skip(sigma) (alpha(eps) / alpha(t)) x + c_out(sigma) alpha(eps) F(c_in x, t),
-                   c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2), c_out = (sigma - sigma_min) sd / sqrt(sd^2 + sigma^2),
+                   c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2),
+                   c_out = (sigma - sigma_min) sd / sqrt(sd^2 + sigma^2),
                    c_in = 1 / sqrt(std^2 + alpha^2 sd^2), sd = sigma_data; so f(x, eps) = x exactly
                    (c_skip = 1, c_out = 0, alpha ratio exp(0) = 1, and x itself at t <= eps, so that no rounding of
                    those coefficients under jit leaves a 1e-7 residue): the boundary condition is built in.

@@ -209,5 +209,6 @@ def sampling_config(config):
     return out
 
 
-__all__ = ["METHODS", "TEACHERS", "TEACHER_SAMPLERS", "check_distill_config", "rounds", "student_dir", "run_dirs", "make_student",
+__all__ = ["METHODS", "TEACHERS", "TEACHER_SAMPLERS", "check_distill_config", "rounds", "student_dir", "run_dirs",
+           "make_student",
            "load_teacher", "distill", "load_student", "sampling_config"]

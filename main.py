@@ -7,6 +7,8 @@
     python main.py --config=configs/digits_vp.py --workdir=runs/digits --mode=edit --config.edit.task=inpaint
     python main.py --config=configs/digits_cond.py --workdir=runs/digits_cond --mode=train_classifier
     python main.py --config=configs/digits_cond.py --workdir=runs/digits_cond --mode=sample --config.sampling.class_label=-1
+    python main.py --config=configs/toy_distill.py --workdir=runs/toy_distill --mode=distill
+    python main.py --config=configs/toy_distill.py --workdir=runs/toy_distill --mode=sample --config.sampling.student.n_steps=2
 
 Any config key can be overridden with --config.<key>=<value>. Errors a user can cause (bad flags
 or overrides included) print one line `error: ...` and exit with status 2, before anything is
@@ -78,7 +80,8 @@ try:  # the default config file is loaded, with the overrides applied, when the 
 except _CONFIG_ERRORS as err:
     _fail(_config_error(err, sys.argv))
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and results.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "likelihood", "eval", "edit", "train_classifier", "show_config"],
+flags.DEFINE_enum("mode", "train", ["train", "sample", "likelihood", "eval", "edit", "train_classifier", "distill",
+                                   "show_config"],
                   "What to run; show_config prints every config key with its value and help (no --workdir needed).")
 flags.DEFINE_string("checkpoints", "latest", "eval/sample/likelihood: 'latest', 'all', or steps like 1000,2000.")
 FLAGS = flags.FLAGS

@@ -147,6 +147,21 @@ def get_default_configs() -> ml_collections.ConfigDict:
     clf.snapshot_freq = 1000
     clf.log_freq = 100
 
+    # --mode=distill: few-step students of a teacher (score_sde/drivers/distill.py); sample them with
+    # --config.sampling.method=student --config.sampling.student.n_steps=K.
+    config.distill = dist = ml_collections.ConfigDict()
+    dist.method = "progressive"      # progressive (Salimans & Ho 2022) | consistency (Song et al. 2023)
+    dist.teacher = "workdir"         # workdir: a trained run of this config | analytic: the toy_gmm mixture's exact score
+    dist.teacher_workdir = ""        # the teacher run's workdir (distill.teacher=workdir); its EMA params are read
+    dist.teacher_steps = 16          # progressive: the teacher's DDIM steps; rounds halve it to 1, training.n_iters steps each
+    dist.weighting = "snr_plus_one"  # progressive loss weight: snr_plus_one (1 + SNR, the v-MSE) | truncated_snr (max(SNR, 1))
+    dist.n_points = 18               # consistency: discretisation times from eps to T (Karras rho = 7 spacing)
+    dist.teacher_sampler = "edm_heun"  # consistency: the teacher's one ODE step, edm_heun (Heun) | ddim
+    dist.distance = "pseudo_huber"   # consistency: l2 | pseudo_huber (LPIPS needs weights not available offline)
+    dist.huber_c = config_dict.placeholder(float)  # pseudo-Huber c; None: 0.00054 sqrt(data dimension)
+    dist.eps = config_dict.placeholder(float)      # consistency boundary time f(x, eps) = x; None: the SDE's sampling eps
+    dist.sigma_data = 0.5            # consistency: data std in c_skip / c_out / c_in
+
     config.distributed = distributed = ml_collections.ConfigDict()
     distributed.coordinator_address = ""  # set (with the two below) to call jax.distributed.initialize
     distributed.num_processes = 1

@@ -39,6 +39,7 @@ CHEAP = {
     "ipndm": dict(n_steps=10),
     "ode": dict(rtol=1e-3, atol=1e-3),
     "pc": dict(n_steps=50),
+    "student": dict(n_steps=20),
     "unipc": dict(n_steps=10),
 }
 

@@ -23,7 +23,7 @@ import sys
 import jax
 
 from score_sde import config_utils, data, likelihood
-from score_sde.drivers import evaluate, train
+from score_sde.drivers import distill, evaluate, train
 from score_sde.drivers import edit as edit_driver
 from score_sde.plumbing import checkpoint, outputs, schema
 from score_sde.lookup import check_choice
@@ -39,6 +39,7 @@ OUTPUTS = {
              (outputs.RESULTS_INDEX, "file")],
     "edit": [("checkpoints", "dir"), ("edit", "dir"), (outputs.RESULTS_INDEX, "file")],
     "train_classifier": [("classifier", "dir")],
+    "distill": [("progressive", "dir"), ("consistency", "dir")],
 }
 
 
@@ -70,12 +71,17 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
             checkpoint.check_unlocked(workdir)  # a second run on a busy workdir stops before loading anything
         if mode == "train_classifier":
             checkpoint.check_unlocked(os.path.join(workdir, "classifier"))
+        if mode == "distill":
+            for run_dir in distill.run_dirs(config, workdir):  # a second run on a busy student stops here
+                checkpoint.check_unlocked(run_dir)
     objects = config_utils.objects(config)  # built once; the drivers get the same objects
     schema.validate(config, objects.sde.T)
     check_choice(config.likelihood.divergence, likelihood.DIVERGENCES, "likelihood.divergence", "divergences")
-    split = data.load_split(config, "train" if mode in ("train", "train_classifier") else "test")
-    if mode == "train":
+    split = data.load_split(config, "train" if mode in ("train", "train_classifier", "distill") else "test")
+    if mode in ("train", "distill"):
         train.check_batch_config(config.training)
+    if mode == "distill" or (mode == "sample" and config.sampling.method == "student"):
+        distill.check_distill_config(config)
     if mode == "train_classifier" or (mode == "sample" and config.sampling.get("guidance", "free") == "classifier"
                                       and config.sampling.get("class_label", None) is not None):
         from score_sde.drivers import classifier
@@ -144,6 +150,13 @@ def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) ->
                   f"{os.path.join(workdir, 'metrics.jsonl')} and {os.path.join(workdir, 'tensorboard')}",
                   file=sys.stderr)
         return
+    if mode == "distill":
+        it = data.get_dataset(config, "train", jax.process_index(), jax.process_count(), loaded=split)
+        done = distill.distill(config, workdir, train_iter=it)
+        if jax.process_index() == 0:
+            runs = ", ".join(f"{d} (step {int(s.step)})" for d, s in done.items())
+            print(f"done: --mode=distill ({config.distill.method}): {runs}", file=sys.stderr)
+        return
     if mode == "train_classifier":
         from score_sde.drivers import classifier
 
@@ -154,7 +167,7 @@ def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) ->
     steps = checkpoint_steps(workdir, which)  # load_score_fn checks the folder before touching it
     train_split = data.load_split(config, "train") if evaluate.needs_train_split(config, mode) else None
     run_one = {
-        "sample": lambda step: evaluate.sample(config, workdir, split.data_shape, step),
+        "sample": lambda step: sample(config, workdir, split.data_shape, step),
         "likelihood": lambda step: evaluate.likelihood_bpd(config, workdir, split, step),
         "eval": lambda step: evaluate.evaluate_checkpoint(config, workdir, step, split, train_split),
         "edit": lambda step: edit_driver.run_edit(config, workdir, split, step),
@@ -170,6 +183,14 @@ def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) ->
         if jax.process_index() == 0:
             print(json.dumps(result, indent=2))
             print(summary_line(mode, result), file=sys.stderr)
+
+
+def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None) -> dict:
+    """--mode=sample: the score model's checkpoint, or with sampling.method=student a distilled student."""
+    if config.sampling.method != "student":
+        return evaluate.sample(config, workdir, data_shape, step)
+    loaded = distill.load_student(config, workdir, data_shape, step)
+    return evaluate.sample(distill.sampling_config(config), workdir, data_shape, step, loaded=loaded)
 
 
 def solver_failure(e: BaseException) -> str | None:

@@ -132,8 +132,8 @@ def ema_decay(rate: float, step: Array, warmup: bool = True) -> Array:
 
 
 def make_train_step(loss_fn: losses.LossFn, optimizer: optax.GradientTransformation, ema_rate: float,
-                    axis_name: str | None = None,
-                    ema_warmup: bool = True) -> Callable[..., tuple[TrainState, dict]]:
+                    axis_name: str | None = None, ema_warmup: bool = True,
+                    frozen_of: Callable | None = None) -> Callable[..., tuple[TrainState, dict]]:
     """A pure step(state, batch, frozen=None) -> (state, metrics) on this device's batch (B_local, *dims).
 
     `loss_fn(params, batch, keys, frozen)`; `frozen`: variables that are not trained (a teacher, a
@@ -142,9 +142,13 @@ def make_train_step(loss_fn: losses.LossFn, optimizer: optax.GradientTransformat
     with `lax.pmean`, and the device's examples get global indices d * B_local + i.
     EMA: ema <- d ema + (1 - d) params with d = `ema_decay(ema_rate, state.step, ema_warmup)`,
     skipped together with non-finite updates.
+    `frozen_of(state, frozen)`: what the loss gets as `frozen` instead (e.g. a consistency model's EMA
+    target, {"teacher": frozen, "target": state.ema_params}); None passes `frozen` as it is.
     """
 
     def step(state: TrainState, batch: Array, frozen=None):
+        if frozen_of is not None:
+            frozen = frozen_of(state, frozen)
         n = batch_size_of(batch)
         device = lax.axis_index(axis_name) if axis_name else 0
         keys = losses.example_keys(jax.random.fold_in(state.rng, state.step), n, offset=device * n)
@@ -183,11 +187,12 @@ def make_multi_step(step: Callable) -> Callable:
     return multi
 
 
-def make_pmapped_step(loss_fn, optimizer, ema_rate: float, ema_warmup: bool = True) -> Callable:
+def make_pmapped_step(loss_fn, optimizer, ema_rate: float, ema_warmup: bool = True,
+                      frozen_of: Callable | None = None) -> Callable:
     """p_step(state, batches, frozen=None): pmap over all devices (of all processes) of k scanned
     steps; state is donated; `frozen` (non-trained variables) is broadcast to every device as an
-    argument (in_axes None), not compiled in as a constant."""
-    step = make_train_step(loss_fn, optimizer, ema_rate, axis_name=AXIS, ema_warmup=ema_warmup)
+    argument (in_axes None), not compiled in as a constant. `frozen_of`: as in `make_train_step`."""
+    step = make_train_step(loss_fn, optimizer, ema_rate, axis_name=AXIS, ema_warmup=ema_warmup, frozen_of=frozen_of)
     pmapped = jax.pmap(make_multi_step(step), axis_name=AXIS, donate_argnums=0, in_axes=(0, 0, None))
 
     def p_step(state, batches, frozen=None):

@@ -15,6 +15,7 @@ from score_sde.solvers.ipndm import IPNDMSampler
 from score_sde.solvers.ode import ODESampler
 from score_sde.solvers.pc import EulerMaruyamaSampler, PCSampler
 from score_sde.solvers.sscs import SSCSSampler
+from score_sde.solvers.student import StudentSampler
 from score_sde.solvers.unipc import UniPCSampler
 
 # name -> Sampler subclass, sorted by name. Add a row here when a sampler lands; nothing registers itself.
@@ -27,6 +28,7 @@ SAMPLERS: types.MappingProxyType = types.MappingProxyType({
     "ode": ODESampler,
     "pc": PCSampler,
     "sscs": SSCSSampler,
+    "student": StudentSampler,
     "unipc": UniPCSampler,
 })
 

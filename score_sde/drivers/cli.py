@@ -21,6 +21,7 @@ import signal
 import sys
 
 import jax
+import numpy as np
 
 from score_sde import config_utils, data, likelihood
 from score_sde.drivers import evaluate, train
@@ -185,21 +186,39 @@ def solver_failure(e: BaseException) -> str | None:
 
 
 def _drain_failed_checks() -> None:
-    """Waits out the other devices' copies of a failed runtime check, which JAX would otherwise raise
-    again (with a traceback) when the process exits. Uses JAX's runtime-token set; a no-op if it moved."""
-    try:
-        from jax._src import dispatch
+    """Waits out the other devices' copies of a failed runtime check (`eqx.error_if`: a host callback that
+    raised), which JAX would otherwise raise again, with a traceback, when the process exits.
 
-        tokens = dispatch.runtime_tokens
-        pending = list(tokens.current_tokens.values()) + list(tokens.output_runtime_tokens.values())
-    except (ImportError, AttributeError):
-        return
-    for token in pending:
-        try:
-            token.block_until_ready()
-        except Exception:  # noqa: BLE001  (the same failed check, already reported)
-            pass
-    tokens.clear()
+    JAX keeps, per device, the runtime token of the latest computation with a host callback, so one
+    successful no-op callback on every local device replaces the failed tokens, and the public
+    `jax.effects_barrier()` then waits for those and forgets them."""
+    noop = jax.pmap(lambda x: jax.pure_callback(lambda v: v, jax.ShapeDtypeStruct((), np.float32), x))
+    try:
+        noop(np.zeros((jax.local_device_count(),), np.float32)).block_until_ready()
+        jax.effects_barrier()
+    except Exception:  # noqa: BLE001  (the same failed check, already reported)
+        pass
+
+
+class _QuietFailedChecks(logging.Filter):
+    """Drops JAX's log record of a failed runtime check (a host callback that raised an equinox runtime
+    error, logged with its traceback before it is raised); the CLI reports it as one `error:` line.
+    Matched by the exception's type, not by JAX's internal logger names; other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (record.name.startswith("jax") and exc is not None
+                    and "EquinoxRuntimeError" in type(exc).__name__)
+
+
+def _quiet_failed_checks() -> None:
+    """Adds `_QuietFailedChecks` to the handlers the records of JAX's loggers reach (once)."""
+    handlers = list(logging.getLogger().handlers) + list(logging.getLogger("jax").handlers)
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for h in handlers:
+        if not any(isinstance(f, _QuietFailedChecks) for f in h.filters):
+            h.addFilter(_QuietFailedChecks())
 
 
 def run(config, workdir: str, mode: str, which: str = "latest") -> int:
@@ -207,7 +226,7 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
     was stopped by SIGINT / SIGTERM: 130 / 143)."""
     debug = os.environ.get("SCORE_SDE_DEBUG", "") not in ("", "0")
     if not debug:  # a failed runtime check (eqx.error_if) is logged with a traceback before it is raised
-        logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
+        _quiet_failed_checks()
     try:
         train.maybe_initialize_distributed(config.distributed)  # before any JAX backend is used
         split = validate(config, mode, workdir)

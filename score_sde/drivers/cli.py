@@ -211,14 +211,34 @@ class _QuietFailedChecks(logging.Filter):
                     and "EquinoxRuntimeError" in type(exc).__name__)
 
 
-def _quiet_failed_checks() -> None:
-    """Adds `_QuietFailedChecks` to the handlers the records of JAX's loggers reach (once)."""
+def _quiet_reported_failures() -> None:
+    """Adds `_QuietFailedChecks` and `outputs.NoSpaceLogFilter` to the handlers log records reach (once):
+    the failures they drop are reported as one `error:` line instead. Also drops the 'Event loop is
+    closed' reports of a failed orbax save or restore (`checkpoint.quiet_closed_loop_reports`)."""
     handlers = list(logging.getLogger().handlers) + list(logging.getLogger("jax").handlers)
     if logging.lastResort is not None:
         handlers.append(logging.lastResort)
     for h in handlers:
-        if not any(isinstance(f, _QuietFailedChecks) for f in h.filters):
-            h.addFilter(_QuietFailedChecks())
+        for kind in (_QuietFailedChecks, outputs.NoSpaceLogFilter):
+            if not any(isinstance(f, kind) for f in h.filters):
+                h.addFilter(kind())
+    checkpoint.quiet_closed_loop_reports()
+
+
+def out_of_space_line(e: BaseException, mode: str, workdir: str) -> str | None:
+    """The one line for a write that failed for lack of space (`outputs.out_of_space`), or None."""
+    reason = outputs.out_of_space(e)
+    if reason is None:
+        return None
+    if mode in ("train", "train_classifier"):
+        ckpt = os.path.join(workdir, "checkpoints" if mode == "train" else "classifier/checkpoints")
+        steps = sorted(int(s) for s in os.listdir(ckpt) if s.isdigit()) if os.path.isdir(ckpt) else []
+        kept = (f"the last complete checkpoint (step {steps[-1]}) is intact and training resumes from it" if steps
+                else "no checkpoint was complete yet")
+    else:
+        kept = "the outputs and sampling shards finished before it are kept (none is half-written)"
+    return (f"error: out of disk space during --mode={mode}: {reason}; {kept}; free space and run the same "
+            "command again")
 
 
 def run(config, workdir: str, mode: str, which: str = "latest") -> int:
@@ -226,7 +246,7 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
     was stopped by SIGINT / SIGTERM: 130 / 143)."""
     debug = os.environ.get("SCORE_SDE_DEBUG", "") not in ("", "0")
     if not debug:  # a failed runtime check (eqx.error_if) is logged with a traceback before it is raised
-        _quiet_failed_checks()
+        _quiet_reported_failures()
     try:
         train.maybe_initialize_distributed(config.distributed)  # before any JAX backend is used
         split = validate(config, mode, workdir)
@@ -237,8 +257,9 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
     except USER_ERRORS as e:
         if debug:
             raise
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
+        full = out_of_space_line(e, mode, workdir)  # orbax reports a failed write as a ValueError
+        print(full or "error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 1 if full else 2
     except train.TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
@@ -250,7 +271,11 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
               "(none is half-written); run the same command again", file=sys.stderr)
         _drain_failed_checks()
         return 128 + e.signum
-    except Exception as e:  # noqa: BLE001  (a solver's runtime check, raised from inside jit)
+    except Exception as e:  # noqa: BLE001  (a full disk; a solver's runtime check, raised from inside jit)
+        full = out_of_space_line(e, mode, workdir)
+        if full is not None and not debug:
+            print(full, file=sys.stderr)
+            return 1
         message = solver_failure(e)
         if message is None or debug:
             raise

@@ -61,11 +61,11 @@ def _read(manager: ocp.CheckpointManager, step: int, args) -> Any:
     try:
         return manager.restore(step, args=args)
     except Exception as e:  # noqa: BLE001  (tensorstore's errors have no common type)
-        _quiet_closed_loop_reports()
+        quiet_closed_loop_reports()
         raise _Unreadable(_reason(e)) from e
 
 
-def _quiet_closed_loop_reports() -> None:
+def quiet_closed_loop_reports() -> None:
     """After a failed restore, tensorstore reads still in flight finish on orbax's closed event loop and
     each reports RuntimeError('Event loop is closed') through sys.unraisablehook (a traceback per read).
     Those reports, and only those, are dropped from then on."""
@@ -297,4 +297,5 @@ class workdir_lock:
 
 
 __all__ = ["make_manager", "save", "restore_latest", "restore_ema_params", "prune", "workdir_lock", "check_unlocked",
-           "CheckpointCorruptError", "CheckpointMismatchError", "WorkdirLockedError"]
+           "CheckpointCorruptError", "CheckpointMismatchError", "WorkdirLockedError",
+           "quiet_closed_loop_reports"]

@@ -144,9 +144,28 @@ def append_result(workdir: str, mode: str, step: int, method: str | None, option
            "compile_seconds": timings.get("compile_seconds"), "run_seconds": timings.get("run_seconds"),
            "figures": _plain(figures)}
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, RESULTS_INDEX), "a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
+    append_line(os.path.join(workdir, RESULTS_INDEX), json.dumps(row, default=str))
     return row
+
+
+def append_line(path: str, line: str) -> None:
+    """Appends `line` and a newline to `path` whole or not at all: a write that fails part way (a full
+    disk) is cut back off, so the file never ends in a torn line that the next row would be glued to."""
+    data = (line + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError as e:
+            os.ftruncate(fd, size)
+            if e.errno in _NO_SPACE_ERRNOS and not e.filename:  # a failed write() names no file
+                raise OSError(e.errno, os.strerror(e.errno), path) from e
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_results(workdir: str) -> list[dict]:
@@ -290,7 +309,7 @@ def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4, 
     Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.NEAREST).save(path)
 
 
-__all__ = ["NoSpaceLogFilter", "out_of_space", "save_grid", "RESULTS_INDEX", "ROW_KEYS", "Stopped", "append_result", "likelihood_options", "new_stem",
+__all__ = ["NoSpaceLogFilter", "out_of_space", "append_line", "save_grid", "RESULTS_INDEX", "ROW_KEYS", "Stopped", "append_result", "likelihood_options", "new_stem",
            "options_hash", "read_results", "sampling_options", "save_npz", "save_with", "stop_on_signals",
            "check_stop", "deferring",
            "write_json", "writing"]

@@ -111,8 +111,8 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
                 nfes.append(nfe)
                 bar.batch_done()
     except outputs.Stopped:
-        if store is not None and outs:
-            shards.note(f"kept {len(outs)} of {n_batches} shards in {store.folder}; the same command continues "
+        if store is not None and store.count():
+            shards.note(f"kept {store.count()} of {n_batches} shards in {store.folder}; the same command continues "
                         "from them")
         raise
     finally:

@@ -60,10 +60,14 @@ class ShardStore:
             if other != self.folder and os.path.isdir(other):
                 note(f"note: the shards in {other} were drawn with other options (hash {other[-6:]}; this "
                       f"command's is {self.hash}): not reused")
-        done = len(glob.glob(os.path.join(glob.escape(self.folder), "shard_*.npz")))
+        done = self.count()
         if done:
             note(f"resuming: {min(done, self.total)} of {self.total} shards already done in {self.folder}")
         return done
+
+    def count(self) -> int:
+        """The shard files on disk."""
+        return len(glob.glob(os.path.join(glob.escape(self.folder), "shard_*.npz")))
 
     def get(self, i: int, key: np.ndarray) -> tuple[np.ndarray, int] | None:
         """(samples, nfe) of shard i if it is on disk, readable and drawn from `key` with these options."""

@@ -1,8 +1,10 @@
-"""Reliability round 2 (issue 28), in-process through `score_sde.drivers.cli.run`: resumable sampling
-shards (a SIGTERM between shards, then a rerun = an uninterrupted run, bit for bit), a full disk at the
-file layer (a sample output, results.jsonl), a checkpoint of another network, a damaged MNIST pickle,
-and the shard store's own checks. The process-level faults (kill -9, a real file-size limit under an
-orbax save, JAX's exit hooks) are in test_resume_cli.py.
+"""Reliability round 2 (issue 28). In-process through `score_sde.drivers.cli.run`: resumable sampling
+shards (a SIGTERM between shards, a full disk at the final write, then a rerun = an uninterrupted run,
+bit for bit), a results.jsonl row under a file-size limit, a checkpoint of another network, a damaged
+MNIST pickle, the shard store's own checks. Through `python main.py` (one test, its subprocesses run
+side by side where independent): kill -9 during a sharded sample, rerun, bit-identical; a real
+file-size limit under an orbax checkpoint save, then a resume; a failed runtime check on both devices
+ends in one line (JAX's exit hooks raise nothing: cli.py uses public JAX API only).
 
 One tiny toy run (an MLP, 2 steps) is trained once and copied for each test that changes it.
 """
@@ -11,9 +13,14 @@ import errno
 import glob
 import json
 import os
+import pathlib
 import resource
 import shutil
 import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -206,3 +213,116 @@ def test_shard_store_reuses_only_its_own_shards(tmp_path, capsys):
            f"is {other.hash}): not reused" in err
     store.remove()
     assert os.listdir(tmp_path) == []  # the shards and the then empty .partial folder
+
+
+# --- through python main.py --------------------------------------------------------------------------
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOY = ["--config=configs/toy_vp.py", "--config.model.hidden=(16,16)", "--config.training.batch_size=8",
+       "--config.training.steps_per_call=1"]  # = toy_config()
+# 6 batches of 2 x 4 samples, 1000 pc steps each (~0.1 s a batch unloaded): the kill lands between shards.
+SAMPLE = [*TOY, "--mode=sample", "--config.sampling.num_samples=48", "--config.sampling.batch_size=8",
+          "--config.sampling.pc.n_steps=1000"]
+OUT_OF_STEPS = [*TOY, "--mode=sample", "--config.sampling.method=ode", "--config.sampling.ode.solver=tsit5",
+                "--config.sampling.ode.max_steps=2", "--config.sampling.num_samples=8"]
+TRAIN_TO_4 = [*TOY, "--mode=train", "--config.training.n_iters=4", "--config.training.snapshot_freq=2"]
+FILE_LIMIT = 4096  # bytes: the step-4 checkpoint's array files (~20-30 KB) cannot be written
+
+
+def _env():
+    e = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    e.pop("SCORE_SDE_DEBUG", None)
+    return e
+
+
+# Runs main.py under a file-size limit, SIGXFSZ ignored (so a write past it fails with EFBIG); both are
+# inherited through exec (no preexec_fn: forking the multithreaded JAX test process is unsafe).
+LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+           f"resource.setrlimit(resource.RLIMIT_FSIZE, ({FILE_LIMIT}, {FILE_LIMIT})); "
+           "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
+def start(workdir, args, limited=False):
+    launcher = [sys.executable, "-c", LIMITED] if limited else [sys.executable]
+    proc = subprocess.Popen([*launcher, "main.py", f"--workdir={workdir}", *args], cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc.err = []
+    proc.reader = threading.Thread(target=lambda: proc.err.extend(iter(lambda: proc.stderr.read(1), "")),
+                                   daemon=True)
+    proc.reader.start()
+    return proc
+
+
+def finish(proc, timeout=300):
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc.reader.join(timeout=10)
+    return "".join(proc.err)
+
+
+def lines_of(text):
+    return [line.strip() for line in text.replace("\r", "\n").splitlines()
+            if line.strip() and not line.strip().startswith(("sampling (", "train:", "compil", "Resumed"))
+            and "WARNING:absl" not in line]
+
+
+def sample_rows(workdir):
+    path = os.path.join(workdir, outputs.RESULTS_INDEX)
+    if not os.path.exists(path):
+        return []
+    rows = [json.loads(line) for line in open(path).read().splitlines()]  # every line parses
+    return [r for r in rows if r["mode"] == "sample"]
+
+
+def test_kill_9_mid_sample_a_file_size_limit_mid_save_and_a_failed_check_through_main(trained, tmp_path):
+    ref, run, full = (copy_of(trained, tmp_path, name) for name in ("ref", "run", "full"))
+    reference, failing = start(ref, SAMPLE), start(run, OUT_OF_STEPS)
+    limited = start(full, TRAIN_TO_4, limited=True)
+
+    # A failed runtime check (eqx.error_if on both devices): one line, exit 2, nothing from exit hooks.
+    text = finish(failing)
+    assert failing.returncode == 2, text[-3000:]
+    assert lines_of(text) == [lines_of(text)[0]] and lines_of(text)[0].startswith(
+        "error: probability-flow ODE solve stopped after max_steps=2"), text[-3000:]
+    for bad in ("Traceback", "Exception ignored", "callback failed", "EquinoxRuntimeError"):
+        assert bad not in text, text[-3000:]
+    assert finals(run) == [] and sample_rows(run) == []
+
+    # kill -9 once two shards are on disk: the shards stay, nothing with a final name, no results row.
+    killed = start(run, SAMPLE)
+    deadline = time.time() + 300
+    while len(shard_files(run)) < 2:
+        assert killed.poll() is None and time.time() < deadline, "".join(killed.err)[-3000:]
+        time.sleep(0.005)
+    killed.kill()
+    finish(killed)
+    done = len(shard_files(run))
+    assert killed.returncode == -signal.SIGKILL and 2 <= done < 6 and finals(run) == [] and sample_rows(run) == []
+
+    # The step-4 checkpoint save hits the file-size limit: one line, exit 1, step 2 intact, no "4" folder.
+    text = finish(limited)
+    assert limited.returncode == 1, text[-3000:]
+    lines = lines_of(text)
+    assert len(lines) == 1 and lines[0].startswith("error: out of disk space during --mode=train: File too large "
+                                                   f"writing {os.path.join(full, 'checkpoints', '4.orbax-checkpoint-tmp')}")
+    assert lines[0].endswith("the last complete checkpoint (step 2) is intact and training resumes from it; free "
+                             "space and run the same command again"), lines
+    assert "Traceback" not in text and "Event loop is closed" not in text, text[-3000:]
+    assert [s for s in os.listdir(os.path.join(full, "checkpoints")) if s.isdigit()] == ["2"]
+
+    # The rerun of the sample continues from the shards; the resumed training reaches step 4.
+    rerun = start(run, SAMPLE)
+    c = toy_config()
+    c.training.n_iters = 4
+    assert int(train.train(c, full).step) == 4
+    assert sorted(s for s in os.listdir(os.path.join(full, "checkpoints")) if s.isdigit()) == ["2", "4"]
+    text, reference_text = finish(rerun), finish(reference)
+    assert reference.returncode == 0 and rerun.returncode == 0, (reference_text[-3000:], text[-3000:])
+    assert f"resuming: {done} of 6 shards already done" in text, text[-3000:]
+    assert [os.path.basename(p) for p in finals(run)] == [os.path.basename(p) for p in finals(ref)]  # no _2
+    assert np.array_equal(samples_of(run), samples_of(ref))
+    assert shard_files(run) == [] and not os.path.exists(os.path.join(run, "samples", shards.PARTIAL))
+    rows = sample_rows(run)
+    assert len(rows) == 1 and rows[0]["options_hash"] == sample_rows(ref)[0]["options_hash"]

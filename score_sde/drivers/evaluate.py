@@ -110,11 +110,6 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
                 outs.append(x)
                 nfes.append(nfe)
                 bar.batch_done()
-    except outputs.Stopped:
-        if store is not None and store.count():
-            shards.note(f"kept {store.count()} of {n_batches} shards in {store.folder}; the same command continues "
-                        "from them")
-        raise
     finally:
         bar.close()
     samples = np.concatenate(outs)

@@ -471,7 +471,7 @@ def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed
                 progress(1, 1)
         else:
             keys = jax.random.split(key_i, n_dev)
-            if labels is not None:  # the labels of samples done .. done + per_call (the last padded with the last label)
+            if labels is not None:  # labels of samples done .. done + per_call (the last padded with the last one)
                 rows = np.minimum(np.arange(done, done + per_call), num_samples - 1)
                 y = jax.tree.map(lambda v: jnp.asarray(v[rows].reshape(n_dev, shape[0], *v.shape[1:])), labels)
                 score_args = (loaded.score_fn, y, log_prob)

@@ -309,7 +309,8 @@ def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4, 
     Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.NEAREST).save(path)
 
 
-__all__ = ["NoSpaceLogFilter", "out_of_space", "append_line", "save_grid", "RESULTS_INDEX", "ROW_KEYS", "Stopped", "append_result", "likelihood_options", "new_stem",
+__all__ = ["NoSpaceLogFilter", "out_of_space", "append_line",
+           "save_grid", "RESULTS_INDEX", "ROW_KEYS", "Stopped", "append_result", "likelihood_options", "new_stem",
            "options_hash", "read_results", "sampling_options", "save_npz", "save_with", "stop_on_signals",
            "check_stop", "deferring",
            "write_json", "writing"]

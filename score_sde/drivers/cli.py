@@ -21,6 +21,7 @@ import signal
 import sys
 
 import jax
+import numpy as np
 
 from score_sde import config_utils, data, likelihood
 from score_sde.drivers import distill, evaluate, train
@@ -206,21 +207,59 @@ def solver_failure(e: BaseException) -> str | None:
 
 
 def _drain_failed_checks() -> None:
-    """Waits out the other devices' copies of a failed runtime check, which JAX would otherwise raise
-    again (with a traceback) when the process exits. Uses JAX's runtime-token set; a no-op if it moved."""
-    try:
-        from jax._src import dispatch
+    """Waits out the other devices' copies of a failed runtime check (`eqx.error_if`: a host callback that
+    raised), which JAX would otherwise raise again, with a traceback, when the process exits.
 
-        tokens = dispatch.runtime_tokens
-        pending = list(tokens.current_tokens.values()) + list(tokens.output_runtime_tokens.values())
-    except (ImportError, AttributeError):
-        return
-    for token in pending:
-        try:
-            token.block_until_ready()
-        except Exception:  # noqa: BLE001  (the same failed check, already reported)
-            pass
-    tokens.clear()
+    JAX keeps, per device, the runtime token of the latest computation with a host callback, so one
+    successful no-op callback on every local device replaces the failed tokens, and the public
+    `jax.effects_barrier()` then waits for those and forgets them."""
+    noop = jax.pmap(lambda x: jax.pure_callback(lambda v: v, jax.ShapeDtypeStruct((), np.float32), x))
+    try:
+        noop(np.zeros((jax.local_device_count(),), np.float32)).block_until_ready()
+        jax.effects_barrier()
+    except Exception:  # noqa: BLE001  (the same failed check, already reported)
+        pass
+
+
+class _QuietFailedChecks(logging.Filter):
+    """Drops JAX's log record of a failed runtime check (a host callback that raised an equinox runtime
+    error, logged with its traceback before it is raised); the CLI reports it as one `error:` line.
+    Matched by the exception's type, not by JAX's internal logger names; other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (record.name.startswith("jax") and exc is not None
+                    and "EquinoxRuntimeError" in type(exc).__name__)
+
+
+def _quiet_reported_failures() -> None:
+    """Adds `_QuietFailedChecks` and `outputs.NoSpaceLogFilter` to the handlers log records reach (once):
+    the failures they drop are reported as one `error:` line instead. Also drops the 'Event loop is
+    closed' reports of a failed orbax save or restore (`checkpoint.quiet_closed_loop_reports`)."""
+    handlers = list(logging.getLogger().handlers) + list(logging.getLogger("jax").handlers)
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for h in handlers:
+        for kind in (_QuietFailedChecks, outputs.NoSpaceLogFilter):
+            if not any(isinstance(f, kind) for f in h.filters):
+                h.addFilter(kind())
+    checkpoint.quiet_closed_loop_reports()
+
+
+def out_of_space_line(e: BaseException, mode: str, workdir: str) -> str | None:
+    """The one line for a write that failed for lack of space (`outputs.out_of_space`), or None."""
+    reason = outputs.out_of_space(e)
+    if reason is None:
+        return None
+    if mode in ("train", "train_classifier"):
+        ckpt = os.path.join(workdir, "checkpoints" if mode == "train" else "classifier/checkpoints")
+        steps = sorted(int(s) for s in os.listdir(ckpt) if s.isdigit()) if os.path.isdir(ckpt) else []
+        kept = (f"the last complete checkpoint (step {steps[-1]}) is intact and training resumes from it" if steps
+                else "no checkpoint was complete yet")
+    else:
+        kept = "the outputs and sampling shards finished before it are kept (none is half-written)"
+    return (f"error: out of disk space during --mode={mode}: {reason}; {kept}; free space and run the same "
+            "command again")
 
 
 def run(config, workdir: str, mode: str, which: str = "latest") -> int:
@@ -228,7 +267,7 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
     was stopped by SIGINT / SIGTERM: 130 / 143)."""
     debug = os.environ.get("SCORE_SDE_DEBUG", "") not in ("", "0")
     if not debug:  # a failed runtime check (eqx.error_if) is logged with a traceback before it is raised
-        logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
+        _quiet_reported_failures()
     try:
         train.maybe_initialize_distributed(config.distributed)  # before any JAX backend is used
         split = validate(config, mode, workdir)
@@ -239,8 +278,9 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
     except USER_ERRORS as e:
         if debug:
             raise
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
+        full = out_of_space_line(e, mode, workdir)  # orbax reports a failed write as a ValueError
+        print(full or "error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 1 if full else 2
     except train.TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
@@ -252,7 +292,11 @@ def run(config, workdir: str, mode: str, which: str = "latest") -> int:
               "(none is half-written); run the same command again", file=sys.stderr)
         _drain_failed_checks()
         return 128 + e.signum
-    except Exception as e:  # noqa: BLE001  (a solver's runtime check, raised from inside jit)
+    except Exception as e:  # noqa: BLE001  (a full disk; a solver's runtime check, raised from inside jit)
+        full = out_of_space_line(e, mode, workdir)
+        if full is not None and not debug:
+            print(full, file=sys.stderr)
+            return 1
         message = solver_failure(e)
         if message is None or debug:
             raise

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from score_sde import config_utils, data, guidance, likelihood, solvers
 from score_sde.drivers import train
-from score_sde.plumbing import outputs, restore, timing
+from score_sde.plumbing import outputs, restore, shards, timing
 from score_sde.bpd import bits_per_dim
 
 # Datasets whose --mode=eval adds the weight-free quality figures (they need the training split).
@@ -93,32 +93,48 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
     num, batch = (config.sampling.num_samples if labels is None else len(labels)), config.sampling.batch_size
     log_prob = load_guidance_classifier(config, workdir, loaded.data_shape) if labels is not None else None
     n_batches = math.ceil(num / (_per_device(min(batch, num), jax.local_device_count()) * jax.local_device_count()))
+    step, tag, cols = loaded.step, "", None
+    if labels is not None:
+        sc = config.sampling
+        tag = f"_class{'all' if sc.class_label == -1 else sc.class_label}_{sc.guidance}{float(sc.guidance_scale):g}"
+        cols = len(labels) // data.num_classes(config) if sc.class_label == -1 else None
+    out_dir = out_dir or os.path.join(workdir, "samples")
+    store = sample_shards(out_dir, f"samples_{step}_{config.sampling.method}{tag}", outputs.sampling_options(config),
+                          n_batches)
     outs, nfes = [], []
     bar = SampleProgress(n_batches, f"sampling ({config.sampling.method})", enabled=progress)
     try:
         with timing.Timer() as timer:
             for x, nfe in draw_batches(config, loaded, num, batch, config.seed, labels=labels, log_prob=log_prob,
-                                       progress=bar.step if progress else None, conds=conds):
+                                       progress=bar.step if progress else None, conds=conds, store=store):
                 outs.append(x)
                 nfes.append(nfe)
                 bar.batch_done()
     finally:
         bar.close()
-    samples, step = np.concatenate(outs), loaded.step
-    out_dir = out_dir or os.path.join(workdir, "samples")
-    extra, tag, cols = {"nfe": int(np.mean(nfes)), **timer.fields()}, "", None
+    samples = np.concatenate(outs)
+    extra = {"nfe": int(np.mean(nfes)), **timer.fields()}
     if labels is not None:
-        sc = config.sampling
         extra.update(class_label=int(sc.class_label), guidance=sc.guidance, guidance_scale=float(sc.guidance_scale))
-        tag = f"_class{'all' if sc.class_label == -1 else sc.class_label}_{sc.guidance}{float(sc.guidance_scale):g}"
-        cols = len(labels) // data.num_classes(config) if sc.class_label == -1 else None
     with outputs.writing():  # the files and their results.jsonl row, or (a signal before it) none of them
         summary = write_samples(config, samples, out_dir, step, extra, labels=labels, tag=tag, cols=cols, conds=conds)
         if record:
             files = [summary[k] for k in ("npz", "grid", "json") if k in summary]
             outputs.append_result(workdir, "sample", step, config.sampling.method, outputs.sampling_options(config),
                                   files, timer.fields(), {"nfe": summary["nfe"], "num_samples": summary["num_samples"]})
+    if store is not None:
+        store.remove()  # the final output holds them now
     return summary
+
+
+def sample_shards(out_dir: str, name: str, options: dict, n_batches: int) -> shards.ShardStore | None:
+    """The on-disk shards of a sampling run of `n_batches` batches (None for one batch: nothing to resume),
+    announced on stderr when a rerun finds some (`score_sde.plumbing.shards`)."""
+    if n_batches <= 1:
+        return None
+    store = shards.ShardStore(out_dir, name, {**options, "local_devices": jax.local_device_count()}, n_batches)
+    store.announce()
+    return store
 
 
 def sample_labels(config) -> np.ndarray | None:
@@ -413,7 +429,8 @@ CHUNK_STEPS = 16
 
 
 def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int,
-                 labels: np.ndarray | None = None, log_prob=None, progress=None, conds: dict | None = None):
+                 labels: np.ndarray | None = None, log_prob=None, progress=None, conds: dict | None = None,
+                 store: shards.ShardStore | None = None):
     """Yields (samples (model scale), NFE) for `num_samples` samples in batches of about `batch_size`,
     drawn with `config.sampling`'s sampler on every local device; batch i uses fold_in(PRNGKey(seed), i).
 
@@ -426,6 +443,7 @@ def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed
     A fixed-grid solve runs as pmapped calls of CHUNK_STEPS steps (`StepSampler.begin` / `advance` /
     `finish`; the samples are those of one call) inside `outputs.deferring`, so a SIGINT / SIGTERM
     stops it after the steps in flight, with nothing left running on the devices.
+    `store` (`shards.ShardStore`): batch i is read from it when it holds it, else drawn and written there.
     """
     sampler = config_utils.objects(config).sampler
     n_dev = jax.local_device_count()
@@ -445,13 +463,22 @@ def draw_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed
     solve = _chunked_solve(sampler, loaded.sde, shape, score_of, in_axes, progress)
     key, done, i = jax.random.PRNGKey(seed), 0, 0
     while done < num_samples:
-        keys = jax.random.split(jax.random.fold_in(key, i), n_dev)
-        if labels is not None:  # the labels of samples done .. done + per_call (the last call padded with the last label)
-            rows = np.minimum(np.arange(done, done + per_call), num_samples - 1)
-            y = jax.tree.map(lambda v: jnp.asarray(v[rows].reshape(n_dev, shape[0], *v.shape[1:])), labels)
-            score_args = (loaded.score_fn, y, log_prob)
-        x, nfe = solve(keys, score_args)
-        x = x.reshape((-1,) + loaded.data_shape)[: num_samples - done]
+        key_i = jax.random.fold_in(key, i)
+        stored = store.get(i, key_i) if store is not None else None
+        if stored is not None:
+            x, nfe = stored
+            if progress is not None:
+                progress(1, 1)
+        else:
+            keys = jax.random.split(key_i, n_dev)
+            if labels is not None:  # labels of samples done .. done + per_call (the last padded with the last one)
+                rows = np.minimum(np.arange(done, done + per_call), num_samples - 1)
+                y = jax.tree.map(lambda v: jnp.asarray(v[rows].reshape(n_dev, shape[0], *v.shape[1:])), labels)
+                score_args = (loaded.score_fn, y, log_prob)
+            x, nfe = solve(keys, score_args)
+            x = x.reshape((-1,) + loaded.data_shape)[: num_samples - done]
+            if store is not None:
+                store.put(i, key_i, x, nfe)
         done, i = done + len(x), i + 1
         yield x, nfe
 
@@ -514,9 +541,10 @@ def _chunked_solve(sampler, sde, shape: tuple[int, ...], score_of, in_axes: tupl
     return solve_in_chunks
 
 
-def sample_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int):
-    """Yields the samples of `draw_batches` alone."""
-    for x, _ in draw_batches(config, loaded, num_samples, batch_size, seed):
+def sample_batches(config, loaded: Loaded, num_samples: int, batch_size: int, seed: int,
+                   store: shards.ShardStore | None = None):
+    """Yields the samples of `draw_batches` alone (`store`: its on-disk shards, as in `draw_batches`)."""
+    for x, _ in draw_batches(config, loaded, num_samples, batch_size, seed, store=store):
         yield x
 
 
@@ -526,11 +554,18 @@ def inception_quality_of(config, workdir: str, loaded: Loaded, out_dir: str) -> 
 
     ec = config.eval
     evaluation.check_image_data(loaded.data_shape, config.data.dataset)
-    batches = sample_batches(config, loaded, ec.num_samples, ec.batch_size, config.seed + 3)
     options = eval_options(config)
+    n_dev = jax.local_device_count()
+    n_batches = math.ceil(ec.num_samples / (_per_device(min(ec.batch_size, ec.num_samples), n_dev) * n_dev))
+    name = f"inception_samples_{loaded.step}_{config.sampling.method}"
+    store = sample_shards(out_dir, name, options, n_batches)  # a 50k-sample FID run resumes where it stopped
+    batches = sample_batches(config, loaded, ec.num_samples, ec.batch_size, config.seed + 3, store=store)
     stem = outputs.new_stem(out_dir, f"inception_stats_{loaded.step}_{config.sampling.method}_"
                                      f"{outputs.options_hash(options)}")
-    return evaluation.sample_quality(config, workdir, batches, loaded.data_shape, out_stem=stem)
+    result = evaluation.sample_quality(config, workdir, batches, loaded.data_shape, out_stem=stem)
+    if store is not None:
+        store.remove()
+    return result
 
 
 __all__ = ["Loaded", "SampleProgress", "likelihood_batch", "exact_cost_line", "eval_options", "eval_figures",

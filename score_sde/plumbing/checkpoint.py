@@ -61,11 +61,11 @@ def _read(manager: ocp.CheckpointManager, step: int, args) -> Any:
     try:
         return manager.restore(step, args=args)
     except Exception as e:  # noqa: BLE001  (tensorstore's errors have no common type)
-        _quiet_closed_loop_reports()
+        quiet_closed_loop_reports()
         raise _Unreadable(_reason(e)) from e
 
 
-def _quiet_closed_loop_reports() -> None:
+def quiet_closed_loop_reports() -> None:
     """After a failed restore, tensorstore reads still in flight finish on orbax's closed event loop and
     each reports RuntimeError('Event loop is closed') through sys.unraisablehook (a traceback per read).
     Those reports, and only those, are dropped from then on."""
@@ -156,6 +156,7 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any, step: int | No
     def restore(s):
         out = _read(manager, s, ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                    data=ocp.args.JsonRestore()))
+        _check_shapes(manager, s, target, out["state"])  # orbax restores saved shapes whatever the target's
         state = flax.serialization.from_state_dict(template, jax.tree.map(np.asarray, out["state"]))
         return state, dict(out["data"] or {})
 
@@ -189,24 +190,43 @@ def restore_ema_params(manager: ocp.CheckpointManager, template: Any, step: int 
 
     def restore(s):
         saved_paths = _saved_ema_paths(manager, s)
-        want = jax.tree.map(np.shape, target["ema_params"])
         want_paths = {tuple(_key_name(k) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(target["ema_params"])}
         if saved_paths is not None and saved_paths != want_paths:
             _mismatch(manager, s)
         out = _read(manager, s, ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=target, restore_args=as_numpy, partial_restore=True)))
         saved = out["state"]["ema_params"]
-        if want != jax.tree.map(np.shape, saved):
-            _mismatch(manager, s)
+        _check_shapes(manager, s, target["ema_params"], saved)
         return flax.serialization.from_state_dict(template, saved)
 
     return _restore_readable(manager, restore, step, on_corrupt)
 
 
-def _mismatch(manager, step):
+def _mismatch(manager, step, detail: str = ""):
     raise CheckpointMismatchError(
         f"the checkpoint at step {step} in {manager.directory} holds params of another network than "
-        f"config.model describes; evaluate it with the config it was trained with")
+        f"config.model describes{detail}; use the config it was trained with (or another --workdir)")
+
+
+def _check_shapes(manager, step, want: Any, saved: Any) -> None:
+    """CheckpointMismatchError naming the first key whose saved shape differs from the config's network."""
+    def shapes(tree):
+        leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=_is_array)
+        return {".".join(_key_name(k) for k in path): tuple(np.shape(x)) for path, x in leaves}
+
+    want_shapes, saved_shapes = shapes(want), shapes(saved)
+    for key, shape in want_shapes.items():
+        if key not in saved_shapes:
+            _mismatch(manager, step, f" (no {key} saved)")
+        if saved_shapes[key] != shape:
+            _mismatch(manager, step, f" ({key}: saved {saved_shapes[key]}, config gives {shape})")
+    extra = sorted(set(saved_shapes) - set(want_shapes))
+    if extra:
+        _mismatch(manager, step, f" ({extra[0]} saved, not in the config's network)")
+
+
+def _is_array(x) -> bool:
+    return hasattr(x, "shape")
 
 
 def _key_name(k) -> str:
@@ -297,4 +317,5 @@ class workdir_lock:
 
 
 __all__ = ["make_manager", "save", "restore_latest", "restore_ema_params", "prune", "workdir_lock", "check_unlocked",
-           "CheckpointCorruptError", "CheckpointMismatchError", "WorkdirLockedError"]
+           "CheckpointCorruptError", "CheckpointMismatchError", "WorkdirLockedError",
+           "quiet_closed_loop_reports"]

@@ -16,12 +16,15 @@ seconds and the key figures.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import io
 import json
+import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -87,6 +90,10 @@ def _atomic(path: str, write, tmp: str | None = None) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _NO_SPACE_ERRNOS and not e.filename:  # a failed write() names no file: name the output
+            raise OSError(e.errno, os.strerror(e.errno), path) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -137,9 +144,28 @@ def append_result(workdir: str, mode: str, step: int, method: str | None, option
            "compile_seconds": timings.get("compile_seconds"), "run_seconds": timings.get("run_seconds"),
            "figures": _plain(figures)}
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, RESULTS_INDEX), "a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
+    append_line(os.path.join(workdir, RESULTS_INDEX), json.dumps(row, default=str))
     return row
+
+
+def append_line(path: str, line: str) -> None:
+    """Appends `line` and a newline to `path` whole or not at all: a write that fails part way (a full
+    disk) is cut back off, so the file never ends in a torn line that the next row would be glued to."""
+    data = (line + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError as e:
+            os.ftruncate(fd, size)
+            if e.errno in _NO_SPACE_ERRNOS and not e.filename:  # a failed write() names no file
+                raise OSError(e.errno, os.strerror(e.errno), path) from e
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_results(workdir: str) -> list[dict]:
@@ -154,6 +180,40 @@ def read_results(workdir: str) -> list[dict]:
                 except ValueError:
                     pass
     return rows
+
+
+# errno values and texts of a write that failed for lack of space: a full disk, a quota, a file-size limit.
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_NO_SPACE_TEXTS = ("No space left on device", "File too large", "Disk quota exceeded") + tuple(
+    f"os_error_code='{n}'" for n in _NO_SPACE_ERRNOS)  # tensorstore's (orbax's) form
+
+
+def out_of_space(e: BaseException) -> str | None:
+    """A short reason when `e` (or an exception it was raised from) is a write that failed for lack of
+    space (ENOSPC, EFBIG from a file-size limit, EDQUOT; also orbax / tensorstore's wrapped form), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_SPACE_ERRNOS:
+            where = f" writing {e.filename}" if e.filename else ""
+            return f"{os.strerror(e.errno)}{where}"
+        text = str(e)
+        for t in _NO_SPACE_TEXTS:
+            if t in text:
+                path = re.search(r'(?:Failed writing|file): "([^"]+)"', text)  # tensorstore names the file
+                name = next((n for n in _NO_SPACE_TEXTS[:3] if n in text), t)
+                return name + (f" writing {path.group(1)}" if path else "")
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class NoSpaceLogFilter(logging.Filter):
+    """Drops log records about a write that failed for lack of space (orbax logs its failed background
+    save with a traceback before raising it); the CLI reports that failure as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (any(t in record.getMessage() for t in _NO_SPACE_TEXTS) or (exc is not None and out_of_space(exc)))
 
 
 class Stopped(BaseException):
@@ -249,7 +309,8 @@ def save_grid(samples: np.ndarray, centered: bool, path: str, upscale: int = 4, 
     Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.NEAREST).save(path)
 
 
-__all__ = ["save_grid", "RESULTS_INDEX", "ROW_KEYS", "Stopped", "append_result", "likelihood_options", "new_stem",
+__all__ = ["NoSpaceLogFilter", "out_of_space", "append_line",
+           "save_grid", "RESULTS_INDEX", "ROW_KEYS", "Stopped", "append_result", "likelihood_options", "new_stem",
            "options_hash", "read_results", "sampling_options", "save_npz", "save_with", "stop_on_signals",
            "check_stop", "deferring",
            "write_json", "writing"]

@@ -17,7 +17,8 @@ B_max = floor((capacity - a) / b). The third column of the table (the largest ba
 line: the fit's error there is reported. On the backend measured (XLA:CPU unless run on a GPU) the
 temporaries follow that backend's fusion and scheduling; a GPU's differ (cuDNN workspaces, another
 scheduler), so the GB columns are estimates to confirm with `benchmarks.gpu_check --section=memory`.
-Writes benchmarks/results/memory.md and memory.json (--out: another folder).
+Writes benchmarks/out/memory.md and memory.json (--out: another folder; the committed copies are in
+benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ import time
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import write_result
+from benchmarks.common import RESULTS, write_result
 from configs import cifar10_ve, cifar10_vp
 from score_sde import config_utils, models
 from score_sde.divergence import hutchinson_divergence
 from score_sde.drivers import train
 from score_sde.sde import probability_flow_drift
 
-RESULTS = pathlib.Path(__file__).parent / "results"
 GB = 1e9
 CAPACITIES_GB = (16, 40, 80)
 # resolution -> model overrides: 32² and 64² the CIFAR-10 / CelebA-64 networks (4 levels, 4 blocks);
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,2,4", help="measured batches (at least two; the fit uses the two smallest)")
     ap.add_argument("--programs", default=",".join(PROGRAMS))
     ap.add_argument("--remat", default="false,true", help="remat settings measured: false, true or both")
-    ap.add_argument("--out", default=None, help="folder for memory.md / memory.json (default benchmarks/results)")
+    ap.add_argument("--out", default=None, help="folder for memory.md / memory.json (default benchmarks/out)")
     args = ap.parse_args(argv)
     families = ["ddpmpp"] if args.smoke else args.families.split(",")
     sizes = [8] if args.smoke else [int(s) for s in args.sizes.split(",")]

@@ -9,7 +9,7 @@ bf16:  configs/digits_vp.py trained by the real driver (`score_sde.drivers.train
 remat: the digits UNet's value-and-gradient of the DSM loss with and without model.remat: the bytes the
        backward pass keeps (jax.vjp residuals), XLA's compiled temp bytes on this backend, and the step
        time (best of 5), as remat / plain ratios.
-Writes benchmarks/results/precision_remat.md (--out: another folder).
+Writes benchmarks/out/precision_remat.md (--out: another folder; committed copy in benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import RESULTS, write_result
 from benchmarks.memory import compiled_bytes
 from configs import digits_vp
 from score_sde import config_utils, models
 from score_sde.drivers import train
 
-RESULTS = pathlib.Path(__file__).parent / "results"
 
 
 def digits_config(precision: str, steps: int, smoke: bool, remat: bool = False):

@@ -112,8 +112,9 @@ def measure(config, batches, which=PROGRAMS) -> dict:
     return out
 
 
-def largest_batch(by_batch: dict, capacity_bytes: float) -> tuple[int, dict]:
-    """(B_max, fit) from the line through the two smallest measured batches' total bytes.
+def largest_batch(by_batch: dict, capacity_bytes: float) -> tuple[int | None, dict]:
+    """(B_max, fit) from the line through the two smallest measured batches' total bytes; B_max is None
+    when the bytes did not grow between them (no line to extrapolate).
 
     fit: {per_example, constant, max_rel_error} with max_rel_error the line's relative error at the other
     measured batches (0 with two batches). B_max is 0 when even the constant part does not fit.
@@ -123,8 +124,8 @@ def largest_batch(by_batch: dict, capacity_bytes: float) -> tuple[int, dict]:
     const = m0["total"] - slope * b0
     errs = [abs(const + slope * b - m["total"]) / m["total"] for b, m in sorted(by_batch.items())[2:]]
     fit = {"per_example": slope, "constant": const, "max_rel_error": max(errs, default=0.0)}
-    if slope <= 0:
-        return (0 if const > capacity_bytes else 10**9), fit
+    if slope <= 0:  # e.g. XLA:CPU fusing B = 1 differently: no line to extrapolate, measure larger batches
+        return None, fit
     return max(0, math.floor((capacity_bytes - const) / slope)), fit
 
 
@@ -156,7 +157,8 @@ def table(rows, batches) -> str:
     for r in rows:
         cells = [f"{r['bytes'][str(b)]['argument'] / 1e6:.1f} / {r['bytes'][str(b)]['output'] / 1e6:.1f} / "
                  f"{r['bytes'][str(b)]['temp'] / 1e6:.1f}" for b in batches]
-        caps = [str(r[f"max_batch_{c}GB"]) for c in CAPACITIES_GB]
+        caps = [str(r[f"max_batch_{c}GB"]) if r[f"max_batch_{c}GB"] is not None else "n/a (bytes fell)"
+                for c in CAPACITIES_GB]
         lines.append(f"| {r['family']} | {r['image_size']}² | {r['remat']} | {r['program']} | " + " | ".join(cells)
                      + f" | {r['fit']['per_example'] / 1e6:.1f} | " + " | ".join(caps)
                      + f" | {100 * r['fit']['max_rel_error']:.1f} % |")

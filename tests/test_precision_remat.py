@@ -195,3 +195,4 @@ def test_largest_batch_from_the_line():
     assert b_max == (16 * 10**9 - 1001) // 10
     assert fit["per_example"] == 10 and fit["constant"] == 1001
     assert fit["max_rel_error"] == pytest.approx(4 / 1045)
+    assert memory.largest_batch({1: {"total": 1011}, 2: {"total": 1000}}, 16e9)[0] is None  # no growth: no fit

@@ -88,7 +88,7 @@ def test_bf16_network_computes_in_bfloat16_returns_float32(make):
 
 def _step_config(precision="fp32", remat=False):
     config = default.get_default_configs()
-    config.model.update(nf=8, ch_mult=(1,), num_res_blocks=2, init_scale=1.0, remat=remat)
+    config.model.update(nf=8, ch_mult=(1,), num_res_blocks=1, init_scale=1.0, remat=remat)
     config.training.precision = precision
     return config
 

@@ -2,6 +2,8 @@
 
     python -m benchmarks.gpu_check          # paper-size DDPM++ (configs/cifar10_vp.py), batch 128; more than 5 min on one H200 (train compile alone 99 s): give it --budget 500 or more
     python -m benchmarks.gpu_check --smoke  # nf=16, ch_mult (1, 2), 8x8 images, batch 4, few steps; ~1 min on CPU
+    python -m benchmarks.gpu_check --section=train|sample|likelihood|memory   # one part, <= 4 min (benchmarks/gpu_parts.py)
+    python -m benchmarks.gpu_check --sections=memory,train,sample,likelihood --budget-s=840   # parts in order, under a budget
 
 Sections (each one prints its error and the script goes on if it fails):
   devices      what JAX sees;
@@ -43,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.integrate
 
+from benchmarks import gpu_parts
 from benchmarks.common import Programs, machine_description, run_timed, write_result
 from configs import cifar10_vp
 from score_sde import config_utils, models, solvers
@@ -253,8 +256,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes that run on CPU in under a minute")
     ap.add_argument("--budget", type=float, default=None, help="seconds after which remaining sections are skipped")
-    ap.add_argument("--out", default=None, help="folder for the Markdown result (default benchmarks/out)")
+    ap.add_argument("--out", default=None, help="folder for the Markdown results (default benchmarks/out)")
+    ap.add_argument("--section", default=None, help=f"run one part: {' | '.join(gpu_parts.PARTS)}")
+    ap.add_argument("--sections", default=None, help="run these parts in this order (comma-separated), each in a "
+                    f"child process limited to min({gpu_parts.PART_LIMIT_S} s, budget left)")
+    ap.add_argument("--budget-s", type=float, default=840.0, help="total seconds for --sections")
     args = ap.parse_args(argv)
+    chosen = [args.section] if args.section else (args.sections.split(",") if args.sections else [])
+    bad = [p for p in chosen if p not in gpu_parts.PARTS]
+    if bad:
+        ap.error(f"unknown part {bad[0]!r}; valid parts: {', '.join(gpu_parts.PARTS)}")
+    if args.section:
+        return gpu_parts.run_part(args.section, args.smoke, args.out)
+    if args.sections:
+        return gpu_parts.drive(chosen, args.budget_s, args.smoke, args.out)
     size = SMOKE if args.smoke else FULL
     rep = Report(args.budget if args.budget is not None else size.budget_s)
     config = make_config(args.smoke)

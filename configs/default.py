@@ -57,6 +57,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.conditional = True
     model.init_scale = 0.0
     model.hidden = (128, 128, 128)   # mlp only
+    model.remat = False              # unet / ddpmpp / ncsnpp: nn.remat per residual block (less memory, more compute)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128        # global batch, split over all devices of all processes
@@ -73,6 +74,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.likelihood_weighting = False
     training.eps = 1e-5              # smallest training time
     training.label_dropout = 0.0     # class-conditional: share of labels replaced by the null class (CFG)
+    training.precision = "fp32"      # fp32 | bf16 (network compute in bfloat16; params, optimizer, EMA, loss float32)
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.lr = 2e-4

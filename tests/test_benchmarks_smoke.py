@@ -53,3 +53,27 @@ def test_gpu_check_smoke_prints_every_figure(tmp_path):
                 assert re.search(r"\d", value), (section, figure, value)
     assert int(rows["sample:edm_heun-18", "NFE"]) == 2 * 18 - 1  # Heun steps + a final Euler step
     assert (tmp_path / "gpu_check_smoke.md").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("part", ["train", "sample", "likelihood", "memory"])
+def test_gpu_check_part_starts_and_writes_its_file(part, tmp_path):
+    """`python -m benchmarks.gpu_check --section=<part> --smoke`, in-process: the part runs at its
+    smallest size on CPU and writes gpu_check_<part>_smoke.md / .json with at least one row of figures."""
+    import json
+
+    from benchmarks import gpu_check
+
+    assert gpu_check.main([f"--section={part}", "--smoke", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / f"gpu_check_{part}_smoke.json").read_text())["rows"]
+    assert rows and all(len(r) > 1 for r in rows)
+    assert (tmp_path / f"gpu_check_{part}_smoke.md").read_text().count("\n| ") >= 2
+
+
+def test_gpu_check_unknown_part_is_one_line(capsys):
+    from benchmarks import gpu_check
+
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--section=speed"])
+    assert e.value.code == 2
+    assert "unknown part 'speed'; valid parts: train, sample, likelihood, memory" in capsys.readouterr().err

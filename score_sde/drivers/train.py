@@ -555,7 +555,9 @@ def train(config, workdir: str, train_iter=None) -> TrainState:
         train_iter = data.get_dataset(config, "train", jax.process_index(), jax.process_count())
     objects = config_utils.objects(config)
     model, sde = objects.net, objects.sde
-    optimizer, p_step = step_for_config(config, model, sde)
+    # training.precision: the loss's network computes in bfloat16 for 'bf16'; params, optimizer, EMA,
+    # checkpoints and the snapshot sampler stay float32 (the state is created from the float32 net)
+    optimizer, p_step = step_for_config(config, models.with_precision(model, tc.get("precision", "fp32")), sde)
     state = create_train_state(jax.random.PRNGKey(config.seed), model, optimizer,
                                models.network_input_shape(sde, tuple(train_iter.data_shape)))
     snapshot = None

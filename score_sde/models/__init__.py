@@ -11,12 +11,12 @@ from score_sde.models import conditions
 from score_sde.models.conditions import KINDS, Part
 from score_sde.models.parameterization import (BoundScore, ScoreModel, cond_score_fn, model_score, network_input_shape,
                                                noise_conditioning, score_fn)
-from score_sde.models.registry import MODELS, get_model, names
+from score_sde.models.registry import MODELS, PRECISIONS, get_model, names, with_precision
 from score_sde.models.unet import UNet
 
 __all__ = [
     "MLP", "UNet", "NCSNpp", "ddpmpp", "ncsnpp", "DDPMPP_SETTINGS", "NCSNPP_SETTINGS",
-    "MODELS", "get_model", "names",
+    "MODELS", "PRECISIONS", "get_model", "names", "with_precision",
     "ScoreModel", "BoundScore", "model_score", "network_input_shape", "noise_conditioning", "score_fn",
     "cond_score_fn", "conditions", "KINDS", "Part",
 ]

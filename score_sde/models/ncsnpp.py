@@ -23,7 +23,7 @@ normalised noise; `parameterization.py` turns it into a score.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -68,6 +68,8 @@ class NCSNpp(nn.Module):
     resamp_with_conv: bool = True
     num_classes: int = 0
     cond_spec: tuple = ()  # condition parts (score_sde.models.conditions); () and num_classes > 0: one label part
+    dtype: Any = None  # compute dtype (None: float32 as the inputs; jnp.bfloat16: mixed precision)
+    remat: bool = False  # nn.remat per residual block
 
     # --- pieces ---------------------------------------------------------------------
     def _check(self, x):
@@ -87,22 +89,23 @@ class NCSNpp(nn.Module):
             temb = gaussian_fourier_projection(c_noise, self.nf, self.fourier_scale)
         else:
             temb = positional_embedding(c_noise, self.nf)
-        temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(temb)
-        return nn.Dense(4 * self.nf, kernel_init=layers.default_init())(layers.act(temb))
+        temb = layers.dense(4 * self.nf, self.dtype)(temb)
+        return layers.dense(4 * self.nf, self.dtype)(layers.act(temb))
 
     def _resblock(self, out_ch=None, up=False, down=False):
         common = dict(out_ch=out_ch, dropout=self.dropout, skip_rescale=self.skip_rescale,
-                      init_scale=self.init_scale)
+                      init_scale=self.init_scale, dtype=self.dtype)
         if self.resblock_type == "ddpm":
-            return layers.ResnetBlockDDPM(**common)
-        return layers.ResnetBlockBigGAN(up=up, down=down, fir=self.fir, fir_kernel=tuple(self.fir_kernel), **common)
+            return layers.remat_class(layers.ResnetBlockDDPM, self.remat)(**common)
+        return layers.remat_class(layers.ResnetBlockBigGAN, self.remat)(
+            up=up, down=down, fir=self.fir, fir_kernel=tuple(self.fir_kernel), **common)
 
     def _attn(self):
-        return layers.AttnBlock(skip_rescale=self.skip_rescale, init_scale=self.init_scale)
+        return layers.AttnBlock(skip_rescale=self.skip_rescale, init_scale=self.init_scale, dtype=self.dtype)
 
     def _resample(self, up, out_ch=None, with_conv=True):
         return layers.ResampleConv(up=up, out_ch=out_ch, with_conv=with_conv, fir=self.fir,
-                                   fir_kernel=tuple(self.fir_kernel))
+                                   fir_kernel=tuple(self.fir_kernel), dtype=self.dtype)
 
     def _down_level(self, h, temb, train):
         """Resolution change on the way down: DDPM conv downsampling or a BigGAN down block."""
@@ -119,19 +122,19 @@ class NCSNpp(nn.Module):
         """Merges the downsampled input into h (progressive_input); returns (pyramid, h)."""
         if self.progressive_input == "input_skip":
             pyramid = self._resample(up=False, with_conv=False)(pyramid)
-            return pyramid, layers.Combine(self.progressive_combine)(pyramid, h)
+            return pyramid, layers.Combine(self.progressive_combine, dtype=self.dtype)(pyramid, h)
         pyramid = self._resample(up=False, out_ch=h.shape[-1])(pyramid)
         pyramid = layers.residual_sum(pyramid, h, self.skip_rescale)
         return pyramid, pyramid
 
     def _output_pyramid(self, h, pyramid, out_channels, first):
         """One step of the output pyramid (progressive); returns (h, pyramid)."""
-        feat = layers.act(layers.group_norm(h.shape[-1])(h))
+        feat = layers.act(layers.group_norm(h.shape[-1], dtype=self.dtype)(h))
         if self.progressive == "output_skip":
-            out = layers.conv3x3(out_channels, init_scale=self.init_scale)(feat)
+            out = layers.conv3x3(out_channels, init_scale=self.init_scale, dtype=self.dtype)(feat)
             return h, out if first else self._resample(up=True, with_conv=False)(pyramid) + out
         if first:
-            return h, layers.conv3x3(h.shape[-1])(feat)
+            return h, layers.conv3x3(h.shape[-1], dtype=self.dtype)(feat)
         pyramid = self._resample(up=True, out_ch=h.shape[-1])(pyramid)
         pyramid = layers.residual_sum(pyramid, h, self.skip_rescale)
         return pyramid, pyramid
@@ -139,7 +142,7 @@ class NCSNpp(nn.Module):
     def _encode(self, x, temb, train):
         """Downsampling path; returns the skip activations hs (last one is the bottom input)."""
         pyramid = x
-        hs = [layers.conv3x3(self.nf)(x)]
+        hs = [layers.conv3x3(self.nf, dtype=self.dtype)(x)]
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
                 h = self._resblock(self.nf * mult)(hs[-1], temb, train)
@@ -168,8 +171,8 @@ class NCSNpp(nn.Module):
         assert not hs, "every skip activation is consumed exactly once"
         if self.progressive == "output_skip":
             return pyramid
-        h = layers.act(layers.group_norm(h.shape[-1])(h))
-        return layers.conv3x3(out_channels, init_scale=self.init_scale)(h)
+        h = layers.act(layers.group_norm(h.shape[-1], dtype=self.dtype)(h))
+        return layers.conv3x3(out_channels, init_scale=self.init_scale, dtype=self.dtype)(h)
 
     # --- network --------------------------------------------------------------------
     @nn.compact
@@ -181,7 +184,7 @@ class NCSNpp(nn.Module):
         h = self._resblock()(hs[-1], temb, train)
         h = self._attn()(h)
         h = self._resblock()(h, temb, train)
-        return self._decode(h, hs, temb, train, x.shape[-1])
+        return self._decode(h, hs, temb, train, x.shape[-1]).astype(x.dtype)
 
 
 __all__ = ["NCSNpp"]

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from score_sde.lookup import lookup
 from score_sde.models.ddpmpp import DDPMPP_SETTINGS, NCSNPP_SETTINGS
@@ -61,6 +62,25 @@ MODELS: Mapping[str, Callable[[Any], nn.Module]] = {
 }
 
 
+# training.precision -> the network's compute dtype (None: float32 throughout)
+PRECISIONS: Mapping[str, Any] = {"fp32": None, "bf16": jnp.bfloat16}
+
+
+def with_precision(net: nn.Module, precision: str) -> nn.Module:
+    """`net` computing in the dtype of `precision` ('fp32' | 'bf16'); parameters stay float32.
+
+    Raises:
+      ValueError: an unknown precision, or 'bf16' for a network without a `dtype` field (mlp).
+    """
+    dtype = lookup(PRECISIONS, str(precision).lower(), "training.precision", "precisions")
+    if dtype is None:
+        return net
+    if "dtype" not in _fields(type(net)):
+        raise ValueError(f"training.precision={precision} needs a network with a compute dtype "
+                         f"(unet, ddpmpp, ncsnpp); {type(net).__name__} has none: use training.precision=fp32")
+    return net.clone(dtype=dtype)
+
+
 def names() -> tuple[str, ...]:
     """Every model name `get_model` accepts."""
     return tuple(MODELS)
@@ -82,4 +102,4 @@ def get_model(config: Mapping[str, Any], num_classes: int | None = None, cond_sp
     return model.clone(num_classes=int(num_classes)) if num_classes else model
 
 
-__all__ = ["MODELS", "names", "get_model"]
+__all__ = ["MODELS", "PRECISIONS", "names", "get_model", "with_precision"]

@@ -71,6 +71,8 @@ SCHEMA: dict[str, Rule] = {
     "training.max_nonfinite": _POSITIVE_INT,
     "training.divergence_factor": Rule(float, lambda v: v == 0 or v > 1, "0 (off) or > 1"),
     "training.sample_freq": _at_least(0),
+    "training.precision": Rule(str, lambda v: v in ("fp32", "bf16"), "one of fp32, bf16"),
+    "model.remat": Rule(bool),
     "optim.lr": _POSITIVE,
     "optim.beta1": _UNIT,
     "optim.eps": _NONNEG,

@@ -105,10 +105,9 @@ def _box_known(key: Array, h: int, w: int) -> Array:
 
 
 def _half_known(key: Array, h: int, w: int) -> Array:
-    """(h, w) bool: one of the four halves (top, bottom, left, right) unknown."""
+    """(h, w) bool: one of the four halves (bottom, top, right, left) unknown: the other known."""
     r, c = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-    halves = jnp.stack([r >= h // 2, r < h // 2, c >= w // 2, c < w // 2]).astype(bool)  # the known part
-    halves = jnp.broadcast_to(halves, (4, h, w))
+    halves = jnp.stack([jnp.broadcast_to(k, (h, w)) for k in (r < h // 2, r >= h // 2, c < w // 2, c >= w // 2)])
     return halves[jax.random.randint(key, (), 0, 4)]
 
 

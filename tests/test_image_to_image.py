@@ -5,6 +5,7 @@ and the exact super-resolution posterior of a Gaussian-mixture "image" (the orac
 The trained oracle (a conditional network against that posterior) is `benchmarks/sr_oracle.py`.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,8 @@ import score_sde as ss
 from configs import digits_inpaint, digits_sr
 from score_sde import analytic, config_utils, data, image_to_image as i2i, losses
 from score_sde.drivers import evaluate, train
+from score_sde.models.conditions import conditioning
+from score_sde.plumbing.restore import Loaded
 
 SDE = ss.VPSDE()
 
@@ -79,8 +82,27 @@ def test_inpainting_masks_box_half_uncrop():
         i2i.Inpainting(masks=("circle",))
 
 
+class TinyNet(nn.Module):
+    """Two convolutions that take any condition parts (`conditions.conditioning`): cheap to compile."""
+
+    cond_spec: tuple = ()
+
+    @nn.compact
+    def __call__(self, x, c_noise, train=False, cond=None):
+        emb, xc = conditioning(self.cond_spec, cond, x, 8)
+        h = nn.Conv(8, (3, 3))(xc) + nn.Dense(8)(jnp.log1p(jnp.exp(c_noise))[:, None])[:, None, None, :]
+        if emb is not None:
+            h = h + nn.Dense(8)(emb)[:, None, None, :]
+        return nn.Conv(x.shape[-1], (3, 3))(nn.silu(h))
+
+
+def _tiny_net(config):
+    spec = config_utils.cond_spec_from_config(config)
+    return TinyNet(cond_spec=tuple(type(p)(p.name, p.kind) for p in spec)), spec
+
+
 def _tiny(config):
-    config.model.nf = 8
+    config.model.update(nf=8, ch_mult=(1,))  # one level: the smallest UNet to compile
     config.training.update(batch_size=8, n_iters=2, snapshot_freq=2, log_freq=1)
     config.sampling.method = "euler_maruyama"
     config.sampling.euler_maruyama.n_steps = 2
@@ -92,16 +114,11 @@ def test_the_loss_derives_the_condition_from_the_clean_batch():
     """loss_fn_from_config on a plain image batch = the one loss given {"image", "cond": task.derive(...)}
     with the same keys; a null condition gives another value (the parts reach the network)."""
     c = _tiny(digits_sr.get_config())
-    net, task = config_utils.net_from_config(c), config_utils.task_from_config(c)
-    spec = config_utils.cond_spec_from_config(c)
+    (net, spec), task = _tiny_net(c), config_utils.task_from_config(c)
     assert [(p.name, type(p.kind).__name__, getattr(p.kind, "size", None)) for p in spec] == [
         ("aug_level", "NoiseLevel", None), ("low_res", "Image", 4)]
-    x0 = jnp.asarray(next(data.get_dataset(c, "train")))
-    init = jax.jit(lambda k, x, cond: net.init(k, x, jnp.zeros((2,)), cond=cond))  # eager init: ~10x slower
-    params = init(jax.random.PRNGKey(0), x0[:2], task.derive(_keys(2), x0[:2]))["params"]
-    leaves, tree = jax.tree.flatten(params)  # random weights everywhere (the output layer starts at zero)
-    params = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(jax.random.PRNGKey(i), p.shape)
-                                       for i, p in enumerate(leaves)])
+    x0 = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (8, 8, 8, 1)), jnp.float32)
+    params = net.init(jax.random.PRNGKey(0), x0[:2], jnp.zeros((2,)), cond=task.derive(_keys(2), x0[:2]))["params"]
     keys = _keys(len(x0), 3)
     derived = jax.jit(train.loss_fn_from_config(c, net, SDE))(params, x0, keys)
     model = ss.ScoreModel(net, None, SDE, spec)
@@ -114,14 +131,18 @@ def test_the_loss_derives_the_condition_from_the_clean_batch():
     assert abs(float(derived) - float(null)) > 1e-2 * abs(float(null))
 
 
-def test_super_resolution_train_and_sample_outputs(tmp_path):
-    """digits_sr (x2 by default, x4 by the key) trains 2 steps and --mode=sample writes samples,
-    cond_low_res (the area-downsampled test images at aug_level 0), cond_aug_level, target (the
-    test images) and a condition | sample | truth grid."""
+def test_super_resolution_sample_outputs(tmp_path):
+    """digits_sr (x2 by default, x4 by the key): --mode=sample's driver writes samples, cond_low_res
+    (the area-downsampled test images at aug_level 0), cond_aug_level, target (the test images) and a
+    condition | sample | truth grid (a small network in place of a trained checkpoint)."""
     c = _tiny(digits_sr.get_config())
     c.data.task.factor = 4
-    train.train(c, str(tmp_path))
-    summary = evaluate.sample(c, str(tmp_path), (8, 8, 1), progress=False)
+    net, spec = _tiny_net(c)
+    x = jnp.zeros((2, 8, 8, 1))
+    params = net.init(jax.random.PRNGKey(0), x, jnp.zeros((2,)),
+                      cond=config_utils.task_from_config(c).derive(_keys(2), x))["params"]
+    loaded = Loaded(ss.ScoreModel(net, {"params": params}, SDE, spec), SDE, (8, 8, 1), 0)
+    summary = evaluate.sample(c, str(tmp_path), (8, 8, 1), loaded=loaded, progress=False)
     f = np.load(summary["npz"])
     assert sorted(f) == ["cond_aug_level", "cond_low_res", "samples", "target"]
     test = next(data.iterate_once(c, "test", batch_size=6, dequantize=False))

@@ -45,28 +45,28 @@ def test_area_downsample_is_the_block_mean_and_the_pool_matrix():
 
 def test_augmentation_level_is_uniform_and_the_noise_has_that_std():
     task = i2i.SuperResolution(factor=2, max_aug_level=0.5)
-    x0 = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (4000, 4, 4, 1)), jnp.float32)
-    out = _derive(task, _keys(4000), x0)
-    assert out["low_res"].shape == (4000, 2, 2, 1) and out["aug_level"].shape == (4000,)
+    x0 = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2000, 4, 4, 1)), jnp.float32)
+    out = _derive(task, _keys(2000), x0)
+    assert out["low_res"].shape == (2000, 2, 2, 1) and out["aug_level"].shape == (2000,)
     s = np.asarray(out["aug_level"])
     assert s.min() >= 0 and s.max() <= 0.5
-    assert abs(s.mean() - 0.25) < 4 * 0.5 / np.sqrt(12 * 4000)  # U(0, 0.5): mean 0.25, sd 0.144
+    assert abs(s.mean() - 0.25) < 4 * 0.5 / np.sqrt(12 * 2000)  # U(0, 0.5): mean 0.25, sd 0.144
     resid = np.asarray(out["low_res"] - i2i.area_downsample(x0, 2))
     z = resid / s[:, None, None, None]
-    assert abs(z.std() - 1.0) < 0.03 and abs(z.mean()) < 0.03  # 16,000 standard normals
-    fixed = _derive(task, _keys(4000), x0, level=0.0)  # sampling: level 0 is the clean low-res image
+    assert abs(z.std() - 1.0) < 0.04 and abs(z.mean()) < 0.05  # 8,000 standard normals (SE 0.008 / 0.011)
+    fixed = _derive(task, _keys(2000), x0, level=0.0)  # sampling: level 0 is the clean low-res image
     np.testing.assert_array_equal(np.asarray(fixed["low_res"]), np.asarray(i2i.area_downsample(x0, 2)))
     assert float(jnp.abs(fixed["aug_level"]).max()) == 0.0
-    noisy = _derive(task, _keys(4000), x0, level=0.3)
+    noisy = _derive(task, _keys(2000), x0, level=0.3)
     assert abs(float(jnp.std(noisy["low_res"] - i2i.area_downsample(x0, 2))) - 0.3) < 0.01
 
 
 def test_inpainting_masks_box_half_uncrop():
-    x0 = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (600, 8, 8, 1)), jnp.float32)
+    x0 = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (300, 8, 8, 1)), jnp.float32)
     for fam, check in [("box", lambda u: 4 <= u <= 16), ("half", lambda u: u == 32), ("uncrop", lambda u: u == 48)]:
-        masked = np.asarray(_derive(i2i.Inpainting(masks=(fam,)), _keys(600), x0)["masked"])
+        masked = np.asarray(_derive(i2i.Inpainting(masks=(fam,)), _keys(300), x0)["masked"])
         unknown = np.isnan(masked)
-        counts = unknown.reshape(600, -1).sum(1)
+        counts = unknown.reshape(300, -1).sum(1)
         assert all(check(u) for u in counts), (fam, sorted(set(counts.tolist())))
         np.testing.assert_array_equal(masked[~unknown], np.asarray(x0)[~unknown])  # known pixels are the image
         if fam == "box":  # the unknown set is one rectangle: its bounding box is all unknown
@@ -75,9 +75,9 @@ def test_inpainting_masks_box_half_uncrop():
                 assert m[r.min():r.max() + 1, c.min():c.max() + 1].all()
         if fam == "uncrop":
             assert not unknown[:, 2:6, 2:6].any() and unknown[:, :2].all()
-    both = np.isnan(np.asarray(_derive(i2i.Inpainting(masks=("box", "half")), _keys(600), x0)["masked"]))
-    halves = np.mean(both.reshape(600, -1).sum(1) == 32)
-    assert 0.4 < halves < 0.6  # each family drawn with probability 1/2
+    both = np.isnan(np.asarray(_derive(i2i.Inpainting(masks=("box", "half")), _keys(300), x0)["masked"]))
+    halves = np.mean(both.reshape(300, -1).sum(1) == 32)
+    assert 0.38 < halves < 0.62  # each family drawn with probability 1/2 (SE 0.029)
     with pytest.raises(ValueError, match="valid: box, half, uncrop"):
         i2i.Inpainting(masks=("circle",))
 
@@ -177,7 +177,7 @@ def test_task_config_errors_are_one_line():
 def test_pool_posterior_matches_monte_carlo(x64):
     """The oracle's closed form: a 3-component mixture of 4x4 "images", 2x2 average-pool observations
     with noise 0.2: `analytic.pool_conditional`'s mean and covariance equal the self-normalised importance
-    estimates over 100k prior draws (5 standard errors; covariance 10); noiseless, its draws satisfy
+    estimates over 40k prior draws (5 standard errors; covariance 10); noiseless, its draws satisfy
     area_downsample(x) = low_res exactly (1e-9)."""
     rng = np.random.default_rng(4)
     gmm = analytic.GaussianMixture(jnp.array([0.5, 0.3, 0.2]), jnp.asarray(rng.normal(size=(3, 4, 4, 1))),
@@ -185,7 +185,7 @@ def test_pool_posterior_matches_monte_carlo(x64):
     A = analytic.pool_matrix((4, 4, 1), 2)
     y = A @ np.asarray(gmm.sample(jax.random.PRNGKey(9), 1)).reshape(-1)
     post = analytic.pool_conditional(gmm, y.reshape(2, 2, 1), 2, 0.2)
-    x = np.asarray(gmm.sample(jax.random.PRNGKey(0), 100_000)).reshape(100_000, -1)
+    x = np.asarray(gmm.sample(jax.random.PRNGKey(0), 40_000)).reshape(40_000, -1)
     logw = -0.5 * ((x @ A.T - y) ** 2).sum(1) / 0.2**2
     w = np.exp(logw - logw.max())
     w /= w.sum()

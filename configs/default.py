@@ -30,11 +30,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.cond = ml_collections.ConfigDict()
     # Image-to-image task (score_sde.image_to_image): its condition parts are made from each clean image
     # on device (data.cond still declares them). name: "" (none) | super_resolution | inpainting.
-    data.task = task = ml_collections.ConfigDict()
-    task.name = ""
-    task.factor = 4                  # super_resolution: low_res = area_downsample(x, factor) (block means)
-    task.max_aug_level = 0.0         # super_resolution: training adds s e to low_res, s ~ U(0, this), s the aug_level part
-    task.masks = "box,half"          # inpainting: mask families drawn per example (box | half | uncrop)
+    data.task = ml_collections.ConfigDict()
+    data.task.name = ""               # "" (none) | super_resolution | inpainting
+    data.task.factor = 4             # super_resolution: low_res = area_downsample(x, factor) (block means)
+    data.task.max_aug_level = 0.0    # super_resolution: training adds s e to low_res, s ~ U(0, this), s the aug_level part
+    data.task.masks = "box,half"     # inpainting: mask families drawn per example (box | half | uncrop)
 
     config.sde = sde = ml_collections.ConfigDict()
     sde.name = "vpsde"               # vpsde | subvpsde | vesde

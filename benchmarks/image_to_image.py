@@ -248,9 +248,11 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     figures(args.out, x, low, sr_x, masked, firsts)
     lines = [f"First {len(x)} test digits (8x8). Super-resolution x2 (4x4 area-downsampled -> 8x8):", "",
-             "| method | PSNR (dB) | SSIM (3x3) | consistency RMS | classifier accuracy | Frechet distance | diversity |",
+             "| method | PSNR (dB) | SSIM (3x3) | consistency RMS | classifier accuracy | Frechet distance "
+             "| diversity |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r[0]} | {_fmt(r[1], '.2f')} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.3f} | {r[5]:.2f} | {_fmt(r[6], '.3f')} |"
+    lines += [f"| {r[0]} | {_fmt(r[1], '.2f')} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.3f} | {r[5]:.2f} "
+              f"| {_fmt(r[6], '.3f')} |"
               for r in sr]
     lines += ["", f"SR diffusion sampling took {sr_s:.1f} s for {len(x)} digits (compile included).", "",
               "Inpainting (one box or half mask per digit, the same for every method):", "",

@@ -162,7 +162,8 @@ def test_super_resolution_sample_outputs(tmp_path):
 def test_task_config_errors_are_one_line():
     c = digits_sr.get_config()
     c.data.task.name = "deblur"
-    with pytest.raises(ValueError, match="unknown image-to-image task 'deblur'; valid tasks: super_resolution, inpainting"):
+    with pytest.raises(ValueError, match="unknown image-to-image task 'deblur'; valid tasks: super_resolution, "
+                                         "inpainting"):
         config_utils.objects(c)
     c = digits_sr.get_config()
     del c.data.cond["aug_level"]

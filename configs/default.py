@@ -28,6 +28,13 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # Condition parts beyond labels, {name: {kind, dropout, ...}} (score_sde.models.conditions.KINDS):
     # e.g. data.cond.y = {kind: "vector", size: 1, dropout: 0.1} (configs/toy_cond.py).
     data.cond = ml_collections.ConfigDict()
+    # Image-to-image task (score_sde.image_to_image): its condition parts are made from each clean image
+    # on device (data.cond still declares them). name: "" (none) | super_resolution | inpainting.
+    data.task = ml_collections.ConfigDict()
+    data.task.name = ""               # "" (none) | super_resolution | inpainting
+    data.task.factor = 4             # super_resolution: low_res = area_downsample(x, factor) (block means)
+    data.task.max_aug_level = 0.0    # super_resolution: training adds s e to low_res, s ~ U(0, this), s the aug_level part
+    data.task.masks = "box,half"     # inpainting: mask families drawn per example (box | half | uncrop)
 
     config.sde = sde = ml_collections.ConfigDict()
     sde.name = "vpsde"               # vpsde | subvpsde | vesde
@@ -102,6 +109,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # classifier-free guidance per part: --config.sampling.guidance_scales.y=1.0 (unset parts: 0).
     sampling.condition = "test"
     sampling.guidance_scales = ml_collections.ConfigDict()
+    sampling.aug_level = 0.0         # data.task super_resolution: the augmentation level s of the test low_res inputs
 
     config.likelihood = likelihood = ml_collections.ConfigDict()
     likelihood.num_examples = 256

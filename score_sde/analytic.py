@@ -411,3 +411,24 @@ def mask_conditional(mixture: GaussianMixture, x_known, mask, noise_std: float =
     A = np.eye(mixture.dim)[idx]
     y = jnp.asarray(x_known).reshape(-1)[idx]
     return linear_conditional(mixture, A, y, noise_std)
+
+
+def pool_matrix(shape: tuple[int, int, int], factor: int) -> np.ndarray:
+    """(M, D) matrix of the area downsampling of one (H, W, C) image by `factor` (the mean of each
+    factor x factor block; `image_to_image.area_downsample`), acting on the flattened image, rows in
+    the flattened (H / factor, W / factor, C) order."""
+    h, w, c = shape
+    if h % factor or w % factor:
+        raise ValueError(f"area downsampling by {factor} needs H and W divisible by it; got {h}x{w}")
+    rows = np.arange(h)[:, None, None] // factor * (w // factor) + np.arange(w)[None, :, None] // factor
+    rows = rows * c + np.arange(c)[None, None, :]  # (H, W, C): the low-res entry each pixel averages into
+    A = np.zeros(((h // factor) * (w // factor) * c, h * w * c))
+    A[rows.reshape(-1), np.arange(h * w * c)] = 1.0 / factor**2
+    return A
+
+
+def pool_conditional(mixture: GaussianMixture, low_res, factor: int, noise_std: float = 0.0) -> LinearGaussianConditional:
+    """p(x | low_res) for low_res = area_downsample(x, factor) + noise_std n: the exact posterior of
+    super-resolution of one (H, W, C) example (low_res: (H / factor, W / factor, C))."""
+    A = pool_matrix(mixture.event_shape, factor)
+    return linear_conditional(mixture, A, jnp.asarray(low_res).reshape(-1), noise_std)

@@ -11,7 +11,7 @@ import flax.linen as nn
 import ml_collections
 from ml_collections import config_dict
 
-from score_sde import models, solvers
+from score_sde import image_to_image, models, solvers
 from score_sde.models import conditions
 from score_sde.lookup import lookup
 from score_sde.cld import CLD
@@ -58,10 +58,13 @@ def cond_spec_from_config(config) -> tuple:
         "label" entry in data.cond.
     """
     parts = []
+    task = image_to_image.task_from_config(config.data.get("task", None))
     for name, fields in sorted((config.data.get("cond", None) or {}).items()):
         fields = dict(fields)
         if "kind" not in fields:
             raise ValueError(f"config.data.cond.{name} needs a 'kind'; valid kinds: {', '.join(conditions.KINDS)}")
+        if isinstance(task, image_to_image.SuperResolution) and name == "low_res" and not fields.get("size"):
+            fields["size"] = int(config.data.image_size) // task.factor  # size 0: the low-res side of the task
         dropout = float(fields.get("dropout", 0.0))
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"config.data.cond.{name}.dropout must be in [0, 1), got {dropout}")
@@ -73,6 +76,25 @@ def cond_spec_from_config(config) -> tuple:
                              "keep one of them")
         parts = list(conditions.label_spec(num_classes, config.training.get("label_dropout", 0.0))) + parts
     return tuple(parts)
+
+
+def task_from_config(config):
+    """The image-to-image task of `config.data.task` (`score_sde.image_to_image`), or None.
+
+    Raises:
+      ValueError: an unknown task name, or data.cond lacks one of the parts the task derives (or
+        gives it another kind): the message names the entries to add.
+    """
+    task = image_to_image.task_from_config(config.data.get("task", None))
+    if task is None:
+        return None
+    cond = config.data.get("cond", None) or {}
+    for name, kind in zip(task.names, task.kinds):
+        if name not in cond or cond[name].get("kind") != kind:
+            need = ", ".join(f'data.cond.{n} = {{"kind": "{k}", ...}}' for n, k in zip(task.names, task.kinds))
+            raise ValueError(f"data.task {config.data.task.name!r} derives the condition parts "
+                             f"{', '.join(task.names)}; the config needs {need}")
+    return task
 
 
 def net_from_config(config) -> nn.Module:
@@ -122,6 +144,7 @@ def objects(config) -> Objects:
     key = config.to_json_best_effort(sort_keys=True) if hasattr(config, "to_json_best_effort") else None
     if key is not None and key in _OBJECTS:
         return _OBJECTS[key]
+    task_from_config(config)  # a bad data.task fails here, before anything runs
     built = Objects(sde_from_config(config.sde), net_from_config(config), cond_spec_from_config(config),
                     sampler_from_config(config.sampling))
     if key is not None:
@@ -224,6 +247,6 @@ def sampler_overrides_for_other_samplers(argv: list[str], method: str) -> list[s
     return bad
 
 
-__all__ = ["Objects", "objects", "cond_spec_from_config", "net_from_config", "score_model_from_config", "FrozenSection",
+__all__ = ["Objects", "objects", "cond_spec_from_config", "task_from_config", "net_from_config", "score_model_from_config", "FrozenSection",
            "freeze", "sampler_from_config", "sampler_opts", "sampler_options_config",
            "sampler_overrides_for_other_samplers", "sde_from_config", "model_from_config", "discrete_loss_name"]

@@ -82,7 +82,8 @@ def split_batch(batch) -> tuple[Array, dict | None]:
     return batch["image"], cond
 
 
-def model_loss_fn(model: ScoreModel, make_loss: Callable[[ScoreApply], LossFn], *, train: bool = True) -> LossFn:
+def model_loss_fn(model: ScoreModel, make_loss: Callable[[ScoreApply], LossFn], *, train: bool = True,
+                  derive: Callable[[Array, Array], dict] | None = None) -> LossFn:
     """The one training loss: loss_fn(params, batch, keys, frozen=None) -> scalar, for unconditional,
     labelled and any other conditional training.
 
@@ -94,6 +95,9 @@ def model_loss_fn(model: ScoreModel, make_loss: Callable[[ScoreApply], LossFn], 
       model: the `ScoreModel` (its variables are ignored: `params` are differentiated).
       make_loss: score_apply -> loss_fn(params, x0, keys), e.g. `get_loss_fn` with its options bound.
       train: dropout layers on (and condition dropout applied) when True.
+      derive: derive(keys, x0) -> {part: value}, condition parts made from the clean batch on device
+        (an image-to-image task's `derive`, `score_sde.image_to_image`: low-res input, masked image),
+        merged into the batch's condition before dropout.
 
     The returned loss_fn's `frozen`: variables that are not trained, passed as an argument (e.g. of
     the pmapped step) and never closed over: a dict of further Flax variable collections of the
@@ -103,6 +107,8 @@ def model_loss_fn(model: ScoreModel, make_loss: Callable[[ScoreApply], LossFn], 
 
     def loss_fn(params, batch, keys, frozen=None):
         x0, cond = split_batch(batch)
+        if derive is not None:
+            cond = {**(cond or {}), **derive(keys, x0)}
         if spec:
             cond = drop_parts(keys, spec, cond, x0.shape[0], x0.shape[1:], train)
         elif cond:

@@ -77,6 +77,7 @@ from score_sde.data.sources import (  # noqa: F401
     num_classes,
     cond_names,
     cond_arrays,
+    derived_names,
     check_labels,
     _check_image_config,
     _check_levels,
@@ -92,4 +93,4 @@ from score_sde.data.iterator import (  # noqa: F401
     _one_pass,
 )
 
-__all__ = ['data_range', 'scale', 'dequantize', 'inverse_scale', 'bits_per_dim_offset', 'Transform', 'SPLIT_SEED', 'DIGITS_TEST_SIZE', 'TOY_SIZES', 'IMAGE_EXTENSIONS', 'SPLITS', 'Source', 'ArraySource', 'Split', 'ToyGMMParams', 'TOY_GMM', 'toy_gmm_params', 'toy_gmm_mixture', 'TOY_COND_NOISE', 'toy_cond_observation', 'CIFAR10_ARCHIVE', 'CIFAR10_FOLDER', 'TfdsSource', 'LOADERS', 'dataset_names', 'load_split', 'num_classes', 'cond_names', 'cond_arrays', 'check_labels', 'shard_for_devices', 'pad_batch', 'DataIterator', 'get_dataset', 'iterate_once']
+__all__ = ['data_range', 'scale', 'dequantize', 'inverse_scale', 'bits_per_dim_offset', 'Transform', 'SPLIT_SEED', 'DIGITS_TEST_SIZE', 'TOY_SIZES', 'IMAGE_EXTENSIONS', 'SPLITS', 'Source', 'ArraySource', 'Split', 'ToyGMMParams', 'TOY_GMM', 'toy_gmm_params', 'toy_gmm_mixture', 'TOY_COND_NOISE', 'toy_cond_observation', 'CIFAR10_ARCHIVE', 'CIFAR10_FOLDER', 'TfdsSource', 'LOADERS', 'dataset_names', 'load_split', 'num_classes', 'cond_names', 'cond_arrays', 'derived_names', 'check_labels', 'shard_for_devices', 'pad_batch', 'DataIterator', 'get_dataset', 'iterate_once']

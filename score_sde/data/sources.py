@@ -478,14 +478,31 @@ def cond_names(config) -> list[str]:
     return names + sorted((config.data.get("cond", None) or {}).keys())
 
 
+def derived_names(config) -> tuple[str, ...]:
+    """The condition parts an image-to-image task (`config.data.task`) makes from the images on device
+    (`score_sde.image_to_image`): they are not arrays of the split."""
+    task = config.data.get("task", None) or {}
+    if not task.get("name", ""):
+        return ()
+    from score_sde import image_to_image  # local: only task configs need it (it imports jax)
+
+    return image_to_image.task_from_config(task).names
+
+
 def cond_arrays(config, split: Split) -> dict[str, np.ndarray] | None:
     """{part name: (N, ...) array} of the split for the config's condition parts (None: unconditional).
 
-    Labels are int32, every other part float32. Raises ValueError naming the parts the split has.
+    Labels are int32, every other part float32. Parts derived by an image-to-image task are left out
+    (the loss makes them from the images; {} when no other part is left). Raises ValueError naming the
+    parts the split has.
     """
     names = cond_names(config)
     if not names:
         return None
+    derived = derived_names(config)
+    names = [n for n in names if n not in derived]
+    if not names:
+        return {}
     check_labels(config, split)
     have = dict(split.conds or {})
     if split.labels is not None:

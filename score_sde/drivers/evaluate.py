@@ -89,7 +89,7 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
     """
     loaded = loaded or load_score_fn(config, workdir, data_shape, step)
     labels = sample_labels(config)
-    conds = sample_conditions(config) if labels is None else None
+    conds, target = sample_conditions(config, with_target=True) if labels is None else (None, None)
     num, batch = (config.sampling.num_samples if labels is None else len(labels)), config.sampling.batch_size
     log_prob = load_guidance_classifier(config, workdir, loaded.data_shape) if labels is not None else None
     n_batches = math.ceil(num / (_per_device(min(batch, num), jax.local_device_count()) * jax.local_device_count()))
@@ -117,7 +117,8 @@ def sample(config, workdir: str, data_shape: tuple[int, ...], step: int | None =
     if labels is not None:
         extra.update(class_label=int(sc.class_label), guidance=sc.guidance, guidance_scale=float(sc.guidance_scale))
     with outputs.writing():  # the files and their results.jsonl row, or (a signal before it) none of them
-        summary = write_samples(config, samples, out_dir, step, extra, labels=labels, tag=tag, cols=cols, conds=conds)
+        summary = write_samples(config, samples, out_dir, step, extra, labels=labels, tag=tag, cols=cols, conds=conds,
+                                target=target)
         if record:
             files = [summary[k] for k in ("npz", "grid", "json") if k in summary]
             outputs.append_result(workdir, "sample", step, config.sampling.method, outputs.sampling_options(config),
@@ -149,21 +150,43 @@ def sample_labels(config) -> np.ndarray | None:
     return np.full((n,), label, np.int32)
 
 
-def sample_conditions(config) -> dict[str, np.ndarray] | None:
+def sample_conditions(config, with_target: bool = False):
     """The conditions of a `data.cond` model's samples: {part: (num_samples, ...)}, the first
     num_samples of the test split (cycled if it is shorter) for `sampling.condition="test"`, None
-    (every part null: the marginal) for "null" or an unconditional config."""
+    (every part null: the marginal) for "null" or an unconditional config.
+
+    An image-to-image task (`data.task`) makes its parts from those test images (`task_inputs`).
+    `with_target`: returns (conds, target), target the test images (num_samples, *shape) of a task
+    config (the truth the samples are compared with), else None.
+    """
     if not (config.data.get("cond", None) or {}):
-        return None
+        return (None, None) if with_target else None
     how = config.sampling.get("condition", "test")
     if how == "null":
-        return None
+        return (None, None) if with_target else None
     if how != "test":
         raise ValueError(f"sampling.condition must be 'test' (conditions from the test split) or 'null' "
                          f"(the marginal), got {how!r}")
-    arrays = data.cond_arrays(config, data.load_split(config, "test"))
+    test = data.load_split(config, "test")
     n = config.sampling.num_samples
-    return {k: v[np.arange(n) % len(v)] for k, v in arrays.items()}
+    rows = np.arange(n) % len(test.source)
+    conds, target = {k: v[rows] for k, v in data.cond_arrays(config, test).items()}, None
+    task = config_utils.task_from_config(config)
+    if task is not None:
+        derived, target = task_inputs(config, task, test, rows)
+        conds.update(derived)
+    return (conds, target) if with_target else conds
+
+
+def task_inputs(config, task, test: data.Split, rows: np.ndarray) -> tuple[dict, np.ndarray]:
+    """({part: (n, ...)} of the task, the clean test images (n, *shape)) for test examples `rows`:
+    the task's parts of the un-dequantised images at level `sampling.aug_level`, its randomness
+    (masks, augmentation noise) from fold_in(PRNGKey(seed + 3), row)."""
+    x0 = next(data.iterate_once(config, "test", batch_size=len(test.source), dequantize=False, loaded=test))[rows]
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(config.seed + 3), i))(jnp.asarray(rows))
+    level = float(config.sampling.get("aug_level", 0.0))
+    derived = task.derive(keys, jnp.asarray(x0), level=level)
+    return {k: np.asarray(v) for k, v in derived.items()}, x0
 
 
 def guided_parts_score(config, model, cond: dict):
@@ -193,14 +216,15 @@ def guided_score(config, cond_score, y, log_prob=None):
 
 def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: dict,
                   labels: np.ndarray | None = None, tag: str = "", cols: int | None = None,
-                  conds: dict | None = None) -> dict:
+                  conds: dict | None = None, target: np.ndarray | None = None) -> dict:
     """samples_<step>_<method><tag>_<hash>.npz (model scale), a PNG grid (images only) and a JSON summary.
 
     The sampler's name, `tag` (class and guidance) and a hash of the sampling options are part of the
     file name (plus a number when the name is taken), so no earlier result is ever overwritten; each
     file is written atomically. `labels`: the requested classes, saved in the npz beside the samples;
     `cols`: grid columns (one row per class); `conds`: the condition parts of the samples, saved as
-    cond_<name> (e.g. cond_y).
+    cond_<name> (e.g. cond_y); `target`: an image-to-image task's true images, saved as `target`, and the
+    grid shows condition | sample | truth (`task_grid`).
     """
     os.makedirs(out_dir, exist_ok=True)
     options = outputs.sampling_options(config)
@@ -210,14 +234,30 @@ def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: d
     with outputs.writing():
         extra_arrays = {} if labels is None else {"labels": labels}
         extra_arrays.update({f"cond_{k}": np.asarray(v)[: len(samples)] for k, v in (conds or {}).items()})
+        if target is not None:
+            extra_arrays["target"] = np.asarray(target)[: len(samples)]
         outputs.save_npz(stem + ".npz", samples=samples, **extra_arrays)
         if samples.ndim == 4:
-            outputs.save_with(stem + ".png", lambda p: save_grid(samples, config.data.centered, p, cols=cols))
+            shown = samples if target is None else task_grid(conds, samples, target)
+            cols = cols if target is None else 3 * min(8, len(samples))
+            outputs.save_with(stem + ".png", lambda p: save_grid(shown, config.data.centered, p, cols=cols))
             summary["grid"] = stem + ".png"
         summary["npz"] = stem + ".npz"
         summary["json"] = stem + ".json"
         outputs.write_json(stem + ".json", summary)
     return summary
+
+
+def task_grid(conds: dict, samples: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Images (3 n, H, W, C) in triples condition | sample | truth: the condition is "low_res"
+    (nearest-upsampled to H x W) or "masked" (unknown pixels shown as mid-grey 0)."""
+    n, h = len(samples), samples.shape[1]
+    if "low_res" in conds:
+        low = np.asarray(conds["low_res"])[:n]
+        shown = np.repeat(np.repeat(low, h // low.shape[1], axis=1), h // low.shape[2], axis=2)
+    else:
+        shown = np.nan_to_num(np.asarray(conds["masked"])[:n], nan=0.0)
+    return np.stack([shown, samples, np.asarray(target)[:n]], axis=1).reshape(3 * n, *samples.shape[1:])
 
 
 def likelihood_batch(batch_size: int, num_examples: int, n_dev: int) -> int:
@@ -570,6 +610,6 @@ def inception_quality_of(config, workdir: str, loaded: Loaded, out_dir: str) -> 
 
 __all__ = ["Loaded", "SampleProgress", "likelihood_batch", "exact_cost_line", "eval_options", "eval_figures",
            "write_eval_scalars", "load_score_fn", "sample", "sample_labels", "sample_conditions", "guided_score", "guided_parts_score", "load_guidance_classifier",
-           "write_samples", "save_grid", "likelihood_bpd", "test_loss",
+           "write_samples", "task_grid", "task_inputs", "save_grid", "likelihood_bpd", "test_loss",
            "needs_train_split", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError",
            "draw_batches", "sample_batches", "inception_quality_of", "CHUNK_STEPS"]

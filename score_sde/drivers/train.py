@@ -288,10 +288,10 @@ def loss_fn_from_config(config, model: nn.Module, sde, *, train: bool = True) ->
     `train=False` evaluates the network in eval mode (no dropout), e.g. for a test loss.
     """
     return _loss_fn(model, sde, config_utils.freeze(config.training), config_utils.freeze(config.sde),
-                    config_utils.cond_spec_from_config(config), train)
+                    config_utils.cond_spec_from_config(config), train, config_utils.task_from_config(config))
 
 
-def _loss_fn(model, sde, tc, sde_config, spec, train: bool = True) -> losses.LossFn:
+def _loss_fn(model, sde, tc, sde_config, spec, train: bool = True, task=None) -> losses.LossFn:
     discrete = "ddpm" if tc.continuous else config_utils.discrete_loss_name(sde_config)
 
     def make(apply):
@@ -299,14 +299,16 @@ def _loss_fn(model, sde, tc, sde_config, spec, train: bool = True) -> losses.Los
                                   likelihood_weighting=tc.likelihood_weighting, eps=tc.eps,
                                   n_levels=tc.get("num_scales", 1000))
 
-    return losses.model_loss_fn(models.ScoreModel(model, None, sde, spec), make, train=train)
+    return losses.model_loss_fn(models.ScoreModel(model, None, sde, spec), make, train=train,
+                                derive=None if task is None else task.derive)
 
 
 @functools.lru_cache(maxsize=8)
-def _step_for_config(model, sde, tc, optim, sde_config, spec, ema_rate: float, ema_warmup: bool = True):
+def _step_for_config(model, sde, tc, optim, sde_config, spec, ema_rate: float, ema_warmup: bool = True, task=None):
     """(optimizer, pmapped step), cached so that a resumed run in the same process does not recompile."""
     optimizer = make_optimizer(optim)
-    return optimizer, make_pmapped_step(_loss_fn(model, sde, tc, sde_config, spec), optimizer, ema_rate, ema_warmup)
+    return optimizer, make_pmapped_step(_loss_fn(model, sde, tc, sde_config, spec, task=task), optimizer, ema_rate,
+                                        ema_warmup)
 
 
 def step_for_config(config, model: nn.Module, sde) -> tuple[optax.GradientTransformation, Callable]:
@@ -315,7 +317,7 @@ def step_for_config(config, model: nn.Module, sde) -> tuple[optax.GradientTransf
     loss_config = config_utils.freeze({k: config.training[k] for k in loss_keys if k in config.training})
     return _step_for_config(model, sde, loss_config, config_utils.freeze(config.optim), config_utils.freeze(config.sde),
                             config_utils.cond_spec_from_config(config), config.model.ema_rate,
-                            bool(config.model.get("ema_warmup", True)))
+                            bool(config.model.get("ema_warmup", True)), config_utils.task_from_config(config))
 
 
 def _local(x: Array) -> np.ndarray:

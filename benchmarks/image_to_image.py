@@ -1,0 +1,276 @@
+"""Image-to-image on the embedded 8x8 digits: super-resolution and inpainting, trained vs baselines.
+
+    python -m benchmarks.image_to_image --sr-workdir runs/digits_sr --inpaint-workdir runs/digits_inpaint \\
+        --uncond-workdir runs/digits [--n 300] [--regression-steps 1000] [--particles 8] [--smc-steps 100]
+    python -m benchmarks.image_to_image --smoke      # a few training steps of each model in a temp dir (seconds)
+
+The three workdirs hold checkpoints of `configs/digits_sr.py` (x2: 4x4 -> 8x8), `configs/digits_inpaint.py`
+(box and half masks through the `mask` kind) and `configs/digits_vp.py` (unconditional, for the
+training-free replacement and SMC samplers of `score_sde.inverse`). On the first `--n` test digits:
+
+- Super-resolution: the trained conditional model (dpm_solver, `--nfe` score calls, aug_level 0)
+  against bilinear and bicubic upsampling and a regression model (the same network, trained here
+  for `--regression-steps` steps with L2 to the high-res image, its input the bilinear upsampling
+  and its noise input 0): PSNR and SSIM to the truth (data range 2; SSIM with a 3 x 3 window, the
+  images being 8 x 8), consistency RMS ||area_downsample(x) - low_res||, the digits classifier's
+  accuracy against the true label, the Frechet distance of its features to the training split
+  (score_sde.quality), and diversity (mean pairwise RMS distance of 4 outputs of one input, first 25).
+- Inpainting (each digit with one mask, box or half, the same for every method): the trained
+  model (dpm_solver) against replacement (euler_maruyama, `--smc-steps` steps) and SMC (`--particles`
+  particles, `--smc-steps` steps) with the unconditional model: label agreement, Frechet distance,
+  RMS error on the observed pixels, diversity.
+
+Writes benchmarks/results/image_to_image.md and two figures, image_to_image_sr.png (low-res | SR samples |
+truth) and image_to_image_inpaint.png (masked | trained | replacement | SMC | truth), in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks.common import RESULTS, write_result
+from configs import digits_inpaint, digits_sr, digits_vp
+from score_sde import config_utils, data, image_to_image as i2i, inverse, losses, quality, solvers
+from score_sde.drivers import evaluate, train
+from score_sde.plumbing import outputs
+
+
+SMOKE_NF = 8  # --smoke: the network width of the smoke models (trained and loaded with it)
+
+
+def _config(module, args):
+    config = module.get_config()
+    if args.smoke:
+        config.model.nf = SMOKE_NF
+    return config
+
+
+def _to01(x):
+    return np.clip((np.asarray(x, np.float64) + 1.0) / 2.0, 0.0, 1.0)
+
+
+class Scorer:
+    """The digits classifier's label accuracy and Frechet distance to the training split."""
+
+    def __init__(self, cache: str):
+        config = digits_vp.get_config()
+        tr = data.load_split(config, "train")
+        train01 = tr.source.get(np.arange(len(tr.source))) / (tr.num_levels - 1)
+        self.clf = quality.load_or_train_classifier(cache, train01, tr.labels)
+        self.ref = quality.gaussian_stats(self.clf.features(train01))
+
+    def accuracy(self, x, labels) -> float:
+        return float(np.mean(np.argmax(self.clf.probs(_to01(x)), axis=1) == labels))
+
+    def frechet(self, x) -> float:
+        return quality.frechet_distance(*quality.gaussian_stats(self.clf.features(_to01(x))), *self.ref)
+
+
+def diversity(draws: np.ndarray) -> float:
+    """Mean pairwise RMS distance between the K outputs of each input: draws (K, n, *shape)."""
+    k = draws.shape[0]
+    flat = draws.reshape(k, draws.shape[1], -1)
+    d = [np.sqrt(np.mean((flat[i] - flat[j]) ** 2, axis=1)).mean() for i in range(k) for j in range(i + 1, k)]
+    return float(np.mean(d))
+
+
+def conditional_sampler(loaded, cond: dict, nfe: int):
+    """draw(seed) -> one dpm_solver sample of the trained conditional model per row of cond (compiled once)."""
+    sampler = solvers.get("dpm_solver", nfe=nfe)
+    n = len(next(iter(cond.values())))
+    cond = {k: jnp.asarray(v) for k, v in cond.items()}
+    draw = jax.jit(lambda key: sampler(key, loaded.sde, loaded.score_fn.bind(cond), (n, *loaded.data_shape))[0])
+    return lambda seed: np.asarray(draw(jax.random.PRNGKey(seed)))
+
+
+def train_regression(config, steps: int, seed: int = 0):
+    """The regression baseline: the SR config's network, input bilinear(low_res) at noise input 0 and the
+    condition parts, trained with L2 to the high-res image (Adam, batch 128). Returns predict(low_res)."""
+    net, task = config_utils.net_from_config(config), config_utils.task_from_config(config)
+    side = config.data.image_size
+
+    def predict(params, low):
+        cond = {"low_res": low, "aug_level": jnp.zeros((low.shape[0],), jnp.float32)}
+        return net.apply({"params": params}, i2i.upsample(low, side), jnp.zeros((low.shape[0],)), cond=cond)
+
+    it = data.get_dataset(config, "train", batch_size=128)
+    x0 = jnp.asarray(next(it))
+    params = jax.jit(lambda k: net.init(k, x0[:2], jnp.zeros((2,)),
+                                        cond={"low_res": task.degrade(x0[:2]),
+                                              "aug_level": jnp.zeros((2,))}))(jax.random.PRNGKey(seed))["params"]
+    opt = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 2e-3, min(100, steps), max(steps, 101)))
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, x):
+        loss, g = jax.value_and_grad(lambda p: jnp.mean((predict(p, task.degrade(x)) - x) ** 2))(params)
+        updates, state = opt.update(g, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    for _ in range(steps):
+        params, state, loss = step(params, state, jnp.asarray(next(it)))
+    print(f"regression baseline: {steps} steps, final L2 {float(loss):.4f}", flush=True)
+    return jax.jit(lambda low: predict(params, low))
+
+
+def sr_rows(args, scorer, x, labels):
+    config = _config(digits_sr, args)
+    loaded = evaluate.load_score_fn(config, args.sr_workdir, (8, 8, 1))
+    low = np.asarray(i2i.area_downsample(jnp.asarray(x), config.data.task.factor))
+    n, k = len(x), min(25, len(x))
+    zeros = np.zeros((n,), np.float32)
+    predict = train_regression(config, args.regression_steps)
+    t0 = time.perf_counter()
+    draw = conditional_sampler(loaded, {"low_res": low, "aug_level": zeros}, args.nfe)
+    sr = draw(0)
+    sr_s = time.perf_counter() - t0
+    sr_div = np.stack([sr[:k]] + [draw(s)[:k] for s in (1, 2, 3)])
+    outs = {
+        "bilinear upsampling": (np.asarray(i2i.upsample(jnp.asarray(low), 8, "bilinear")), None),
+        "bicubic upsampling": (np.asarray(i2i.upsample(jnp.asarray(low), 8, "bicubic")), None),
+        f"regression (same UNet, L2, {args.regression_steps} steps)": (np.asarray(predict(jnp.asarray(low))), 0.0),
+        f"**SR diffusion** (digits_sr step {loaded.step}, dpm_solver NFE {args.nfe})": (sr, diversity(sr_div)),
+        "truth (test digits)": (x, None),
+    }
+    rows = []
+    for name, (y, div) in outs.items():
+        yj = jnp.asarray(y, jnp.float32)
+        consist = np.sqrt(np.mean((np.asarray(i2i.area_downsample(yj, 2)) - low) ** 2, axis=(1, 2, 3))).mean()
+        psnr = float(np.mean(np.asarray(i2i.psnr(yj, jnp.asarray(x))))) if name[0] != "t" else float("inf")
+        ssim = float(np.mean(np.asarray(i2i.ssim(yj, jnp.asarray(x), window=3))))
+        rows.append((name, psnr, ssim, consist, scorer.accuracy(y, labels), scorer.frechet(y), div))
+        print(rows[-1], flush=True)
+    return rows, low, sr, sr_s
+
+
+def inpaint_rows(args, scorer, x, labels):
+    config = _config(digits_inpaint, args)
+    trained = evaluate.load_score_fn(config, args.inpaint_workdir, (8, 8, 1))
+    uncond = evaluate.load_score_fn(_config(digits_vp, args), args.uncond_workdir, (8, 8, 1))
+    task = config_utils.task_from_config(config)
+    n, k = len(x), min(25, len(x))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(7), i))(jnp.arange(n))
+    masked = np.asarray(jax.jit(task.derive)(keys, jnp.asarray(x))["masked"])
+    known = (~np.isnan(masked)).astype(np.float32)
+    x_known = np.nan_to_num(masked, nan=0.0)
+
+    trained_draw = conditional_sampler(trained, {"masked": masked}, args.nfe)
+
+    def replace_draw(seed):
+        return np.asarray(inverse.inpaint(jax.random.PRNGKey(seed), uncond.sde, uncond.score_fn, x_known, known,
+                                          method="replace",
+                                          sampler=solvers.get("euler_maruyama", n_steps=args.smc_steps))[0])
+
+    def smc_draw(seed):
+        return np.asarray(inverse.inpaint(jax.random.PRNGKey(seed), uncond.sde, uncond.score_fn, x_known, known,
+                                          method="smc", n_particles=args.particles, n_steps=args.smc_steps)[0])
+
+    methods = {f"**trained (digits_inpaint step {trained.step}, dpm_solver NFE {args.nfe})**": trained_draw,
+               f"replacement (digits_vp step {uncond.step}, euler_maruyama {args.smc_steps} steps)": replace_draw,
+               f"SMC ({args.particles} particles, {args.smc_steps} steps)": smc_draw}
+    rows, firsts = [], {}
+    for name, draw in methods.items():
+        t0 = time.perf_counter()
+        y = draw(0)
+        secs = time.perf_counter() - t0
+        div = diversity(np.stack([y[:k]] + [draw(s)[:k] for s in (1, 2, 3)]))
+        err = np.sqrt(np.sum(known * (y - x) ** 2, axis=(1, 2, 3)) / np.sum(known, axis=(1, 2, 3))).mean()
+        rows.append((name, scorer.accuracy(y, labels), scorer.frechet(y), float(err), div, secs))
+        firsts[name] = y
+        print(rows[-1], flush=True)
+    blank = np.where(known > 0, x, -1.0)
+    rows.append(("observed pixels only, the rest blank (floor)", scorer.accuracy(blank, labels), scorer.frechet(blank),
+                 0.0, 0.0, 0.0))
+    rows.append(("truth (test digits)", scorer.accuracy(x, labels), scorer.frechet(x), 0.0, None, 0.0))
+    return rows, masked, firsts
+
+
+def figures(out: str, x, low, sr, masked, firsts, m: int = 8):
+    """image_to_image_sr.png: rows low-res (nearest) | SR sample | truth; image_to_image_inpaint.png: masked
+    (unknown grey) | trained | replacement | SMC | truth, one column per test digit."""
+    up = np.repeat(np.repeat(low[:m], 2, axis=1), 2, axis=2)
+    outputs.save_grid(np.concatenate([up, sr[:m], x[:m]]), True, os.path.join(out, "image_to_image_sr.png"), cols=m)
+    shown = [np.nan_to_num(masked[:m], nan=0.0)] + [v[:m] for v in firsts.values()] + [x[:m]]
+    outputs.save_grid(np.concatenate(shown), True, os.path.join(out, "image_to_image_inpaint.png"), cols=m)
+
+
+def _fmt(v, spec):
+    return "–" if v is None else ("∞" if v == float("inf") else format(v, spec))
+
+
+def smoke_workdirs(root: str) -> tuple[str, str, str]:
+    """Trains each of the three configs for 4 steps (nf 8) under root; returns their workdirs."""
+    dirs = []
+    for name, module in (("sr", digits_sr), ("inpaint", digits_inpaint), ("uncond", digits_vp)):
+        c = module.get_config()
+        c.model.nf = SMOKE_NF
+        c.training.update(n_iters=4, snapshot_freq=4, batch_size=16, log_freq=2)
+        dirs.append(os.path.join(root, name))
+        train.train(c, dirs[-1])
+    return tuple(dirs)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sr-workdir", default="runs/digits_sr")
+    parser.add_argument("--inpaint-workdir", default="runs/digits_inpaint")
+    parser.add_argument("--uncond-workdir", default="runs/digits")
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--nfe", type=int, default=20)
+    parser.add_argument("--regression-steps", type=int, default=1000)
+    parser.add_argument("--particles", type=int, default=8)
+    parser.add_argument("--smc-steps", type=int, default=100)
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--smoke", action="store_true", help="tiny models trained for 4 steps in a temp dir")
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory() if args.smoke else None
+    if args.smoke:
+        args.sr_workdir, args.inpaint_workdir, args.uncond_workdir = smoke_workdirs(tmp.name)
+        args.n, args.nfe, args.regression_steps, args.particles, args.smc_steps = 8, 4, 2, 2, 4
+        args.out = tmp.name
+    config = digits_vp.get_config()
+    test = data.load_split(config, "test")
+    idx = np.arange(min(args.n, len(test.source)))
+    x = data.scale(test.source.get(idx), test.num_levels, True).astype(np.float32)
+    labels = test.labels[idx]
+    scorer = Scorer(os.path.join(args.out if args.smoke else args.sr_workdir, "digits_classifier.npz"))
+    sr, low, sr_x, sr_s = sr_rows(args, scorer, x, labels)
+    inp, masked, firsts = inpaint_rows(args, scorer, x, labels)
+    os.makedirs(args.out, exist_ok=True)
+    figures(args.out, x, low, sr_x, masked, firsts)
+    lines = [f"First {len(x)} test digits (8x8). Super-resolution x2 (4x4 area-downsampled -> 8x8):", "",
+             "| method | PSNR (dB) | SSIM (3x3) | consistency RMS | classifier accuracy | Frechet distance "
+             "| diversity |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r[0]} | {_fmt(r[1], '.2f')} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.3f} | {r[5]:.2f} "
+              f"| {_fmt(r[6], '.3f')} |"
+              for r in sr]
+    lines += ["", f"SR diffusion sampling took {sr_s:.1f} s for {len(x)} digits (compile included).", "",
+              "Inpainting (one box or half mask per digit, the same for every method):", "",
+              "| method | label agreement | Frechet distance | observed-pixel RMS error | diversity | seconds |",
+              "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r[0]} | {r[1]:.3f} | {r[2]:.2f} | {r[3]:.4f} | {_fmt(r[4], '.3f')} | {r[5]:.1f} |" for r in inp]
+    lines += ["", f"Benchmark wall time {time.perf_counter() - t_start:.0f} s (training of the three models not "
+              "included; the regression baseline's training is)."]
+    cmd = ("python -m benchmarks.image_to_image --smoke" if args.smoke else
+           f"python -m benchmarks.image_to_image --sr-workdir {args.sr_workdir} --inpaint-workdir "
+           f"{args.inpaint_workdir} --uncond-workdir {args.uncond_workdir} --n {args.n} --nfe {args.nfe} "
+           f"--regression-steps {args.regression_steps} --particles {args.particles} --smc-steps {args.smc_steps}")
+    path = write_result("image_to_image", "\n".join(lines), cmd, directory=args.out)
+    print(path.read_text())
+    if tmp is not None:
+        tmp.cleanup()
+    return sr, inp
+
+
+if __name__ == "__main__":
+    main()

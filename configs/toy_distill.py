@@ -8,18 +8,13 @@ from configs import toy_vp
 
 
 def get_config():
-    config = toy_vp.get_config()
-    config.model.hidden = (128, 128, 128)
+    config = toy_vp.get_config()   # its MLP (128, 128, 128), snapshots, logging, warm-up
     config.model.ema_rate = 0.95        # progressive: the sampled EMA; consistency: also the target theta-
     config.model.ema_warmup = False
     config.distill.teacher = "analytic"
     config.distill.teacher_steps = 16   # progressive rounds: 8, 4, 2, 1 student steps
     config.training.n_iters = 2000      # per progressive round; the consistency run
-    config.training.snapshot_freq = 1000
-    config.training.log_freq = 100
-    config.training.steps_per_call = 10
     config.optim.lr = 1e-3
-    config.optim.warmup = 100
     config.sampling.method = "student"
     config.sampling.student.n_steps = 1
     return config

@@ -234,7 +234,7 @@ ERRORS = {
                             ["training.batch_size=7", "not divisible by the 2 devices"]),
     "flat_sampler_option": (["--mode=sample", "--config.sampling.n_steps=5"],
                             ["unknown config key 'n_steps'", "--config.sampling.<method>.n_steps=...",
-                             "--config.sampling.ddim.n_steps", "Keys of sampling: batch_size, class_label",
+                             "--config.sampling.ddim.n_steps", "Keys of sampling: aug_level, batch_size, class_label",
                              ", ".join(solvers.names())]),
     "nfe_without_preset": (["--mode=sample", "--config.sampling.method=ode", "--config.sampling.ode.nfe=10"],
                            ["unknown config key 'nfe'", "ode has no nfe= preset", ", ".join(solvers.budget_names())]),

@@ -1,10 +1,14 @@
 """One process of the two-process CPU training test (tests/test_train.py::test_two_process_training).
 
-    python tests/multihost_worker.py PROCESS_ID PORT WORKDIR OUT.npz
+    python tests/multihost_worker.py PROCESS_ID PORT WORKDIR OUT.npz [UNREADABLE_STEP]
 
 Each process has one CPU device, joins the job through jax.distributed (gloo CPU collectives),
 reads only its half of every global batch of 16 and trains the tiny config for 4 steps; the
-final params are written to OUT.npz.
+final params, the step and the step it resumed from (-1: none) are written to OUT.npz.
+
+UNREADABLE_STEP (fault injection, tests/test_train.py::test_two_processes_agree_on_the_fallback_step):
+this process alone fails to read the checkpoint at that step (as a host with a damaged or stale
+view of the shared checkpoint directory would); the other process reads it fine.
 """
 
 import os
@@ -19,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from configs.default import get_default_configs  # noqa: E402
 from score_sde.drivers import train  # noqa: E402
+from score_sde.plumbing import checkpoint  # noqa: E402
 
 GLOBAL_BATCH, N_ITERS = 16, 4
 
@@ -54,15 +59,34 @@ class ShardIter:
         self.i = int(state["index"])
 
 
-def main(process_id: int, port: int, workdir: str, out: str):
+def inject_unreadable(step: int, resumed: list):
+    """This process's reads of checkpoint `step` fail; the step restore_latest returns goes to `resumed`."""
+    read, restore_latest = checkpoint._read, checkpoint.restore_latest
+
+    def failing_read(manager, s, args):
+        if s == step:
+            raise checkpoint._Unreadable(f"injected: process {jax.process_index()} cannot read step {s}")
+        return read(manager, s, args)
+
+    def recording_restore_latest(*args, **kwargs):
+        found = restore_latest(*args, **kwargs)
+        resumed.append(found[2] if found is not None else -1)
+        return found
+
+    checkpoint._read, checkpoint.restore_latest = failing_read, recording_restore_latest
+
+
+def main(process_id: int, port: int, workdir: str, out: str, unreadable_step: int | None = None):
+    resumed = []
+    inject_unreadable(-2 if unreadable_step is None else unreadable_step, resumed)
     c = tiny_config()
     c.distributed.update(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
     train.maybe_initialize_distributed(c.distributed)
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 2, 1)
     state = train.train(c, workdir, train_iter=ShardIter(process_id, 2))
     leaves = jax.tree.leaves(state.params)
-    np.savez(out, step=int(state.step), *[np.asarray(x) for x in leaves])
+    np.savez(out, step=int(state.step), resumed=resumed[0] if resumed else -1, *[np.asarray(x) for x in leaves])
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], *[int(a) for a in sys.argv[5:6]])

@@ -6,6 +6,7 @@ A tiny MLP on 2-D Gaussian data, on the two CPU devices forced by conftest.py.
 import functools
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -238,12 +239,9 @@ def test_discrete_losses_from_config():
         parts(c)
 
 
-@pytest.mark.slow
-def test_two_process_training(tmp_path):
-    """Two processes on 127.0.0.1 (jax.distributed + gloo CPU collectives), one device each, each
-    reading only its half of every global batch, train 4 steps (with orbax checkpoints written by
-    both) and end with params identical (max abs diff <= 1e-6; bitwise in practice) to one
-    process with 2 devices on the full global batch."""
+def run_two_processes(workdir, out_prefix, *extra):
+    """Runs tests/multihost_worker.py as processes 0 and 1 on 127.0.0.1 (one `extra` argv per process,
+    e.g. a step that process alone cannot read); returns their combined stdout + stderr texts."""
     import socket
     import subprocess
     import sys
@@ -253,21 +251,61 @@ def test_two_process_training(tmp_path):
         port = s.getsockname()[1]
     worker = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [subprocess.Popen([sys.executable, worker, str(p), str(port), str(tmp_path / "mh"),
-                               str(tmp_path / f"out{p}.npz")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for p in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, worker, str(p), str(port), str(workdir), f"{out_prefix}{p}.npz",
+                               *([str(extra[p])] if extra and extra[p] is not None else [])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in (0, 1)]
     try:
         outs = [p.communicate(timeout=120)[0] for p in procs]
     finally:
         for p in procs:
             p.kill()
     assert all(p.returncode == 0 for p in procs), outs
+    return outs
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """A two-process run of 4 steps (checkpoints at 2 and 4): its directory, with workdir mh/ and out{0,1}.npz."""
+    tmp_path = tmp_path_factory.mktemp("two_process")
+    run_two_processes(tmp_path / "mh", tmp_path / "out")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_two_process_training(two_process_run, tmp_path):
+    """Two processes on 127.0.0.1 (jax.distributed + gloo CPU collectives), one device each, each
+    reading only its half of every global batch, train 4 steps (with orbax checkpoints written by
+    both) and end with params identical (max abs diff <= 1e-6; bitwise in practice) to one
+    process with 2 devices on the full global batch."""
     ref = train.train(tiny_config(n_iters=4, snapshot_freq=2), str(tmp_path / "ref"),
                                    train_iter=GaussIter(16))
     want = [np.asarray(x) for x in jax.tree.leaves(ref.params)]
     for p in (0, 1):
-        got = np.load(tmp_path / f"out{p}.npz")
+        got = np.load(two_process_run / f"out{p}.npz")
         assert int(got["step"]) == 4
         for i, w in enumerate(want):
             np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=0, atol=1e-6)
-    assert sorted(os.listdir(tmp_path / "mh" / "checkpoints")) == ["2", "4"]
+    assert sorted(os.listdir(two_process_run / "mh" / "checkpoints")) == ["2", "4"]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_the_fallback_step(two_process_run, tmp_path):
+    """Process 1 alone cannot read the latest checkpoint (step 4; injected by the worker) while
+    process 0 can: on restart both resume from step 2 (not each its own newest), process 0 says
+    which step the processes agreed on and why, step 4 is moved aside (kept), and both retrain
+    steps 3..4 to params bit-identical to the uninterrupted two-process run."""
+    workdir = tmp_path / "mh"
+    shutil.copytree(two_process_run / "mh", workdir)
+    outs = run_two_processes(workdir, tmp_path / "again", None, 4)
+    agreed = [line for line in outs[0].splitlines() if "processes agree" in line]
+    assert len(agreed) == 1 and "agree on step 2" in agreed[0], outs[0]
+    assert "process 0: step 4, process 1: step 2" in agreed[0]
+    assert "Resumed from checkpoint at step 2" in outs[0]
+    for p in (0, 1):
+        first, again = np.load(two_process_run / f"out{p}.npz"), np.load(tmp_path / f"again{p}.npz")
+        assert int(again["resumed"]) == 2 and int(again["step"]) == 4
+        for key in first.files:
+            if key.startswith("arr_"):
+                np.testing.assert_array_equal(again[key], first[key])
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # step 4 saved again
+    assert os.listdir(workdir / "checkpoints_corrupt") == ["4"]  # the one process 1 could not read, kept

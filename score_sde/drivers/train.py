@@ -340,7 +340,9 @@ def _maybe_resume(manager, state: TrainState, train_iter, logger: Callable[[str]
     """Restores the newest readable checkpoint (state and data position) if there is one.
 
     Unreadable newer checkpoints are moved (not deleted) to `checkpoints_corrupt/<step>` beside
-    `checkpoints/`, so that the run can save those steps again.
+    `checkpoints/`, so that the run can save those steps again. With several processes every process
+    calls this: they agree on one step (`checkpoint.restore_latest`), process 0 moves the newer ones
+    aside, and all list the steps again after it has.
     """
     corrupt: list[tuple[int, str]] = []
     try:
@@ -353,7 +355,11 @@ def _maybe_resume(manager, state: TrainState, train_iter, logger: Callable[[str]
         instead = f"resuming from step {used}" if used is not None else "starting from step 0"
         print(f"warning: the checkpoint at step {s} in {manager.directory} is unreadable ({why}); "
               f"moved to {aside}; {instead}", file=sys.stderr)
-    if corrupt and primary:
+    if jax.process_count() > 1:  # the others wait for process 0's moves before they list the steps again
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("score_sde: corrupt checkpoints moved aside")
+    if corrupt:
         manager.reload()
     if restored is None:
         return state, 0

@@ -59,10 +59,29 @@ def _read(manager: ocp.CheckpointManager, step: int, args) -> Any:
     """manager.restore(step, args) with any orbax / tensorstore failure (ValueError, KeyError, OSError, ...
     on truncated or missing files) turned into _Unreadable."""
     try:
-        return manager.restore(step, args=args)
+        return _local_view(manager).restore(step, args=args)
     except Exception as e:  # noqa: BLE001  (tensorstore's errors have no common type)
         quiet_closed_loop_reports()
         raise _Unreadable(_reason(e)) from e
+
+
+_LOCAL_VIEWS: dict[tuple[str, int], ocp.CheckpointManager] = {}
+
+
+def _local_view(manager: ocp.CheckpointManager) -> ocp.CheckpointManager:
+    """`manager` itself in a single-process run; with several processes, a read-only manager of the same
+    directory whose restores involve this process alone. (orbax ends every restore at a barrier of all
+    processes; a restore that fails on one process alone would leave the others waiting there, and the
+    processes may need different numbers of tries before they agree on a step.)"""
+    if jax.process_count() == 1:
+        return manager
+    me = jax.process_index()
+    key = (str(manager.directory), me)
+    if key not in _LOCAL_VIEWS:
+        options = ocp.CheckpointManagerOptions(
+            read_only=True, multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+        _LOCAL_VIEWS[key] = ocp.CheckpointManager(manager.directory, options=options, item_names=("state", "data"))
+    return _LOCAL_VIEWS[key]
 
 
 def quiet_closed_loop_reports() -> None:
@@ -89,6 +108,11 @@ def _restore_readable(manager: ocp.CheckpointManager, restore: Callable[[int], A
 
     Unreadable newer checkpoints are passed to `on_corrupt(step, reason)` (default: a warning line)
     and skipped. A given `step` that cannot be read raises CheckpointCorruptError.
+
+    In a run of several processes (`jax.process_count() > 1`; every process must call this), the
+    processes agree on one step: the newest that every process can read (`_agree`). Every saved step
+    newer than it is passed to `on_corrupt`, with this process's own reason or "not readable on
+    every process", and process 0 prints one line naming the agreed step and each process's newest.
     """
     where = manager.directory
     if step is not None:
@@ -97,21 +121,56 @@ def _restore_readable(manager: ocp.CheckpointManager, restore: Callable[[int], A
         except _Unreadable as e:
             raise CheckpointCorruptError(f"the checkpoint at step {step} in {where} is unreadable ({e.args[0]}); "
                                          f"pick another with --checkpoints=<step>") from None
-    corrupt = []
-    for s in sorted(manager.all_steps(), reverse=True):
-        try:
-            out = restore(s)
-        except _Unreadable as e:
-            corrupt.append((s, e.args[0]))
-            continue
-        _report(corrupt, s, where, on_corrupt)
-        return out, s
+    steps = sorted(manager.all_steps(), reverse=True)
+    reasons: dict[int, str] = {}  # this process's unreadable steps
+
+    def newest_readable(bound: int | None) -> tuple[Any, int] | None:
+        for s in steps:
+            if s in reasons or (bound is not None and s > bound):
+                continue
+            try:
+                return restore(s), s
+            except _Unreadable as e:
+                reasons[s] = e.args[0]
+        return None
+
+    found = newest_readable(None)
+    if jax.process_count() > 1:
+        found = _agree(found, newest_readable, where)
+    used = found[1] if found is not None else None
+    corrupt = [(s, reasons.get(s, "not readable on every process")) for s in steps if used is None or s > used]
+    if found is not None:
+        _report(corrupt, used, where, on_corrupt)
+        return found
     if corrupt:
         if on_corrupt is not None:  # without a callback the error below says it all
             _report(corrupt, None, where, on_corrupt)
         raise CheckpointCorruptError(f"no readable checkpoint in {where}: step(s) {[c[0] for c in corrupt]} "
                                      f"are unreadable ({corrupt[0][1]})")
     return None
+
+
+def _agree(found, newest_readable, where):
+    """The processes' agreed restore: each gathers every process's newest readable step (-1: none), and
+    a process whose own is newer than the minimum looks again at or below it, until all are equal."""
+    from jax.experimental import multihost_utils
+
+    first = None
+    while True:
+        mine = found[1] if found is not None else -1
+        newest = np.asarray(multihost_utils.process_allgather(np.asarray(mine, np.int64))).reshape(-1)
+        first = newest if first is None else first
+        agreed = int(newest.min())
+        if (newest == agreed).all():
+            break
+        if mine > agreed:
+            found = newest_readable(agreed)
+    if jax.process_index() == 0 and (first != agreed).any():
+        per_process = ", ".join(f"process {i}: {'none' if n < 0 else f'step {n}'}" for i, n in enumerate(first))
+        chosen = f"step {agreed}" if agreed >= 0 else "no checkpoint (starting from step 0)"
+        _warn(f"the {len(first)} processes agree on {chosen} in {where}, the newest checkpoint every process "
+              f"can read (newest readable per process: {per_process})")
+    return found
 
 
 def _report(corrupt, used: int | None, where, on_corrupt) -> None:

@@ -13,6 +13,8 @@ optimizer nor the optimizer settings the run was trained with.
 A checkpoint that cannot be read (a truncated array file, a missing OCDBT manifest, an empty step
 folder) is reported as one warning line naming it, and the newest readable one is used instead;
 nothing is deleted here. Asking for a step by hand (`step=`) raises `CheckpointCorruptError`.
+In a run of several processes they agree on one step, the newest that every process can read
+(`_agree`: an all-gather of each process's newest readable step, then the minimum).
 `workdir_lock` gives one training run exclusive use of a workdir.
 """
 
@@ -78,8 +80,8 @@ def _local_view(manager: ocp.CheckpointManager) -> ocp.CheckpointManager:
     me = jax.process_index()
     key = (str(manager.directory), me)
     if key not in _LOCAL_VIEWS:
-        options = ocp.CheckpointManagerOptions(
-            read_only=True, multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+        alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+        options = ocp.CheckpointManagerOptions(read_only=True, multiprocessing_options=alone)
         _LOCAL_VIEWS[key] = ocp.CheckpointManager(manager.directory, options=options, item_names=("state", "data"))
     return _LOCAL_VIEWS[key]
 

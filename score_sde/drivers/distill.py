@@ -210,5 +210,4 @@ def sampling_config(config):
 
 
 __all__ = ["METHODS", "TEACHERS", "TEACHER_SAMPLERS", "check_distill_config", "rounds", "student_dir", "run_dirs",
-           "make_student",
-           "load_teacher", "distill", "load_student", "sampling_config"]
+           "make_student", "load_teacher", "distill", "load_student", "sampling_config"]

@@ -48,7 +48,6 @@ class ShardStore:
         self.hash = outputs.options_hash(identity)
         self.folder = os.path.join(out_dir, PARTIAL, f"{name}_{self.hash}")
         self.total = total
-        self._warned = False
 
     def path(self, i: int) -> str:
         return os.path.join(self.folder, f"shard_{i:06d}.npz")

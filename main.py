@@ -9,6 +9,7 @@
     python main.py --config=configs/digits_cond.py --workdir=runs/digits_cond --mode=sample --config.sampling.class_label=-1
     python main.py --config=configs/toy_distill.py --workdir=runs/toy_distill --mode=distill
     python main.py --config=configs/toy_distill.py --workdir=runs/toy_distill --mode=sample --config.sampling.student.n_steps=2
+    python main.py --config=configs/digits_cascade.py --workdir=runs/digits_cascade --mode=cascade
 
 Any config key can be overridden with --config.<key>=<value>. Errors a user can cause (bad flags
 or overrides included) print one line `error: ...` and exit with status 2, before anything is
@@ -81,7 +82,7 @@ except _CONFIG_ERRORS as err:
     _fail(_config_error(err, sys.argv))
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and results.")
 flags.DEFINE_enum("mode", "train", ["train", "sample", "likelihood", "eval", "edit", "train_classifier", "distill",
-                                   "show_config"],
+                                   "cascade", "show_config"],
                   "What to run; show_config prints every config key with its value and help (no --workdir needed).")
 flags.DEFINE_string("checkpoints", "latest", "eval/sample/likelihood: 'latest', 'all', or steps like 1000,2000.")
 FLAGS = flags.FLAGS

@@ -21,6 +21,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.num_channels = 1
     data.centered = True             # scale to [-1, 1] (False: [0, 1])
     data.random_flip = False
+    data.downsample = 1              # > 1: area-downsample the images by this factor in the pipeline (block means of
+                                     # the scaled, dequantised pixels); image_size is then the downsampled side
+                                     # (a cascade's low-resolution base model: configs/digits_base4.py)
     data.uniform_dequantization = False
     data.num_levels = 17             # grey levels of the raw data (digits: 17, 8-bit images: 256)
     data.test_fraction = 0.1         # image_folder without train/ and test/ subfolders: held-out share
@@ -171,6 +174,14 @@ def get_default_configs() -> ml_collections.ConfigDict:
     dist.huber_c = config_dict.placeholder(float)  # pseudo-Huber c; None: 0.00054 sqrt(data dimension)
     dist.eps = config_dict.placeholder(float)      # consistency boundary time f(x, eps) = x; None: the SDE's sampling eps
     dist.sigma_data = 0.5            # consistency: data std in c_skip / c_out / c_in
+
+    # --mode=cascade: a low-resolution base model's samples, super-resolved by this config's SR model
+    # (score_sde/drivers/cascade.py); both stages sample with config.sampling, the SR stage's input noised at
+    # sampling.aug_level (configs/digits_cascade.py).
+    config.cascade = cas = ml_collections.ConfigDict()
+    cas.base_config = ""             # the base model's config file (e.g. configs/digits_base4.py); its side = the SR low-res side
+    cas.base_workdir = ""            # the base model's trained run (its latest checkpoint's EMA params are read)
+    cas.sr_workdir = ""              # this config's (the SR model's) trained run
 
     config.distributed = distributed = ml_collections.ConfigDict()
     distributed.coordinator_address = ""  # set (with the two below) to call jax.distributed.initialize

@@ -92,6 +92,13 @@ class SuperResolution:
         """The observation without augmentation (for consistency checks): area_downsample(x0, factor)."""
         return area_downsample(x0, self.factor)
 
+    def from_low_res(self, keys: Array, low_res: Array, level: float) -> dict:
+        """{"low_res": low_res + level e, "aug_level": (B,) level} for given low-res images (B, h, w, C): the
+        condition of a cascade's SR stage, its input the base model's samples (`score_sde.drivers.cascade`);
+        e ~ N(0, I) from fold_in(key, 8), as in `derive`."""
+        levels = jnp.full((low_res.shape[0],), float(level), jnp.float32)
+        return {"low_res": augment(keys, jnp.asarray(low_res), levels), "aug_level": levels}
+
 
 def _box_known(key: Array, h: int, w: int) -> Array:
     """(h, w) bool: False inside a random rectangle of sides in [h/4, h/2], True elsewhere."""

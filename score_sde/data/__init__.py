@@ -25,6 +25,7 @@ from score_sde.data.transforms import (  # noqa: F401
     inverse_scale,
     bits_per_dim_offset,
     Transform,
+    area_downsample,
 )
 from score_sde.data.sources import (  # noqa: F401
     SPLIT_SEED,
@@ -74,6 +75,8 @@ from score_sde.data.sources import (  # noqa: F401
     LOADERS,
     dataset_names,
     load_split,
+    downsample_factor,
+    stored_size,
     num_classes,
     cond_names,
     cond_arrays,
@@ -93,4 +96,4 @@ from score_sde.data.iterator import (  # noqa: F401
     _one_pass,
 )
 
-__all__ = ['data_range', 'scale', 'dequantize', 'inverse_scale', 'bits_per_dim_offset', 'Transform', 'SPLIT_SEED', 'DIGITS_TEST_SIZE', 'TOY_SIZES', 'IMAGE_EXTENSIONS', 'SPLITS', 'Source', 'ArraySource', 'Split', 'ToyGMMParams', 'TOY_GMM', 'toy_gmm_params', 'toy_gmm_mixture', 'TOY_COND_NOISE', 'toy_cond_observation', 'CIFAR10_ARCHIVE', 'CIFAR10_FOLDER', 'TfdsSource', 'LOADERS', 'dataset_names', 'load_split', 'num_classes', 'cond_names', 'cond_arrays', 'derived_names', 'check_labels', 'shard_for_devices', 'pad_batch', 'DataIterator', 'get_dataset', 'iterate_once']
+__all__ = ['data_range', 'scale', 'dequantize', 'inverse_scale', 'bits_per_dim_offset', 'Transform', 'SPLIT_SEED', 'DIGITS_TEST_SIZE', 'TOY_SIZES', 'IMAGE_EXTENSIONS', 'SPLITS', 'Source', 'ArraySource', 'Split', 'ToyGMMParams', 'TOY_GMM', 'toy_gmm_params', 'toy_gmm_mixture', 'TOY_COND_NOISE', 'toy_cond_observation', 'CIFAR10_ARCHIVE', 'CIFAR10_FOLDER', 'TfdsSource', 'LOADERS', 'dataset_names', 'load_split', 'downsample_factor', 'stored_size', 'area_downsample', 'num_classes', 'cond_names', 'cond_arrays', 'derived_names', 'check_labels', 'shard_for_devices', 'pad_batch', 'DataIterator', 'get_dataset', 'iterate_once']

@@ -14,7 +14,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from score_sde.data.sources import _SPLIT_CODE, Split, cond_arrays, load_split
+from score_sde.data.sources import _SPLIT_CODE, Split, cond_arrays, downsample_factor, load_split
 from score_sde.data.transforms import Transform
 
 
@@ -127,7 +127,8 @@ def _transform(config, split: Split, split_name: str, dequantize: bool | None = 
         random_flip=bool(data.random_flip) and split_name == "train" and len(split.data_shape) == 3,
         dequantize=bool(data.uniform_dequantization if dequantize is None else dequantize),
         seed=int(config.seed) & (2**61 - 1),  # non-negative, as SeedSequence and the Philox key need
-        split_code=_SPLIT_CODE[split_name])
+        split_code=_SPLIT_CODE[split_name],
+        downsample=downsample_factor(config))
 
 
 def get_dataset(config, split: str = "train", process_index: int = 0, process_count: int = 1,

@@ -309,7 +309,7 @@ def _image_folder(config, split: str) -> Split:
         paths = [paths[i] for i in np.sort(chosen)]
     if not paths:
         raise FileNotFoundError(f"image_folder: no {'/'.join(IMAGE_EXTENSIONS)} files for split {split!r} under {root}")
-    size, channels = config.data.image_size, config.data.num_channels
+    size, channels = stored_size(config), config.data.num_channels
     load = lambda p: _load_image(p, size, channels)  # noqa: E731
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         images = np.stack(list(pool.map(load, paths)))
@@ -408,7 +408,7 @@ def _tfds_split(config, name: str, split: str) -> Split:
             f"access and point --config.data.data_dir at that data_dir; nothing is downloaded.")
     tfds_split = split if split == "train" else _tfds_test_split(tfds, name, data_dir)
     ds = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False)
-    size, channels = config.data.image_size, config.data.num_channels
+    size, channels = stored_size(config), config.data.num_channels
     labels, num_classes = _tfds_labels(tfds, name, data_dir, ds) if config.data.get("num_classes", 0) else (None, 0)
     return Split(TfdsSource(ds, size, channels), (size, size, channels), 256, labels=labels, num_classes=num_classes)
 
@@ -462,9 +462,33 @@ def load_split(config, split: str = "train") -> Split:
         check_choice(name, dataset_names(), "dataset", "datasets")
     # before any file is read, so a bad config fails fast
     _check_levels(config, name, None if name in _TOY_GENERATORS or name == "toy_cond" else 17 if name == "digits" else 256)
+    factor = downsample_factor(config)
+    if factor > 1 and (name in _TOY_GENERATORS or name == "toy_cond"):
+        raise ValueError(f"data.downsample={factor} needs an image dataset; {name!r} is not one (set "
+                         "--config.data.downsample=1)")
     loaded = _tfds_split(config, tfds_name, split) if tfds_name else LOADERS[name](config, split)
     check_labels(config, loaded)
+    if factor > 1:  # the transform area-downsamples each image (score_sde.data.transforms.Transform)
+        h, w, c = loaded.data_shape
+        loaded = dataclasses.replace(loaded, data_shape=(h // factor, w // factor, c))
     return loaded
+
+
+def downsample_factor(config) -> int:
+    """`config.data.downsample` (1 when absent): the images are the stored ones area-downsampled by it.
+
+    Raises:
+      ValueError: not a positive integer.
+    """
+    factor = config.data.get("downsample", 1)
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"data.downsample must be an integer >= 1 (1: the images as stored), got {factor!r}")
+    return factor
+
+
+def stored_size(config) -> int:
+    """The side of the images as read: `data.image_size` (what the model sees) x `data.downsample`."""
+    return int(config.data.image_size) * downsample_factor(config)
 
 
 def num_classes(config) -> int:
@@ -530,6 +554,14 @@ def check_labels(config, split: Split) -> None:
 
 
 def _check_image_config(config, name: str, shape: tuple[int, int, int]) -> None:
+    factor = downsample_factor(config)
+    if factor > 1:
+        if shape[0] % factor or shape[1] % factor or config.data.image_size * factor != shape[0]:
+            raise ValueError(
+                f"{name} images are {shape[0]}x{shape[1]}, so data.downsample={factor} needs them divisible by it and "
+                f"data.image_size={shape[0] // factor if shape[0] % factor == 0 else '(none)'} (the downsampled side); "
+                f"got data.image_size={config.data.image_size}")
+        shape = (config.data.image_size, config.data.image_size, shape[2])
     got = (config.data.image_size, config.data.image_size, config.data.num_channels)
     if got != shape:
         raise ValueError(

@@ -66,6 +66,13 @@ def bits_per_dim_offset(num_levels: int, centered: bool) -> float:
     return bpd.bpd_offset(num_levels, data_range(centered))
 
 
+def area_downsample(x: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks of images (B, H, W, C) -> (B, H / factor, W / factor, C), float32:
+    numpy's twin of `score_sde.image_to_image.area_downsample` (the data pipeline needs no jax)."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4), dtype=np.float32)
+
+
 # --- per-example transforms -------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Transform:
@@ -77,6 +84,7 @@ class Transform:
     dequantize: bool
     seed: int
     split_code: int
+    downsample: int = 1  # > 1: area-downsample the scaled (dequantised) images by this factor (data.downsample)
 
     def _example_rng(self, epoch: int, example_id: int) -> np.random.Generator:
         """A counter-based (Philox) stream keyed by (seed, split, epoch, id): cheap and independent."""
@@ -84,6 +92,10 @@ class Transform:
         return np.random.Generator(np.random.Philox(key=key))
 
     def __call__(self, raw: np.ndarray, epoch: int, ids: np.ndarray) -> np.ndarray:
+        x = self._full_size(raw, epoch, ids)
+        return x if self.downsample == 1 else area_downsample(x, self.downsample)
+
+    def _full_size(self, raw: np.ndarray, epoch: int, ids: np.ndarray) -> np.ndarray:
         if self.num_levels is None:  # continuous toy data
             return np.asarray(raw, np.float32)
         if not (self.random_flip or self.dequantize):

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from score_sde import config_utils, data, likelihood
-from score_sde.drivers import distill, evaluate, train
+from score_sde.drivers import cascade, distill, evaluate, train
 from score_sde.drivers import edit as edit_driver
 from score_sde.plumbing import checkpoint, outputs, schema
 from score_sde.lookup import check_choice
@@ -41,6 +41,7 @@ OUTPUTS = {
     "edit": [("checkpoints", "dir"), ("edit", "dir"), (outputs.RESULTS_INDEX, "file")],
     "train_classifier": [("classifier", "dir")],
     "distill": [("progressive", "dir"), ("consistency", "dir")],
+    "cascade": [("cascade", "dir"), (outputs.RESULTS_INDEX, "file")],
 }
 
 
@@ -92,6 +93,12 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
             train.check_batch_config(classifier.training_config(config))
     if mode == "edit":
         edit_driver.check_edit_config(config, split.data_shape)
+    if mode == "cascade":
+        cascade.check_cascade_config(config)
+    if mode in ("likelihood", "eval") and data.downsample_factor(config) > 1:
+        raise ValueError(f"--mode={mode} measures bits/dim of discrete images; data.downsample="
+                         f"{data.downsample_factor(config)} makes block means, which have no such likelihood "
+                         "(sample the model with --mode=sample)")
     for name in ("num_samples", "batch_size"):
         if config.sampling[name] <= 0:
             raise ValueError(f"sampling.{name} must be positive, got {config.sampling[name]}")
@@ -130,6 +137,10 @@ def _summary_line(mode: str, result: dict) -> str:
     t = f"compile {result.get('compile_seconds', 0):.1f} s, run {result.get('run_seconds', 0):.1f} s"
     if mode == "sample":
         what = f"{result['num_samples']} samples ({result['method']}, NFE {result['nfe']}) in {result['npz']}"
+    elif mode == "cascade":
+        what = (f"{result['num_samples']} samples, base step {result['base_step']} then SR at aug_level "
+                f"{result['aug_level']:g} ({result['method']}, NFE {result['base_nfe']} + {result['sr_nfe']}) in "
+                f"{result['npz']}")
     elif mode == "likelihood":
         what = (f"{result['bits_per_dim']:.4f} ± {result['standard_error']:.4f} bits/dim on {result['num_examples']} "
                 f"examples in {result['json']}")
@@ -157,6 +168,12 @@ def _dispatch(config, workdir: str, mode: str, which: str, split: data.Split) ->
         if jax.process_index() == 0:
             runs = ", ".join(f"{d} (step {int(s.step)})" for d, s in done.items())
             print(f"done: --mode=distill ({config.distill.method}): {runs}", file=sys.stderr)
+        return
+    if mode == "cascade":
+        result = cascade.run_cascade(config, workdir)
+        if jax.process_index() == 0:
+            print(json.dumps(result, indent=2))
+            print(summary_line(mode, result), file=sys.stderr)
         return
     if mode == "train_classifier":
         from score_sde.drivers import classifier

@@ -39,6 +39,7 @@ CONDITIONS = ("test", "null")  # sampling.condition (data.cond models): from the
 SCHEMA: dict[str, Rule] = {
     "seed": Rule(int),
     "data.image_size": _POSITIVE_INT,
+    "data.downsample": _POSITIVE_INT,
     "data.num_levels": _at_least(0),
     "data.test_fraction": Rule(float, lambda v: 0 < v < 1, "in (0, 1)"),
     "data.num_classes": _at_least(0),

@@ -103,7 +103,8 @@ def check_cascade_config(config) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return base_shape, (size, size, ch)
 
 
-def _draw(config, loaded, num: int, seed: int, conds=None) -> tuple[np.ndarray, int]:
+def draw(config, loaded, num: int, seed: int, conds=None) -> tuple[np.ndarray, int]:
+    """(`num` samples of `loaded` with config.sampling (batches of sampling.batch_size), their NFE)."""
     outs, nfes = [], []
     for x, nfe in evaluate.draw_batches(config, loaded, num, config.sampling.batch_size, seed, conds=conds):
         outs.append(x)
@@ -121,10 +122,10 @@ def sr_conditions(config, task: image_to_image.SuperResolution, low: np.ndarray,
 def cascade_sample(base_config, sr_config, base_loaded, sr_loaded, num: int, level: float) -> dict:
     """{"base_samples", "samples", "cond_low_res", "cond_aug_level", "base_nfe", "sr_nfe"}: `num`
     base samples and their SR samples at augmentation level `level` (library call of the two stages)."""
-    low, base_nfe = _draw(base_config, base_loaded, num, base_config.seed)
+    low, base_nfe = draw(base_config, base_loaded, num, base_config.seed)
     task = config_utils.task_from_config(sr_config)
     conds = sr_conditions(sr_config, task, low, level)
-    high, sr_nfe = _draw(sr_config, sr_loaded, num, sr_config.seed + 1, conds=conds)
+    high, sr_nfe = draw(sr_config, sr_loaded, num, sr_config.seed + 1, conds=conds)
     return {"base_samples": low, "samples": high, "cond_low_res": conds["low_res"],
             "cond_aug_level": conds["aug_level"], "base_nfe": base_nfe, "sr_nfe": sr_nfe}
 
@@ -182,5 +183,5 @@ def cascade_grid(low: np.ndarray, high: np.ndarray, cols: int = 8) -> np.ndarray
     return np.concatenate(rows)
 
 
-__all__ = ["load_config_file", "stage_configs", "check_cascade_config", "sr_conditions", "cascade_sample",
+__all__ = ["load_config_file", "draw", "stage_configs", "check_cascade_config", "sr_conditions", "cascade_sample",
            "cascade_options", "run_cascade", "cascade_grid"]

@@ -96,6 +96,7 @@ def test_cascade_chain_and_its_outputs(tmp_path, monkeypatch, capsys):
     with np.load(npz) as f:
         assert sorted(f.files) == ["base_samples", "cond_aug_level", "cond_low_res", "samples"]
         _check_chain(dict(f), c, 0.25)
+        assert np.abs(f["base_samples"]).max() <= 1.0  # clipped to the data range before the SR stage
         resid = f["base_samples"] - np.asarray(base.score_fn.mean)
     assert 0.15 < resid.std() < 0.45  # 96 values of N(0, 0.3^2)
     from PIL import Image

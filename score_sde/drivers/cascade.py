@@ -10,7 +10,9 @@ in `cascade.base_workdir` (e.g. configs/digits_base4.py). Workdirs hold no confi
 as `distill.teacher_workdir` is a run of the distill config. Both stages sample with the cascade
 config's `sampling` settings (method, its options, num_samples, batch_size):
 
-1. the base model draws `sampling.num_samples` low-resolution images (batch i: fold_in(PRNGKey(seed), i));
+1. the base model draws `sampling.num_samples` low-resolution images (batch i: fold_in(PRNGKey(seed), i)),
+   clipped to the data range ([-1, 1] centered, else [0, 1]: the SR model's training inputs lie there; a
+   few-step solve of a small base model can throw rare samples far outside it);
 2. each becomes the SR model's condition at augmentation level s = `sampling.aug_level`: low_res =
    base sample + s e, e ~ N(0, I) from fold_in(fold_in(PRNGKey(seed + 3), row), 8), and aug_level = s
    (`SuperResolution.from_low_res`; the SR model was trained with s ~ U(0, data.task.max_aug_level));
@@ -121,8 +123,10 @@ def sr_conditions(config, task: image_to_image.SuperResolution, low: np.ndarray,
 
 def cascade_sample(base_config, sr_config, base_loaded, sr_loaded, num: int, level: float) -> dict:
     """{"base_samples", "samples", "cond_low_res", "cond_aug_level", "base_nfe", "sr_nfe"}: `num`
-    base samples and their SR samples at augmentation level `level` (library call of the two stages)."""
-    low, base_nfe = draw(base_config, base_loaded, num, base_config.seed)
+    base samples, clipped to the data range, and their SR samples at augmentation level `level`
+    (library call of the two stages)."""
+    raw, base_nfe = draw(base_config, base_loaded, num, base_config.seed)
+    low = np.clip(raw, *data.data_range(bool(sr_config.data.centered)))  # the range the SR model trained on
     task = config_utils.task_from_config(sr_config)
     conds = sr_conditions(sr_config, task, low, level)
     high, sr_nfe = draw(sr_config, sr_loaded, num, sr_config.seed + 1, conds=conds)

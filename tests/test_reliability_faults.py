@@ -133,6 +133,54 @@ def test_sigterm_then_a_full_disk_keep_the_shards_and_the_rerun_is_bit_identical
     assert shard_files(run) == [] and len(outputs.read_results(run)) == 2
 
 
+def likelihood_config():
+    c = toy_config()
+    c.likelihood.update(num_examples=12, batch_size=4)  # 3 batches of 2 x 2 examples: 3 shards
+    return c
+
+
+def likelihood_result(workdir):
+    found = glob.glob(os.path.join(workdir, "likelihood", "likelihood_*.json"))
+    assert len(found) == 1, found
+    with open(found[0]) as f:
+        return json.load(f)
+
+
+def test_a_likelihood_run_resumes_per_batch_bit_identical(trained, tmp_path, monkeypatch, capsys):
+    """--mode=likelihood keeps each finished batch's bits/dim as a shard: SIGTERM once batch 1 of 3 is
+    on disk (exit 143, the one line, no result file, no results row); the rerun solves only batches 2
+    and 3 and its bits/dim, standard error and mean NFE equal an uninterrupted run's, bit for bit."""
+    ref, run = copy_of(trained, tmp_path, "ref"), copy_of(trained, tmp_path, "run")
+    assert cli.run(likelihood_config(), ref, "likelihood") == 0
+    assert not os.path.exists(os.path.join(ref, "likelihood", shards.PARTIAL))  # removed after the result
+    capsys.readouterr()
+
+    put = shards.ShardStore.put
+
+    def put_then_signal(self, i, *args):
+        put(self, i, *args)
+        if i == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(shards.ShardStore, "put", put_then_signal)
+    assert cli.run(likelihood_config(), run, "likelihood") == 143
+    assert err_lines(capsys)[-1].startswith("stopped by SIGTERM during --mode=likelihood;")
+    parts = glob.glob(os.path.join(run, "likelihood", shards.PARTIAL, "likelihood_2_exact_*", "shard_*.npz"))
+    assert len(parts) == 1 and outputs.read_results(run) == []
+    assert os.listdir(os.path.join(run, "likelihood")) == [shards.PARTIAL]  # no result with its final name
+
+    solved = []
+    monkeypatch.setattr(shards.ShardStore, "put", lambda self, i, *a: (solved.append(i), put(self, i, *a)))
+    assert cli.run(likelihood_config(), run, "likelihood") == 0
+    assert any(line.startswith("resuming: 1 of 3 shards already done in ") for line in err_lines(capsys))
+    assert solved == [1, 2]
+    a, b = likelihood_result(ref), likelihood_result(run)
+    for k in ("bits_per_dim", "standard_error", "nfe_mean", "num_examples"):
+        assert a[k] == b[k], (k, a[k], b[k])  # bit for bit (JSON keeps a float's every digit)
+    assert os.path.basename(a["json"]) == os.path.basename(b["json"])
+    assert not os.path.exists(os.path.join(run, "likelihood", shards.PARTIAL)) and len(outputs.read_results(run)) == 1
+
+
 def test_a_results_row_is_written_whole_or_not_at_all(tmp_path):
     """A real file-size limit (RLIMIT_FSIZE) cuts the append of a row after 40 bytes: the row is cut back
     off (no torn line for the next row to be glued to), and the error names the file."""

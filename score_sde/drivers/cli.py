@@ -257,7 +257,7 @@ def out_of_space_line(e: BaseException, mode: str, workdir: str) -> str | None:
         kept = (f"the last complete checkpoint (step {steps[-1]}) is intact and training resumes from it" if steps
                 else "no checkpoint was complete yet")
     else:
-        kept = "the outputs and sampling shards finished before it are kept (none is half-written)"
+        kept = "the outputs and batch shards finished before it are kept (none is half-written)"
     return (f"error: out of disk space during --mode={mode}: {reason}; {kept}; free space and run the same "
             "command again")
 

@@ -374,3 +374,75 @@ def test_kill_9_mid_sample_a_file_size_limit_mid_save_and_a_failed_check_through
     assert shard_files(run) == [] and not os.path.exists(os.path.join(run, "samples", shards.PARTIAL))
     rows = sample_rows(run)
     assert len(rows) == 1 and rows[0]["options_hash"] == sample_rows(ref)[0]["options_hash"]
+
+
+def test_a_metrics_row_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """metrics.jsonl rows go through `outputs.append_line`: an injected writer that writes half a row and
+    then fails with ENOSPC leaves the file as it was (no torn row), the error names the file, and the
+    next row is appended whole."""
+    from score_sde.plumbing import logging_utils
+
+    logger = logging_utils.MetricLogger(str(tmp_path), total=3)
+    logger.write(1, {"loss": 0.5})
+    path = tmp_path / "metrics.jsonl"
+    before = path.read_bytes()
+    write = os.write
+
+    def half_then_enospc(fd, data):
+        write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_enospc)
+    try:
+        with pytest.raises(OSError) as err:
+            logger.write(2, {"loss": 0.25})
+    finally:
+        monkeypatch.setattr(os, "write", write)
+    assert outputs.out_of_space(err.value) == f"No space left on device writing {path}"
+    assert path.read_bytes() == before
+    logger.write(3, {"loss": 0.125})
+    logger.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 3]
+
+
+def test_condition_images_out_of_the_data_range_are_one_line(tmp_path, monkeypatch, capsys):
+    """A dataset's `image` / `mask` condition parts with values outside the data range, Inf, or NaN in
+    part of an image: one line naming the part, the example and the valid range, exit 2, nothing
+    written (train and sample). NaN where it means something (an all-NaN image example: the null
+    condition; NaN in a mask: unknown) passes."""
+    import dataclasses
+
+    import ml_collections
+
+    from configs import digits_vp
+    from score_sde import data
+    from score_sde.models import conditions
+
+    load = data.load_split
+    n = len(load(digits_vp.get_config(), "test").source)
+    good = np.zeros((n, 4, 4, 1), np.float32)
+    good[1] = np.nan  # the null condition
+    known = np.full((n, 8, 8, 1), np.nan, np.float32)
+    known[:, :4] = 0.5
+    cases = {"image": [(good + 3.0, "holds values from 3 to 3 in example 0"),
+                       (np.where(np.arange(16).reshape(1, 4, 4, 1) == 5, np.nan, good[:1] * 0 + good[2:3]),
+                        "holds NaN in part of the image in example 0")],
+             "mask": [(np.where(np.arange(n)[:, None, None, None] == 7, np.inf, known), "holds Inf in example 7")]}
+    for kind, bad_values in cases.items():
+        for bad, text in bad_values:
+            c = digits_vp.get_config()
+            c.model.update(name="mlp", hidden=(16, 16))
+            c.data.cond.guide = ml_collections.ConfigDict({"kind": kind, "size": 4} if kind == "image" else
+                                                          {"kind": kind})
+            bad = np.broadcast_to(bad, (n, *bad.shape[1:]))
+            monkeypatch.setattr(data, "load_split", lambda cfg, which, **kw: dataclasses.replace(
+                load(cfg, which, **kw), conds={"guide": bad}))
+            for mode in ("train", "sample"):
+                work = tmp_path / f"{kind}_{mode}"
+                assert cli.run(c, str(work), mode) == 2
+                lines = err_lines(capsys)
+                assert len(lines) == 1 and lines[0].startswith(f"error: condition part 'guide' ({kind}) {text}"), lines
+                assert "valid: finite values in the data range [-1, 1]" in lines[0], lines
+                assert not work.exists()
+    kinds = {"img": conditions.Image(size=4), "m": conditions.Mask()}
+    conditions.check_values(kinds, {"img": good, "m": known}, (-1.0, 1.0))  # the meaningful NaN pass

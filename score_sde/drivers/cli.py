@@ -79,6 +79,7 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
     schema.validate(config, objects.sde.T)
     check_choice(config.likelihood.divergence, likelihood.DIVERGENCES, "likelihood.divergence", "divergences")
     split = data.load_split(config, "train" if mode in ("train", "train_classifier", "distill") else "test")
+    check_condition_values(config, split)
     if mode in ("train", "distill"):
         train.check_batch_config(config.training)
     if mode == "distill" or (mode == "sample" and config.sampling.method == "student"):
@@ -96,6 +97,17 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
         if config.sampling[name] <= 0:
             raise ValueError(f"sampling.{name} must be positive, got {config.sampling[name]}")
     return split
+
+
+def check_condition_values(config, split: data.Split) -> None:
+    """A one-line ValueError when a condition part the dataset brings (`data.cond`, kinds image / mask)
+    holds values outside the data range, Inf, or NaN where NaN has no meaning (`conditions.check_values`)."""
+    from score_sde.models import conditions
+
+    parts = config.data.get("cond", None) or {}
+    if parts and split.conds:
+        kinds = {name: conditions.kind_from_config(fields) for name, fields in parts.items()}
+        conditions.check_values(kinds, split.conds, data.data_range(config.data.centered))
 
 
 def checkpoint_steps(workdir: str, which: str) -> list[int | None]:

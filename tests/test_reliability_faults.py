@@ -135,7 +135,8 @@ def test_sigterm_then_a_full_disk_keep_the_shards_and_the_rerun_is_bit_identical
 
 def likelihood_config():
     c = toy_config()
-    c.likelihood.update(num_examples=12, batch_size=4)  # 3 batches of 2 x 2 examples: 3 shards
+    # 3 batches of 2 x 2 examples: 3 shards; Hutchinson, so each batch's key matters
+    c.likelihood.update(num_examples=12, batch_size=4, divergence="hutchinson")
     return c
 
 
@@ -165,7 +166,7 @@ def test_a_likelihood_run_resumes_per_batch_bit_identical(trained, tmp_path, mon
     monkeypatch.setattr(shards.ShardStore, "put", put_then_signal)
     assert cli.run(likelihood_config(), run, "likelihood") == 143
     assert err_lines(capsys)[-1].startswith("stopped by SIGTERM during --mode=likelihood;")
-    parts = glob.glob(os.path.join(run, "likelihood", shards.PARTIAL, "likelihood_2_exact_*", "shard_*.npz"))
+    parts = glob.glob(os.path.join(run, "likelihood", shards.PARTIAL, "likelihood_2_hutchinson_*", "shard_*.npz"))
     assert len(parts) == 1 and outputs.read_results(run) == []
     assert os.listdir(os.path.join(run, "likelihood")) == [shards.PARTIAL]  # no result with its final name
 
@@ -432,11 +433,16 @@ def test_condition_images_out_of_the_data_range_are_one_line(tmp_path, monkeypat
         for bad, text in bad_values:
             c = digits_vp.get_config()
             c.model.update(name="mlp", hidden=(16, 16))
+            c.training.n_iters = 2  # (should the check be missing)
             c.data.cond.guide = ml_collections.ConfigDict({"kind": kind, "size": 4} if kind == "image" else
                                                           {"kind": kind})
-            bad = np.broadcast_to(bad, (n, *bad.shape[1:]))
-            monkeypatch.setattr(data, "load_split", lambda cfg, which, **kw: dataclasses.replace(
-                load(cfg, which, **kw), conds={"guide": bad}))
+
+            def with_guide(cfg, which, bad=bad, **kw):  # the bad values, one row per example of the split
+                split = load(cfg, which, **kw)
+                rows = np.arange(len(split.source)) % len(bad)
+                return dataclasses.replace(split, conds={"guide": np.asarray(bad)[rows]})
+
+            monkeypatch.setattr(data, "load_split", with_guide)
             for mode in ("train", "sample"):
                 work = tmp_path / f"{kind}_{mode}"
                 assert cli.run(c, str(work), mode) == 2

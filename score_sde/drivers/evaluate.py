@@ -279,6 +279,10 @@ def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = No
                    record: bool = True) -> dict:
     """Bits/dim on the test split with uniform dequantisation; writes likelihood_<step>_<divergence>_<hash>.json.
 
+    Each finished batch's per-example bits/dim is kept as a shard (`likelihood_shards`) until the result
+    is written, so a rerun after a kill or a signal continues from the last complete batch and gives the
+    same figures, bit for bit (batch i uses fold_in(PRNGKey(seed + 1), i) whatever came before it).
+
     Args:
       test: `data.load_split(config, "test")`.
       loaded: the output of `load_score_fn`, when the caller already restored the checkpoint.

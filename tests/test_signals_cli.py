@@ -136,6 +136,7 @@ def _lines(text):
             and not line.strip().startswith(("likelihood:", "sampling (", "train:", "compil"))]
 
 
+@pytest.mark.slow
 def test_a_signal_in_every_other_mode_then_the_same_command_resumes(workdir, tmp_path):
     """SIGTERM to likelihood / edit / distill, SIGINT to eval / train_classifier, each mid-work through
     `python main.py`: one line, exit 143 / 130, no traceback, no output under its final name (a training

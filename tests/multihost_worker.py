@@ -9,10 +9,14 @@ final params, the step and the step it resumed from (-1: none) are written to OU
 UNREADABLE_STEP (fault injection, tests/test_train.py::test_two_processes_agree_on_the_fallback_step):
 this process alone fails to read the checkpoint at that step (as a host with a damaged or stale
 view of the shared checkpoint directory would); the other process reads it fine.
+
+MULTIHOST_STALL_AT=k in the environment (tests/test_train.py::test_kill_9_of_one_process_then_both_resume):
+reading global batch k waits 120 s, so the run stays after step k for a kill -9 to land in.
 """
 
 import os
 import sys
+import time
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -48,6 +52,8 @@ class ShardIter:
         self.i = 0
 
     def __next__(self):
+        if self.i == int(os.environ.get("MULTIHOST_STALL_AT", -1)):
+            time.sleep(120)
         x = np.random.default_rng([0, self.i]).normal(size=(GLOBAL_BATCH, 2)) * 0.5 + [1.0, -0.5]
         self.i += 1
         return x[self.lo:self.hi].astype(np.float32)

@@ -133,6 +133,55 @@ def test_sigterm_then_a_full_disk_keep_the_shards_and_the_rerun_is_bit_identical
     assert shard_files(run) == [] and len(outputs.read_results(run)) == 2
 
 
+def likelihood_config():
+    c = toy_config()
+    # 3 batches of 2 x 2 examples: 3 shards; Hutchinson, so each batch's key matters
+    c.likelihood.update(num_examples=12, batch_size=4, divergence="hutchinson")
+    return c
+
+
+def likelihood_result(workdir):
+    found = glob.glob(os.path.join(workdir, "likelihood", "likelihood_*.json"))
+    assert len(found) == 1, found
+    with open(found[0]) as f:
+        return json.load(f)
+
+
+def test_a_likelihood_run_resumes_per_batch_bit_identical(trained, tmp_path, monkeypatch, capsys):
+    """--mode=likelihood keeps each finished batch's bits/dim as a shard: SIGTERM once batch 1 of 3 is
+    on disk (exit 143, the one line, no result file, no results row); the rerun solves only batches 2
+    and 3 and its bits/dim, standard error and mean NFE equal an uninterrupted run's, bit for bit."""
+    ref, run = copy_of(trained, tmp_path, "ref"), copy_of(trained, tmp_path, "run")
+    assert cli.run(likelihood_config(), ref, "likelihood") == 0
+    assert not os.path.exists(os.path.join(ref, "likelihood", shards.PARTIAL))  # removed after the result
+    capsys.readouterr()
+
+    put = shards.ShardStore.put
+
+    def put_then_signal(self, i, *args):
+        put(self, i, *args)
+        if i == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(shards.ShardStore, "put", put_then_signal)
+    assert cli.run(likelihood_config(), run, "likelihood") == 143
+    assert err_lines(capsys)[-1].startswith("stopped by SIGTERM during --mode=likelihood;")
+    parts = glob.glob(os.path.join(run, "likelihood", shards.PARTIAL, "likelihood_2_hutchinson_*", "shard_*.npz"))
+    assert len(parts) == 1 and outputs.read_results(run) == []
+    assert os.listdir(os.path.join(run, "likelihood")) == [shards.PARTIAL]  # no result with its final name
+
+    solved = []
+    monkeypatch.setattr(shards.ShardStore, "put", lambda self, i, *a: (solved.append(i), put(self, i, *a)))
+    assert cli.run(likelihood_config(), run, "likelihood") == 0
+    assert any(line.startswith("resuming: 1 of 3 shards already done in ") for line in err_lines(capsys))
+    assert solved == [1, 2]
+    a, b = likelihood_result(ref), likelihood_result(run)
+    for k in ("bits_per_dim", "standard_error", "nfe_mean", "num_examples"):
+        assert a[k] == b[k], (k, a[k], b[k])  # bit for bit (JSON keeps a float's every digit)
+    assert os.path.basename(a["json"]) == os.path.basename(b["json"])
+    assert not os.path.exists(os.path.join(run, "likelihood", shards.PARTIAL)) and len(outputs.read_results(run)) == 1
+
+
 def test_a_results_row_is_written_whole_or_not_at_all(tmp_path):
     """A real file-size limit (RLIMIT_FSIZE) cuts the append of a row after 40 bytes: the row is cut back
     off (no torn line for the next row to be glued to), and the error names the file."""
@@ -326,3 +375,80 @@ def test_kill_9_mid_sample_a_file_size_limit_mid_save_and_a_failed_check_through
     assert shard_files(run) == [] and not os.path.exists(os.path.join(run, "samples", shards.PARTIAL))
     rows = sample_rows(run)
     assert len(rows) == 1 and rows[0]["options_hash"] == sample_rows(ref)[0]["options_hash"]
+
+
+def test_a_metrics_row_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """metrics.jsonl rows go through `outputs.append_line`: an injected writer that writes half a row and
+    then fails with ENOSPC leaves the file as it was (no torn row), the error names the file, and the
+    next row is appended whole."""
+    from score_sde.plumbing import logging_utils
+
+    logger = logging_utils.MetricLogger(str(tmp_path), total=3)
+    logger.write(1, {"loss": 0.5})
+    path = tmp_path / "metrics.jsonl"
+    before = path.read_bytes()
+    write = os.write
+
+    def half_then_enospc(fd, data):
+        write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_enospc)
+    try:
+        with pytest.raises(OSError) as err:
+            logger.write(2, {"loss": 0.25})
+    finally:
+        monkeypatch.setattr(os, "write", write)
+    assert outputs.out_of_space(err.value) == f"No space left on device writing {path}"
+    assert path.read_bytes() == before
+    logger.write(3, {"loss": 0.125})
+    logger.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 3]
+
+
+def test_condition_images_out_of_the_data_range_are_one_line(tmp_path, monkeypatch, capsys):
+    """A dataset's `image` / `mask` condition parts with values outside the data range, Inf, or NaN in
+    part of an image: one line naming the part, the example and the valid range, exit 2, nothing
+    written (train and sample). NaN where it means something (an all-NaN image example: the null
+    condition; NaN in a mask: unknown) passes."""
+    import dataclasses
+
+    import ml_collections
+
+    from configs import digits_vp
+    from score_sde import data
+    from score_sde.models import conditions
+
+    load = data.load_split
+    n = len(load(digits_vp.get_config(), "test").source)
+    good = np.zeros((n, 4, 4, 1), np.float32)
+    good[1] = np.nan  # the null condition
+    known = np.full((n, 8, 8, 1), np.nan, np.float32)
+    known[:, :4] = 0.5
+    cases = {"image": [(good + 3.0, "holds values from 3 to 3 in example 0"),
+                       (np.where(np.arange(16).reshape(1, 4, 4, 1) == 5, np.nan, good[:1] * 0 + good[2:3]),
+                        "holds NaN in part of the image in example 0")],
+             "mask": [(np.where(np.arange(n)[:, None, None, None] == 7, np.inf, known), "holds Inf in example 7")]}
+    for kind, bad_values in cases.items():
+        for bad, text in bad_values:
+            c = digits_vp.get_config()
+            c.model.update(name="mlp", hidden=(16, 16))
+            c.training.n_iters = 2  # (should the check be missing)
+            c.data.cond.guide = ml_collections.ConfigDict({"kind": kind, "size": 4} if kind == "image" else
+                                                          {"kind": kind})
+
+            def with_guide(cfg, which, bad=bad, **kw):  # the bad values, one row per example of the split
+                split = load(cfg, which, **kw)
+                rows = np.arange(len(split.source)) % len(bad)
+                return dataclasses.replace(split, conds={"guide": np.asarray(bad)[rows]})
+
+            monkeypatch.setattr(data, "load_split", with_guide)
+            for mode in ("train", "sample"):
+                work = tmp_path / f"{kind}_{mode}"
+                assert cli.run(c, str(work), mode) == 2
+                lines = err_lines(capsys)
+                assert len(lines) == 1 and lines[0].startswith(f"error: condition part 'guide' ({kind}) {text}"), lines
+                assert "valid: finite values in the data range [-1, 1]" in lines[0], lines
+                assert not work.exists()
+    kinds = {"img": conditions.Image(size=4), "m": conditions.Mask()}
+    conditions.check_values(kinds, {"img": good, "m": known}, (-1.0, 1.0))  # the meaningful NaN pass

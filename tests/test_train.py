@@ -239,9 +239,9 @@ def test_discrete_losses_from_config():
         parts(c)
 
 
-def run_two_processes(workdir, out_prefix, *extra):
-    """Runs tests/multihost_worker.py as processes 0 and 1 on 127.0.0.1 (one `extra` argv per process,
-    e.g. a step that process alone cannot read); returns their combined stdout + stderr texts."""
+def start_two_processes(workdir, out_prefix, *extra, env_extra=None):
+    """Starts tests/multihost_worker.py as processes 0 and 1 on 127.0.0.1 (one `extra` argv per process,
+    e.g. a step that process alone cannot read; `env_extra`: more environment); returns the Popens."""
     import socket
     import subprocess
     import sys
@@ -250,10 +250,16 @@ def run_two_processes(workdir, out_prefix, *extra):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     worker = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [subprocess.Popen([sys.executable, worker, str(p), str(port), str(workdir), f"{out_prefix}{p}.npz",
-                               *([str(extra[p])] if extra and extra[p] is not None else [])],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in (0, 1)]
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, **(env_extra or {})}
+    return [subprocess.Popen([sys.executable, worker, str(p), str(port), str(workdir), f"{out_prefix}{p}.npz",
+                              *([str(extra[p])] if extra and extra[p] is not None else [])],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in (0, 1)]
+
+
+def run_two_processes(workdir, out_prefix, *extra):
+    """Runs tests/multihost_worker.py as processes 0 and 1 on 127.0.0.1 (one `extra` argv per process,
+    e.g. a step that process alone cannot read); returns their combined stdout + stderr texts."""
+    procs = start_two_processes(workdir, out_prefix, *extra)
     try:
         outs = [p.communicate(timeout=120)[0] for p in procs]
     finally:
@@ -309,3 +315,42 @@ def test_two_processes_agree_on_the_fallback_step(two_process_run, tmp_path):
                 np.testing.assert_array_equal(again[key], first[key])
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # step 4 saved again
     assert os.listdir(workdir / "checkpoints_corrupt") == ["4"]  # the one process 1 could not read, kept
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_process_then_both_resume(two_process_run, tmp_path):
+    """kill -9 of process 1 alone once checkpoint 2 is complete (its data reader stalls after step 3:
+    the kill lands mid-training), then of process 0 (a job scheduler's restart), then both restarted:
+    they resume from step 2 and end bit-identical to the uninterrupted two-process run (the module's
+    fixture, shared with the two tests above). Costs one more two-process launch and its restart."""
+    import signal
+    import time
+
+    workdir = tmp_path / "mh"
+    procs = start_two_processes(workdir, tmp_path / "killed", env_extra={"MULTIHOST_STALL_AT": "3"})
+    try:
+        done, deadline = workdir / "checkpoints" / "2" / "commit_success.txt", time.time() + 120
+        while not done.exists():
+            assert all(p.poll() is None for p in procs) and time.time() < deadline, [p.poll() for p in procs]
+            time.sleep(0.05)
+        time.sleep(0.5)  # step 3 runs; the reader waits for batch 3
+        assert all(p.poll() is None for p in procs)  # mid-training, both
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait(timeout=30)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2
+    assert sorted(s for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == ["2"]
+    outs = run_two_processes(workdir, tmp_path / "again")
+    assert "Resumed from checkpoint at step 2" in outs[0], outs[0]
+    for p in (0, 1):
+        first, again = np.load(two_process_run / f"out{p}.npz"), np.load(tmp_path / f"again{p}.npz")
+        assert int(again["resumed"]) == 2 and int(again["step"]) == 4
+        for key in first.files:
+            if key.startswith("arr_"):
+                np.testing.assert_array_equal(again[key], first[key])
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]

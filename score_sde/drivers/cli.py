@@ -80,6 +80,7 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
     schema.validate(config, objects.sde.T)
     check_choice(config.likelihood.divergence, likelihood.DIVERGENCES, "likelihood.divergence", "divergences")
     split = data.load_split(config, "train" if mode in ("train", "train_classifier", "distill") else "test")
+    check_condition_values(config, split)
     if mode in ("train", "distill"):
         train.check_batch_config(config.training)
     if mode == "distill" or (mode == "sample" and config.sampling.method == "student"):
@@ -103,6 +104,17 @@ def validate(config, mode: str, workdir: str | None = None) -> data.Split:
         if config.sampling[name] <= 0:
             raise ValueError(f"sampling.{name} must be positive, got {config.sampling[name]}")
     return split
+
+
+def check_condition_values(config, split: data.Split) -> None:
+    """A one-line ValueError when a condition part the dataset brings (`data.cond`, kinds image / mask)
+    holds values outside the data range, Inf, or NaN where NaN has no meaning (`conditions.check_values`)."""
+    from score_sde.models import conditions
+
+    parts = config.data.get("cond", None) or {}
+    if parts and split.conds:
+        kinds = {name: conditions.kind_from_config(fields) for name, fields in parts.items()}
+        conditions.check_values(kinds, split.conds, data.data_range(config.data.centered))
 
 
 def checkpoint_steps(workdir: str, which: str) -> list[int | None]:
@@ -274,7 +286,7 @@ def out_of_space_line(e: BaseException, mode: str, workdir: str) -> str | None:
         kept = (f"the last complete checkpoint (step {steps[-1]}) is intact and training resumes from it" if steps
                 else "no checkpoint was complete yet")
     else:
-        kept = "the outputs and sampling shards finished before it are kept (none is half-written)"
+        kept = "the outputs and batch shards finished before it are kept (none is half-written)"
     return (f"error: out of disk space during --mode={mode}: {reason}; {kept}; free space and run the same "
             "command again")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -71,26 +72,10 @@ def run_edit(config, workdir: str, test: data.Split, step: int | None = None) ->
     x = jnp.asarray(next(data.iterate_once(config, "test", batch_size=ec.num_examples, loaded=test)))
     key = jax.random.PRNGKey(config.seed + 3)
     timer = timing.Timer().__enter__()
-    method_opts = dict(n_steps=ec.n_steps)
-    if ec.method == "smc":
-        method_opts["n_particles"] = ec.n_particles
-    if ec.task == "inpaint":
-        mask = jnp.asarray(make_mask(ec.mask, shape))
-        result, _ = inverse.inpaint(key, sde, score_fn, x, mask, method=ec.method, **method_opts)
-        rows = [x, jnp.where(mask > 0, x, 0.0), result]
-    elif ec.task == "colorize":
-        gray = jnp.mean(x, axis=-1, keepdims=True)
-        result, _ = inverse.colorize(key, sde, score_fn, gray, method=ec.method, **method_opts)
-        rows = [x, jnp.repeat(gray, 3, axis=-1), result]
-    elif ec.task == "sdedit":
-        sampler = config_utils.objects(config).sampler
-        result, _ = edit.sdedit(key, sampler, sde, score_fn, x, ec.t0)
-        rows = [x, result]
-    else:
-        ends = edit.interpolate(sde, score_fn, x[:-1], x[1:], ec.n_interp)  # (B - 1, n, H, W, C)
-        result = ends
-        rows = [ends[:, i] for i in range(ec.n_interp)]
-    result = np.asarray(jax.block_until_ready(result))
+    # a signal waits for the solve (nothing is left running when it is acted on), then stops before any write
+    with outputs.deferring(f"the {ec.task} solve in flight (an edit solve cannot stop mid-solve)"):
+        print(f"edit: {ec.task} of {len(x)} examples (checkpoint step {step}) ...", file=sys.stderr, flush=True)
+        result, rows = solve_task(config, key, sde, score_fn, x, shape)
     timer.__exit__(None, None, None)
     grid = np.stack([np.asarray(r) for r in rows], axis=1)  # (examples, columns, H, W, C)
     out_dir = os.path.join(workdir, "edit")
@@ -111,6 +96,31 @@ def run_edit(config, workdir: str, test: data.Split, step: int | None = None) ->
     return summary
 
 
+def solve_task(config, key, sde, score_fn, x, shape: tuple[int, ...]):
+    """(result as numpy, the grid's columns) of `config.edit.task` on the examples x (B, H, W, C)."""
+    ec = config.edit
+    method_opts = dict(n_steps=ec.n_steps)
+    if ec.method == "smc":
+        method_opts["n_particles"] = ec.n_particles
+    if ec.task == "inpaint":
+        mask = jnp.asarray(make_mask(ec.mask, shape))
+        result, _ = inverse.inpaint(key, sde, score_fn, x, mask, method=ec.method, **method_opts)
+        rows = [x, jnp.where(mask > 0, x, 0.0), result]
+    elif ec.task == "colorize":
+        gray = jnp.mean(x, axis=-1, keepdims=True)
+        result, _ = inverse.colorize(key, sde, score_fn, gray, method=ec.method, **method_opts)
+        rows = [x, jnp.repeat(gray, 3, axis=-1), result]
+    elif ec.task == "sdedit":
+        sampler = config_utils.objects(config).sampler
+        result, _ = edit.sdedit(key, sampler, sde, score_fn, x, ec.t0)
+        rows = [x, result]
+    else:
+        ends = edit.interpolate(sde, score_fn, x[:-1], x[1:], ec.n_interp)  # (B - 1, n, H, W, C)
+        result = ends
+        rows = [ends[:, i] for i in range(ec.n_interp)]
+    return np.asarray(jax.block_until_ready(result)), rows
+
+
 def edit_options(config) -> dict:
     """What changes an edit result: `config.edit`, and the sampler for sdedit."""
     opts = {"edit": config.edit.to_dict(), "seed": config.seed}
@@ -119,4 +129,4 @@ def edit_options(config) -> dict:
     return opts
 
 
-__all__ = ["MASKS", "TASKS", "check_edit_config", "edit_options", "make_mask", "run_edit"]
+__all__ = ["MASKS", "TASKS", "check_edit_config", "edit_options", "make_mask", "run_edit", "solve_task"]

@@ -279,6 +279,10 @@ def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = No
                    record: bool = True) -> dict:
     """Bits/dim on the test split with uniform dequantisation; writes likelihood_<step>_<divergence>_<hash>.json.
 
+    Each finished batch's per-example bits/dim is kept as a shard (`likelihood_shards`) until the result
+    is written, so a rerun after a kill or a signal continues from the last complete batch and gives the
+    same figures, bit for bit (batch i uses fold_in(PRNGKey(seed + 1), i) whatever came before it).
+
     Args:
       test: `data.load_split(config, "test")`.
       loaded: the output of `load_score_fn`, when the caller already restored the checkpoint.
@@ -300,22 +304,33 @@ def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = No
                                          rtol=lc.rtol, atol=lc.atol, max_steps=lc.get("max_steps", 4096))
 
     p_solve = jax.pmap(solve, in_axes=(0, 0, None))
+    out_dir = out_dir or os.path.join(workdir, "likelihood")
+    store = likelihood_shards(config, out_dir, f"likelihood_{step}_{lc.divergence}",
+                              math.ceil(total / (per_dev * n_dev)))
     bpds, nfes, key = [], [], jax.random.PRNGKey(config.seed + 1)
     with timing.Timer() as timer, tqdm(total=total, desc="likelihood", unit="img", disable=not progress) as bar:
         for i, x in enumerate(it):
             x = x[: total - len(bpds)]
             if len(x) == 0:
                 break
-            padded, mask = data.pad_batch(x, per_dev * n_dev)
-            keys = jax.random.split(jax.random.fold_in(key, i), n_dev)
-            with outputs.deferring("the likelihood batch in flight (an adaptive ODE solve cannot stop mid-solve)"):
-                logp, nfe = p_solve(keys, padded.reshape((n_dev, per_dev) + shape), score_fn)
-                logp, nfe = np.asarray(logp), np.asarray(nfe)  # nothing left running when a signal is acted on
-            logp = logp.reshape(-1)[np.asarray(mask, bool)]
-            bpds.extend(np.asarray(bits_per_dim(logp, shape, num_levels=levels,
-                                                data_range=data.data_range(config.data.centered))))
-            nfes.append(float(np.mean(nfe)))
-            bar.update(len(logp))
+            key_i = jax.random.fold_in(key, i)
+            stored = store.get(i, key_i) if store is not None else None
+            if stored is None:
+                padded, mask = data.pad_batch(x, per_dev * n_dev)
+                with outputs.deferring("the likelihood batch in flight (an adaptive ODE solve cannot stop "
+                                       "mid-solve)"):
+                    logp, nfe = p_solve(jax.random.split(key_i, n_dev), padded.reshape((n_dev, per_dev) + shape),
+                                        score_fn)
+                    logp, nfe = np.asarray(logp), np.asarray(nfe)  # nothing left running when a signal is acted on
+                logp = logp.reshape(-1)[np.asarray(mask, bool)]
+                stored = (np.asarray(bits_per_dim(logp, shape, num_levels=levels,
+                                                  data_range=data.data_range(config.data.centered))),
+                          float(np.mean(nfe)))
+                if store is not None:
+                    store.put(i, key_i, *stored)
+            bpds.extend(stored[0])
+            nfes.append(stored[1])
+            bar.update(len(stored[0]))
             if len(bpds) >= total:
                 break
     bpds = np.asarray(bpds, np.float64)
@@ -323,7 +338,6 @@ def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = No
               "standard_error": float(bpds.std(ddof=1) / math.sqrt(len(bpds))) if len(bpds) > 1 else float("nan"),
               "num_examples": int(len(bpds)), "nfe_mean": float(np.mean(nfes)), "divergence": lc.divergence,
               "batch_per_device": per_dev, **timer.fields()}
-    out_dir = out_dir or os.path.join(workdir, "likelihood")
     os.makedirs(out_dir, exist_ok=True)
     options = outputs.likelihood_options(config)
     stem = outputs.new_stem(out_dir, f"likelihood_{step}_{lc.divergence}_{outputs.options_hash(options)}")
@@ -334,7 +348,21 @@ def likelihood_bpd(config, workdir: str, test: data.Split, step: int | None = No
             figures = {k: result[k] for k in ("bits_per_dim", "standard_error", "num_examples", "nfe_mean")}
             outputs.append_result(workdir, "likelihood", step, lc.divergence, options, [stem + ".json"],
                                   timer.fields(), figures)
+    if store is not None:
+        store.remove()  # the result holds them now
     return result
+
+
+def likelihood_shards(config, out_dir: str, name: str, n_batches: int) -> shards.ShardStore | None:
+    """The on-disk per-batch bits/dim of a likelihood run of `n_batches` batches (None for one batch), so
+    that a rerun continues from the last complete batch: the options hash covers `config.likelihood`, the
+    seed, `config.data` (which examples) and the local device count (the per-device batch)."""
+    if n_batches <= 1:
+        return None
+    identity = {**outputs.likelihood_options(config), "data": config.data, "local_devices": jax.local_device_count()}
+    store = shards.ShardStore(out_dir, name, identity, n_batches, field="bits_per_dim")
+    store.announce()
+    return store
 
 
 def test_loss(config, score_fn, sde, test: data.Split, max_examples: int = 2048) -> float:
@@ -610,6 +638,6 @@ def inception_quality_of(config, workdir: str, loaded: Loaded, out_dir: str) -> 
 
 __all__ = ["Loaded", "SampleProgress", "likelihood_batch", "exact_cost_line", "eval_options", "eval_figures",
            "write_eval_scalars", "load_score_fn", "sample", "sample_labels", "sample_conditions", "guided_score", "guided_parts_score", "load_guidance_classifier",
-           "write_samples", "task_grid", "task_inputs", "save_grid", "likelihood_bpd", "test_loss",
+           "write_samples", "task_grid", "task_inputs", "save_grid", "likelihood_bpd", "likelihood_shards", "test_loss",
            "needs_train_split", "evaluate_checkpoint", "digits_quality_of", "CheckpointNotFoundError",
            "draw_batches", "sample_batches", "inception_quality_of", "CHUNK_STEPS"]

@@ -38,6 +38,7 @@ from typing import Any, Mapping, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from score_sde.lookup import lookup
 from score_sde.models.embeddings import fourier_embedding
@@ -79,6 +80,40 @@ class Kind:
     def channels(self, name: str, value: Array, x: Array) -> Array | None:
         """(B, *x.shape[1:-1], c) concatenated to the network input, or None."""
         return None
+
+    def check_values(self, name: str, value, data_range: tuple[float, float]) -> None:
+        """Raises a one-line ValueError when concrete values (N, ...) cannot be this kind's (host side,
+        before any work; traced values are not checked). Kinds in the data's scale check its range."""
+
+
+def _check_in_range(name: str, kind: str, value, data_range: tuple[float, float], null_examples: bool) -> None:
+    """A one-line ValueError naming the part, the first bad example and the valid range when a value of
+    an image-scale part is outside `data_range` (1e-6 slack) or +-Inf, or NaN where NaN has no meaning.
+
+    null_examples: NaN marks a whole null example (image: all NaN or none); else NaN marks unknown values
+    (mask) and is valid anywhere."""
+    lo, hi = (float(v) for v in data_range)
+    v = np.asarray(value, np.float64).reshape(len(value), -1)
+    nan = np.isnan(v)
+    bad = (np.isinf(v) | (~nan & ((v < lo - 1e-6) | (v > hi + 1e-6)))).any(axis=1)
+    if null_examples:
+        bad |= nan.any(axis=1) & ~nan.all(axis=1)
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    row = v[i][~nan[i]] if null_examples and not nan[i].all() else v[i]
+    finite = row[np.isfinite(row)]
+    what = []
+    if np.isnan(v[i]).any():
+        what.append("NaN" if not null_examples else "NaN in part of the image")
+    if np.isinf(v[i]).any():
+        what.append("Inf")
+    if finite.size and (finite.min() < lo - 1e-6 or finite.max() > hi + 1e-6):
+        what.append(f"values from {finite.min():.4g} to {finite.max():.4g}")
+    null = "or NaN for an unknown value" if not null_examples else "or an all-NaN example (the null condition)"
+    raise ValueError(f"condition part {name!r} ({kind}) holds {' and '.join(what)} in example {i} "
+                     f"({int(bad.sum())} of {len(v)} examples are bad); valid: finite values in the data range "
+                     f"[{lo:g}, {hi:g}], {null}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +191,9 @@ class Image(Kind):
         present = jnp.broadcast_to(_present(value)[:, None, None, None], (*x.shape[:3], 1)).astype(img.dtype)
         return jnp.concatenate([img, present], -1)
 
+    def check_values(self, name, value, data_range):
+        _check_in_range(name, "image", value, data_range, null_examples=True)
+
 
 @dataclasses.dataclass(frozen=True)
 class Mask(Kind):
@@ -175,6 +213,9 @@ class Mask(Kind):
             raise ValueError(f"condition {name!r} (mask) must have the data's shape {x.shape}, got {value.shape}")
         known = ~jnp.isnan(value)
         return jnp.concatenate([_clean(value), known.astype(jnp.float32)], -1)
+
+    def check_values(self, name, value, data_range):
+        _check_in_range(name, "mask", value, data_range, null_examples=False)
 
 
 # config name -> the kind's constructor from its config fields (the one table; read-only)
@@ -202,6 +243,14 @@ CondSpec = tuple  # tuple[Part, ...]
 def kind_from_config(fields: Mapping[str, Any]) -> Kind:
     """{"kind": name, ...its fields} -> the Kind (unknown names list the valid ones)."""
     return lookup(KINDS, str(fields["kind"]), "condition kind", "kinds")(fields)
+
+
+def check_values(kinds: Mapping[str, Kind], values: Mapping[str, Any], data_range: tuple[float, float]) -> None:
+    """Checks concrete condition values {part: (N, ...)} against their kinds ({part: Kind}; parts
+    missing from either are skipped): a one-line ValueError naming the first bad part (`Kind.check_values`)."""
+    for name, value in values.items():
+        if name in kinds and value is not None:
+            kinds[name].check_values(name, value, data_range)
 
 
 def label_spec(num_classes: int, dropout: float = 0.0) -> CondSpec:
@@ -299,6 +348,6 @@ def spec_summary(spec: CondSpec) -> str:
     return ", ".join(f"{p.name}:{type(p.kind).__name__.lower()}" for p in spec) or "none"
 
 
-__all__ = ["Kind", "Label", "Vector", "NoiseLevel", "Image", "Mask", "KINDS", "Part", "CondSpec", "kind_from_config",
+__all__ = ["Kind", "Label", "Vector", "NoiseLevel", "Image", "Mask", "KINDS", "Part", "CondSpec", "kind_from_config", "check_values",
            "label_spec", "as_cond", "fill_nulls", "conditioning", "network_spec", "merge_label", "drop_parts",
            "spec_summary"]

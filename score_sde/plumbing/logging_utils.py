@@ -1,5 +1,6 @@
 """Training logs: a tqdm progress bar, TensorBoard event files (tensorboardX, no TensorFlow)
-and a machine-readable `metrics.jsonl` (one JSON object per logged step) in the workdir.
+and a machine-readable `metrics.jsonl` (one JSON object per logged step) in the workdir, each row
+appended whole or not at all (`outputs.append_line`).
 
 The event file is opened at the first scalar or image, so a resumed run that trains nothing
 leaves no empty event file. Sample grids (`image`) go to TensorBoard's Images tab.
@@ -17,6 +18,8 @@ import time
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from score_sde.plumbing import outputs
 
 
 class MetricLogger:
@@ -36,7 +39,7 @@ class MetricLogger:
             return
         os.makedirs(workdir, exist_ok=True)
         self._tb_dir, self._tb = os.path.join(workdir, "tensorboard"), None
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._jsonl = os.path.join(workdir, "metrics.jsonl")
         # Not a terminal (a log file, a notebook without widgets): a line every 30 s, not every 0.1 s.
         self._tty = _isatty(sys.stderr)
         interval = 0.1 if self._tty else 30.0
@@ -69,8 +72,9 @@ class MetricLogger:
             return
         for name, value in scalars.items():
             self.tb.add_scalar(f"train/{name}", value, step)
-        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._jsonl.flush()
+        # one O_APPEND write of the whole row; a write that fails part way (a full disk) is cut back off,
+        # so the file never ends in a torn row
+        outputs.append_line(self._jsonl, json.dumps({"step": step, **scalars}))
         # The bar shows its own steps/s; the logged rates stay in TensorBoard and metrics.jsonl.
         hidden = ("nonfinite_total", "steps_per_sec", "images_per_sec")
         # Off a terminal the postfix waits for the bar's next (30 s) refresh: no line per log.
@@ -119,7 +123,6 @@ class MetricLogger:
         if self.enabled:
             if self._tb is not None:
                 self._tb.close()
-            self._jsonl.close()
             self._bar.close()
 
 

@@ -1,9 +1,10 @@
-"""Completed batches ("shards") of a long sampling run, kept on disk so that a rerun continues.
+"""Completed batches ("shards") of a long sampling or likelihood run, kept on disk so that a rerun continues.
 
 A run of `--mode=sample` (or eval's samples, or its FID samples) with more than one batch writes
-each finished batch as soon as it is drawn:
+each finished batch as soon as it is drawn; `--mode=likelihood` (and eval's bits/dim) writes each
+batch's per-example bits/dim the same way:
 
-    <out_dir>/.partial/<name>_<hash>/shard_<i>.npz     samples, key, options_hash, nfe
+    <out_dir>/.partial/<name>_<hash>/shard_<i>.npz     samples (or bits_per_dim), key, options_hash, nfe
 
 `<name>` is the output's name without its hash (e.g. `samples_2_pc`), `<hash>` the hash of the
 options that change the samples plus the number of local devices (the per-device batch). Batch
@@ -42,12 +43,13 @@ class ShardStore:
       name: the output's name without the options hash, e.g. `samples_2000_pc`.
       identity: what changes the samples (the sampling options and the device count); hashed.
       total: the number of shards of the run (for the progress line).
+      field: the name of the array a shard holds (`samples`, or `bits_per_dim` for a likelihood batch).
     """
 
-    def __init__(self, out_dir: str, name: str, identity: dict, total: int):
+    def __init__(self, out_dir: str, name: str, identity: dict, total: int, field: str = "samples"):
         self.hash = outputs.options_hash(identity)
         self.folder = os.path.join(out_dir, PARTIAL, f"{name}_{self.hash}")
-        self.total = total
+        self.total, self.field = total, field
 
     def path(self, i: int) -> str:
         return os.path.join(self.folder, f"shard_{i:06d}.npz")
@@ -68,14 +70,15 @@ class ShardStore:
         """The shard files on disk."""
         return len(glob.glob(os.path.join(glob.escape(self.folder), "shard_*.npz")))
 
-    def get(self, i: int, key: np.ndarray) -> tuple[np.ndarray, int] | None:
-        """(samples, nfe) of shard i if it is on disk, readable and drawn from `key` with these options."""
+    def get(self, i: int, key: np.ndarray) -> tuple[np.ndarray, int | float] | None:
+        """(values, nfe) of shard i if it is on disk, readable and drawn from `key` with these options
+        (nfe as it was put: an int for samples, a float mean for a likelihood batch)."""
         path = self.path(i)
         if not os.path.isfile(path):
             return None
         try:
             with np.load(path) as f:
-                x, saved_key, saved_hash, nfe = f["samples"], f["key"], str(f["options_hash"]), int(f["nfe"])
+                x, saved_key, saved_hash, nfe = f[self.field], f["key"], str(f["options_hash"]), f["nfe"].item()
         except Exception as e:  # noqa: BLE001  (np.load raises many types on a damaged file)
             note(f"warning: shard {path} is unreadable ({type(e).__name__}); drawing it again")
             return None
@@ -84,12 +87,12 @@ class ShardStore:
             return None
         return x, nfe
 
-    def put(self, i: int, key: np.ndarray, x: np.ndarray, nfe: int) -> None:
+    def put(self, i: int, key: np.ndarray, x: np.ndarray, nfe: int | float) -> None:
         """Writes shard i atomically (a signal during the write waits until the file is complete)."""
         os.makedirs(self.folder, exist_ok=True)
         with outputs.writing():
-            outputs.save_npz(self.path(i), samples=np.asarray(x), key=np.asarray(key),
-                             options_hash=np.asarray(self.hash), nfe=np.asarray(int(nfe)))
+            outputs.save_npz(self.path(i), **{self.field: np.asarray(x)}, key=np.asarray(key),
+                             options_hash=np.asarray(self.hash), nfe=np.asarray(nfe))
 
     def remove(self) -> None:
         """Deletes the shards (after the final output is written) and `.partial` if it is then empty."""

@@ -403,7 +403,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    if not parts or set(parts) - {"sr", "inpaint", "palette"} or ("palette" in parts and len(parts) > 1):
+    if set(parts) not in ({"sr", "inpaint"}, {"palette"}):
         raise SystemExit(f"--parts must be sr,inpaint or palette, got {args.parts!r}")
     tmp = tempfile.TemporaryDirectory() if args.smoke else None
     if args.smoke:
@@ -466,7 +466,7 @@ def palette_main(args, scorer, x, labels, t_start, tmp):
     cmd = ("python -m benchmarks.image_to_image --parts palette --smoke" if args.smoke else
            f"python -m benchmarks.image_to_image --parts palette --jpeg-workdir {args.jpeg_workdir} --palette-workdir "
            f"{args.palette_workdir} --inpaint-workdir {args.inpaint_workdir} --uncond-workdir {args.uncond_workdir} "
-           f"--classifier {args.classifier} --n {args.n} --nfe {args.nfe} --regression-steps {args.regression_steps} "
+           f"{f'--classifier {args.classifier} ' if args.classifier else ''}--n {args.n} --nfe {args.nfe} --regression-steps {args.regression_steps} "
            f"--particles {args.particles} --smc-steps {args.smc_steps}")
     path = write_result("image_to_image_palette", "\n".join(lines), cmd, directory=args.out)
     print(path.read_text())

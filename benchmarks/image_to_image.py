@@ -3,6 +3,8 @@
     python -m benchmarks.image_to_image --sr-workdir runs/digits_sr --inpaint-workdir runs/digits_inpaint \\
         --uncond-workdir runs/digits [--n 300] [--regression-steps 1000] [--particles 8] [--smc-steps 100]
     python -m benchmarks.image_to_image --smoke      # a few training steps of each model in a temp dir (seconds)
+    python -m benchmarks.image_to_image --parts palette --jpeg-workdir runs/digits_jpeg \
+        --palette-workdir runs/digits_palette --inpaint-workdir runs/digits_inpaint --uncond-workdir runs/digits
 
 The three workdirs hold checkpoints of `configs/digits_sr.py` (x2: 4x4 -> 8x8), `configs/digits_inpaint.py`
 (box and half masks through the `mask` kind) and `configs/digits_vp.py` (unconditional, for the
@@ -20,7 +22,16 @@ training-free replacement and SMC samplers of `score_sde.inverse`). On the first
   particles, `--smc-steps` steps) with the unconditional model: label agreement, Frechet distance,
   RMS error on the observed pixels, diversity.
 
-Writes benchmarks/results/image_to_image.md and two figures, image_to_image_sr.png (low-res | SR samples |
+- Palette (`--parts palette`, written to image_to_image_palette.md and image_to_image_palette.png):
+  JPEG restoration (each digit JPEG-compressed at a quality drawn from 5..15, `score_sde.jpeg`): the
+  trained digits_jpeg model and the multi-task digits_palette model against the JPEG input itself and
+  a regression model (the digits_jpeg network, input the JPEG image at noise input 0, trained with L2
+  for `--regression-steps`): PSNR, SSIM, JPEG consistency RMS ||jpeg(x, q) - jpeg(x*, q)||, accuracy,
+  Frechet distance, diversity; uncropping (the central 4 x 4 known): the multi-task model against
+  replacement and SMC with the unconditional model; inpainting (the box / half masks above): the
+  multi-task model against the single-task digits_inpaint. Diversity: 4 outputs of the first 25.
+
+Writes benchmarks/results/image_to_image.md (`--parts sr,inpaint`) and two figures, image_to_image_sr.png (low-res | SR samples |
 truth) and image_to_image_inpaint.png (masked | trained | replacement | SMC | truth), in --out.
 """
 
@@ -37,8 +48,8 @@ import numpy as np
 import optax
 
 from benchmarks.common import RESULTS, write_result
-from configs import digits_inpaint, digits_sr, digits_vp
-from score_sde import config_utils, data, image_to_image as i2i, inverse, losses, quality, solvers
+from configs import digits_inpaint, digits_jpeg, digits_palette, digits_sr, digits_vp
+from score_sde import config_utils, data, image_to_image as i2i, inverse, jpeg, losses, quality, solvers
 from score_sde.drivers import evaluate, train
 from score_sde.plumbing import outputs
 
@@ -193,6 +204,157 @@ def inpaint_rows(args, scorer, x, labels):
     return rows, masked, firsts
 
 
+# --- Palette: JPEG restoration, uncropping, the multi-task model ------------------------------------------
+
+def sampler_rows(loaded, cond: dict, nfe: int, k: int):
+    """draw(seed, first) -> one dpm_solver sample of the conditional model for the first `first` rows of cond
+    (first in {all, k}: two compiled programs)."""
+    n = len(next(iter(cond.values())))
+    full, head = conditional_sampler(loaded, cond, nfe), conditional_sampler(loaded, {c: v[:k] for c, v in cond.items()},
+                                                                             nfe)
+    return lambda seed, first=n: full(seed) if first == n else head(seed)
+
+
+def inverse_rows(uncond, x_known, known, args, method: str):
+    """draw(seed, first) -> replacement / SMC inpainting of the first `first` rows with the unconditional model."""
+    def draw(seed, first=len(x_known)):
+        opts = (dict(n_particles=args.particles, n_steps=args.smc_steps) if method == "smc" else
+                dict(sampler=solvers.get("euler_maruyama", n_steps=args.smc_steps)))
+        return np.asarray(inverse.inpaint(jax.random.PRNGKey(seed), uncond.sde, uncond.score_fn, x_known[:first],
+                                          known[:first], method=method, **opts)[0])
+    return draw
+
+
+def timed_draws(draw, k: int):
+    """(first sample of every row, seconds of it incl. compile, diversity over 4 samples of the first k rows)."""
+    t0 = time.perf_counter()
+    y = draw(0)
+    secs = time.perf_counter() - t0
+    return y, secs, diversity(np.stack([y[:k]] + [draw(s, k) for s in (1, 2, 3)]))
+
+
+def mask_table(methods: dict, scorer, x, labels, known, k: int):
+    """Rows (name, label agreement, Frechet, observed-pixel RMS, diversity, seconds) and the first samples."""
+    rows, firsts = [], {}
+    for name, draw in methods.items():
+        y, secs, div = timed_draws(draw, k)
+        err = np.sqrt(np.sum(known * (y - x) ** 2, axis=(1, 2, 3)) / np.sum(known, axis=(1, 2, 3))).mean()
+        rows.append((name, scorer.accuracy(y, labels), scorer.frechet(y), float(err), div, secs))
+        firsts[name] = y
+        print(rows[-1], flush=True)
+    return rows, firsts
+
+
+def train_restoration(config, steps: int, seed: int = 0):
+    """The JPEG regression baseline: digits_jpeg's network, input the JPEG image at noise input 0 and the
+    condition part, trained with L2 to the clean image (Adam, batch 128). Returns predict(jpeg_images)."""
+    net, task = config_utils.net_from_config(config), config_utils.task_from_config(config)
+
+    def predict(params, degraded):
+        return net.apply({"params": params}, degraded, jnp.zeros((degraded.shape[0],)), cond={"jpeg": degraded})
+
+    it = data.get_dataset(config, "train", batch_size=128)
+    x0 = jnp.asarray(next(it))
+    params = jax.jit(lambda k: net.init(k, x0[:2], jnp.zeros((2,)), cond={"jpeg": x0[:2]}))(jax.random.PRNGKey(seed))
+    params, opt = params["params"], optax.adam(optax.warmup_cosine_decay_schedule(0.0, 2e-3, min(100, steps),
+                                                                                   max(steps, 101)))
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, x, key):
+        degraded = task.derive(losses.example_keys(key, x.shape[0]), x)["jpeg"]
+        loss, g = jax.value_and_grad(lambda p: jnp.mean((predict(p, degraded) - x) ** 2))(params)
+        updates, state = opt.update(g, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    loss = jnp.nan
+    for i in range(steps):
+        params, state, loss = step(params, state, jnp.asarray(next(it)), jax.random.PRNGKey(1000 + i))
+    print(f"JPEG regression baseline: {steps} steps, final L2 {float(loss):.4f}", flush=True)
+    return jax.jit(lambda d: predict(params, d))
+
+
+def jpeg_rows(args, scorer, x, labels, single, multi):
+    """JPEG restoration rows (name, PSNR, SSIM, JPEG consistency, accuracy, Frechet, diversity, seconds)."""
+    n, k = len(x), min(25, len(x))
+    task = i2i.JpegRestoration()
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(7), i))(jnp.arange(n))
+    q = np.asarray(jax.jit(task.qualities)(keys))
+    codec = jax.jit(lambda y, q: jpeg.jpeg(y, q))
+    degraded = np.asarray(codec(jnp.asarray(x), q))
+    predict = train_restoration(_config(digits_jpeg, args), args.regression_steps)
+    outs = {f"JPEG input itself (quality 5-15, mean {q.mean():.1f})": (degraded, None, 0.0),
+            f"regression (same UNet, L2, {args.regression_steps} steps)": (np.asarray(predict(jnp.asarray(degraded))),
+                                                                          0.0, None)}
+    for name, loaded in ((f"**trained digits_jpeg** (step {single.step}, dpm_solver NFE {args.nfe})", single),
+                         (f"multi-task digits_palette (step {multi.step}, dpm_solver NFE {args.nfe})", multi)):
+        y, secs, div = timed_draws(sampler_rows(loaded, {"jpeg": degraded}, args.nfe, k), k)
+        outs[name] = (y, div, secs)
+    outs["truth (test digits)"] = (x, None, 0.0)
+    rows = []
+    for name, (y, div, secs) in outs.items():
+        yj = jnp.asarray(y, jnp.float32)
+        consist = np.sqrt(np.mean((np.asarray(codec(yj, q)) - degraded) ** 2, axis=(1, 2, 3))).mean()
+        psnr = float(np.mean(np.asarray(i2i.psnr(yj, jnp.asarray(x))))) if name[0] != "t" else float("inf")
+        ssim = float(np.mean(np.asarray(i2i.ssim(yj, jnp.asarray(x), window=3))))
+        rows.append((name, psnr, ssim, float(consist), scorer.accuracy(y, labels), scorer.frechet(y), div, secs))
+        print(rows[-1], flush=True)
+    return rows, degraded, outs
+
+
+def palette_tables(args, scorer, x, labels):
+    """The three Palette tables and the figure's rows."""
+    single = evaluate.load_score_fn(_config(digits_jpeg, args), args.jpeg_workdir, (8, 8, 1))
+    multi = evaluate.load_score_fn(_config(digits_palette, args), args.palette_workdir, (8, 8, 1))
+    uncond = evaluate.load_score_fn(_config(digits_vp, args), args.uncond_workdir, (8, 8, 1))
+    inp = evaluate.load_score_fn(_config(digits_inpaint, args), args.inpaint_workdir, (8, 8, 1))
+    n, k = len(x), min(25, len(x))
+    jrows, degraded, jouts = jpeg_rows(args, scorer, x, labels, single, multi)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(7), i))(jnp.arange(n))
+    uncrop = np.asarray(jax.jit(i2i.Inpainting(masks=("uncrop",)).derive)(keys, jnp.asarray(x))["masked"])
+    known = (~np.isnan(uncrop)).astype(np.float32)
+    x_known = np.nan_to_num(uncrop, nan=0.0)
+    urows, ufirst = mask_table({
+        f"**multi-task digits_palette** (step {multi.step}, dpm_solver NFE {args.nfe})":
+            sampler_rows(multi, {"masked": uncrop}, args.nfe, k),
+        f"single-task digits_inpaint (box/half only, step {inp.step}; uncrop unseen in training)":
+            sampler_rows(inp, {"masked": uncrop}, args.nfe, k),
+        f"replacement (digits_vp step {uncond.step}, euler_maruyama {args.smc_steps} steps)":
+            inverse_rows(uncond, x_known, known, args, "replace"),
+        f"SMC ({args.particles} particles, {args.smc_steps} steps)": inverse_rows(uncond, x_known, known, args, "smc"),
+    }, scorer, x, labels, known, k)
+    blank = np.where(known > 0, x, -1.0)
+    urows.append(("observed pixels only, the rest blank (floor)", scorer.accuracy(blank, labels),
+                  scorer.frechet(blank), 0.0, 0.0, 0.0))
+    boxhalf = np.asarray(jax.jit(i2i.Inpainting(masks=("box", "half")).derive)(keys, jnp.asarray(x))["masked"])
+    bknown = (~np.isnan(boxhalf)).astype(np.float32)
+    irows, _ = mask_table({
+        f"single-task digits_inpaint (step {inp.step})": sampler_rows(inp, {"masked": boxhalf}, args.nfe, k),
+        f"**multi-task digits_palette** (step {multi.step})": sampler_rows(multi, {"masked": boxhalf}, args.nfe, k),
+    }, scorer, x, labels, bknown, k)
+    shown = [v[0] for name, v in jouts.items() if not name.startswith("truth")] + [np.nan_to_num(uncrop, nan=0.0),
+             *ufirst.values()]
+    return jrows, urows, irows, shown
+
+
+def palette_lines(n, jrows, urows, irows) -> list[str]:
+    lines = [f"First {n} test digits (8x8). JPEG restoration (grayscale baseline JPEG, `score_sde.jpeg`; each digit at "
+             "a quality drawn from 5..15):", "",
+             "| method | PSNR (dB) | SSIM (3x3) | JPEG consistency RMS | classifier accuracy | Frechet distance "
+             "| diversity | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r[0]} | {_fmt(r[1], '.2f')} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.3f} | {r[5]:.2f} "
+              f"| {_fmt(r[6], '.3f')} | {_fmt(r[7], '.1f')} |" for r in jrows]
+    head = ["| method | label agreement | Frechet distance | observed-pixel RMS error | diversity | seconds |",
+            "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "Uncropping (the central 4x4 known, the border generated; the same masks for every method):", "",
+              *head]
+    lines += [f"| {r[0]} | {r[1]:.3f} | {r[2]:.2f} | {r[3]:.4f} | {_fmt(r[4], '.3f')} | {r[5]:.1f} |" for r in urows]
+    lines += ["", "Inpainting (the box / half masks of the table in image_to_image.md, same seed): single-task vs "
+              "multi-task:", "", *head]
+    lines += [f"| {r[0]} | {r[1]:.3f} | {r[2]:.2f} | {r[3]:.4f} | {_fmt(r[4], '.3f')} | {r[5]:.1f} |" for r in irows]
+    return lines
+
+
 def figures(out: str, x, low, sr, masked, firsts, m: int = 8):
     """image_to_image_sr.png: rows low-res (nearest) | SR sample | truth; image_to_image_inpaint.png: masked
     (unknown grey) | trained | replacement | SMC | truth, one column per test digit."""
@@ -206,16 +368,18 @@ def _fmt(v, spec):
     return "–" if v is None else ("∞" if v == float("inf") else format(v, spec))
 
 
-def smoke_workdirs(root: str) -> tuple[str, str, str]:
-    """Trains each of the three configs for 4 steps (nf 8) under root; returns their workdirs."""
-    dirs = []
-    for name, module in (("sr", digits_sr), ("inpaint", digits_inpaint), ("uncond", digits_vp)):
+def smoke_workdirs(root: str, parts=("sr", "inpaint", "palette")) -> dict:
+    """Trains each config the parts need for 4 steps (nf 8) under root; returns {name: workdir}."""
+    dirs = {}
+    need = [("sr", digits_sr)] * ("sr" in parts) + [("inpaint", digits_inpaint), ("uncond", digits_vp)]
+    need += [("jpeg", digits_jpeg), ("palette", digits_palette)] * ("palette" in parts)
+    for name, module in need:
         c = module.get_config()
         c.model.nf = SMOKE_NF
         c.training.update(n_iters=4, snapshot_freq=4, batch_size=16, log_freq=2)
-        dirs.append(os.path.join(root, name))
-        train.train(c, dirs[-1])
-    return tuple(dirs)
+        dirs[name] = os.path.join(root, name)
+        train.train(c, dirs[name])
+    return dirs
 
 
 def main(argv=None):
@@ -223,6 +387,12 @@ def main(argv=None):
     parser.add_argument("--sr-workdir", default="runs/digits_sr")
     parser.add_argument("--inpaint-workdir", default="runs/digits_inpaint")
     parser.add_argument("--uncond-workdir", default="runs/digits")
+    parser.add_argument("--jpeg-workdir", default="runs/digits_jpeg")
+    parser.add_argument("--palette-workdir", default="runs/digits_palette")
+    parser.add_argument("--classifier", default=None, help="the digits classifier cache (.npz); default: in "
+                        "--sr-workdir")
+    parser.add_argument("--parts", default="sr,inpaint", help="sr,inpaint (image_to_image.md) | palette "
+                        "(image_to_image_palette.md)")
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--nfe", type=int, default=20)
     parser.add_argument("--regression-steps", type=int, default=1000)
@@ -232,9 +402,15 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny models trained for 4 steps in a temp dir")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    if set(parts) not in ({"sr", "inpaint"}, {"palette"}):
+        raise SystemExit(f"--parts must be sr,inpaint or palette, got {args.parts!r}")
     tmp = tempfile.TemporaryDirectory() if args.smoke else None
     if args.smoke:
-        args.sr_workdir, args.inpaint_workdir, args.uncond_workdir = smoke_workdirs(tmp.name)
+        dirs = smoke_workdirs(tmp.name, parts)
+        args.sr_workdir = dirs.get("sr", args.sr_workdir)
+        args.inpaint_workdir, args.uncond_workdir = dirs["inpaint"], dirs["uncond"]
+        args.jpeg_workdir, args.palette_workdir = dirs.get("jpeg", ""), dirs.get("palette", "")
         args.n, args.nfe, args.regression_steps, args.particles, args.smc_steps = 8, 4, 2, 2, 4
         args.out = tmp.name
     config = digits_vp.get_config()
@@ -242,7 +418,10 @@ def main(argv=None):
     idx = np.arange(min(args.n, len(test.source)))
     x = data.scale(test.source.get(idx), test.num_levels, True).astype(np.float32)
     labels = test.labels[idx]
-    scorer = Scorer(os.path.join(args.out if args.smoke else args.sr_workdir, "digits_classifier.npz"))
+    scorer = Scorer(args.classifier or os.path.join(args.out if args.smoke else args.sr_workdir,
+                                                    "digits_classifier.npz"))
+    if "palette" in parts:
+        return palette_main(args, scorer, x, labels, t_start, tmp)
     sr, low, sr_x, sr_s = sr_rows(args, scorer, x, labels)
     inp, masked, firsts = inpaint_rows(args, scorer, x, labels)
     os.makedirs(args.out, exist_ok=True)
@@ -270,6 +449,30 @@ def main(argv=None):
     if tmp is not None:
         tmp.cleanup()
     return sr, inp
+
+
+def palette_main(args, scorer, x, labels, t_start, tmp):
+    """--parts palette: the three Palette tables, image_to_image_palette.md and image_to_image_palette.png."""
+    jrows, urows, irows, shown = palette_tables(args, scorer, x, labels)
+    os.makedirs(args.out, exist_ok=True)
+    m = 8
+    outputs.save_grid(np.concatenate([v[:m] for v in shown] + [x[:m]]), True,
+                      os.path.join(args.out, "image_to_image_palette.png"), cols=m)
+    lines = palette_lines(len(x), jrows, urows, irows)
+    lines += ["", f"Benchmark wall time {time.perf_counter() - t_start:.0f} s (training of the four diffusion models "
+              "not included; the regression baseline's training is). Figure image_to_image_palette.png, one column "
+              "per test digit: JPEG input | regression | digits_jpeg | digits_palette | uncrop input (unknown grey) | "
+              "digits_palette | digits_inpaint | replacement | SMC | truth."]
+    cmd = ("python -m benchmarks.image_to_image --parts palette --smoke" if args.smoke else
+           f"python -m benchmarks.image_to_image --parts palette --jpeg-workdir {args.jpeg_workdir} --palette-workdir "
+           f"{args.palette_workdir} --inpaint-workdir {args.inpaint_workdir} --uncond-workdir {args.uncond_workdir} "
+           f"{f'--classifier {args.classifier} ' if args.classifier else ''}--n {args.n} --nfe {args.nfe} --regression-steps {args.regression_steps} "
+           f"--particles {args.particles} --smc-steps {args.smc_steps}")
+    path = write_result("image_to_image_palette", "\n".join(lines), cmd, directory=args.out)
+    print(path.read_text())
+    if tmp is not None:
+        tmp.cleanup()
+    return jrows, urows, irows
 
 
 if __name__ == "__main__":

@@ -32,12 +32,15 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # e.g. data.cond.y = {kind: "vector", size: 1, dropout: 0.1} (configs/toy_cond.py).
     data.cond = ml_collections.ConfigDict()
     # Image-to-image task (score_sde.image_to_image): its condition parts are made from each clean image
-    # on device (data.cond still declares them). name: "" (none) | super_resolution | inpainting.
+    # on device (data.cond still declares them). name: "" (none) | super_resolution | inpainting | jpeg | multi.
     data.task = ml_collections.ConfigDict()
-    data.task.name = ""               # "" (none) | super_resolution | inpainting
+    data.task.name = ""               # "" (none) | super_resolution | inpainting | jpeg | multi
     data.task.factor = 4             # super_resolution: low_res = area_downsample(x, factor) (block means)
     data.task.max_aug_level = 0.0    # super_resolution: training adds s e to low_res, s ~ U(0, this), s the aug_level part
     data.task.masks = "box,half"     # inpainting: mask families drawn per example (box | half | uncrop)
+    data.task.quality_min = 5        # jpeg, multi: JPEG quality drawn per example from quality_min..quality_max
+    data.task.quality_max = 15       #   (Palette: 5..15; score_sde.jpeg, grayscale baseline JPEG in JAX)
+    data.task.tasks = "box,half,uncrop,jpeg"   # multi: the tasks drawn per example (mask families and jpeg)
 
     config.sde = sde = ml_collections.ConfigDict()
     sde.name = "vpsde"               # vpsde | subvpsde | vesde

@@ -5,6 +5,7 @@ One read-only name table per family (no registries filled by imports).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -88,6 +89,8 @@ def task_from_config(config):
     task = image_to_image.task_from_config(config.data.get("task", None))
     if task is None:
         return None
+    if hasattr(task, "centered"):  # a task that works in uint8 levels (JPEG) needs the data's scale
+        task = dataclasses.replace(task, centered=bool(config.data.centered))
     cond = config.data.get("cond", None) or {}
     for name, kind in zip(task.names, task.kinds):
         if name not in cond or cond[name].get("kind") != kind:

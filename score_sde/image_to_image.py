@@ -15,8 +15,16 @@ condition from them, with fresh randomness per example and step from the example
   where unknown; each example draws one mask family of `masks`: "box" (a random rectangle of side
   H/4 .. H/2 unknown), "half" (one of the four halves unknown), "uncrop" (only a central
   square of side H/2 known: the model extends it outwards).
+- `JpegRestoration` (Palette): part "jpeg" (kind `image`, the data's size) = the grayscale baseline
+  JPEG round trip of x0 (`score_sde.jpeg`, Pillow's codec written in JAX) at an integer quality
+  drawn per example uniformly from quality_min..quality_max (Palette: 5..15) from fold_in(key, 7).
+- `MultiTask` (Palette's multi-task model): each example draws one of `tasks` (mask families
+  box / half / uncrop and "jpeg") uniformly from fold_in(key, 9); the condition has both parts,
+  "masked" (mask) and "jpeg" (image), and the part the example's task does not use holds its null
+  value (all NaN): the mask kind's known-mask channel and the image kind's present channel tell one
+  network which task it is given. At sampling time pass only the task's part (the other is null).
 
-Example keys: a task uses fold_in(key, 7) and fold_in(key, 8), apart from the loss's own draws
+Example keys: a task uses fold_in(key, 7) and fold_in(key, 8) (MultiTask also fold_in(key, 9)), apart from the loss's own draws
 (split(key)) and the condition dropout (fold_in(key, 2)).
 """
 
@@ -28,6 +36,8 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+
+from score_sde import jpeg as jpeg_codec
 
 Array = jax.Array
 
@@ -166,11 +176,84 @@ def _masks(value) -> tuple:
     return tuple(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class JpegRestoration:
+    """JPEG restoration: part "jpeg" (image) = JPEG round trip of x0 at a quality drawn per example.
+
+    `centered`: the data's scale ([-1, 1] if True, else [0, 1]) set from config.data.centered.
+    """
+
+    quality_min: int = 5
+    quality_max: int = 15
+    centered: bool = True
+
+    names = ("jpeg",)
+    kinds = ("image",)
+
+    def qualities(self, keys: Array) -> Array:
+        """(B,) int32 qualities, uniform on quality_min..quality_max from fold_in(key, 7)."""
+        return jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 7), (), self.quality_min,
+                                                     self.quality_max + 1))(keys)
+
+    def degrade(self, x0: Array, quality: Array) -> Array:
+        """The JPEG round trip of x0 (B, H, W, 1) at qualities (B,) (`score_sde.jpeg.jpeg`), model scale."""
+        return jpeg_codec.jpeg(x0, quality, (-1.0, 1.0) if self.centered else (0.0, 1.0))
+
+    def derive(self, keys: Array, x0: Array, level: float | None = None) -> dict:
+        """{"jpeg": (B, H, W, 1)} (`level` is unused; the quality is drawn from the key also at sampling)."""
+        return {"jpeg": self.degrade(x0, self.qualities(keys))}
+
+
+MULTI_TASKS = MASK_FAMILIES + ("jpeg",)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiTask:
+    """One model for inpainting (box, half), uncropping and JPEG restoration: parts "masked" (mask)
+    and "jpeg" (image), the one the example's task does not use null (all NaN)."""
+
+    tasks: tuple = ("box", "half", "uncrop", "jpeg")
+    quality_min: int = 5
+    quality_max: int = 15
+    centered: bool = True
+
+    names = ("masked", "jpeg")
+    kinds = ("mask", "image")
+
+    def __post_init__(self):
+        bad = [t for t in self.tasks if t not in MULTI_TASKS]
+        if bad or not self.tasks:
+            raise ValueError(f"unknown multi-task tasks {bad or '(none given)'}; valid: {', '.join(MULTI_TASKS)}")
+
+    def derive(self, keys: Array, x0: Array, level: float | None = None) -> dict:
+        """{"masked": (B, H, W, C), "jpeg": (B, H, W, C)}: per example one task of `tasks` (fold_in(key, 9));
+        its mask from fold_in(key, 8), its JPEG quality from fold_in(key, 7); the unused part all NaN."""
+        h, w, c = x0.shape[1:]
+        pick = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 9), (), 0, len(self.tasks)))(keys)
+        families = [t for t in self.tasks if t != "jpeg"]
+        known = jnp.ones(x0.shape, bool)
+        for i, t in enumerate(self.tasks):
+            if t != "jpeg":
+                m = jax.vmap(lambda k, t=t: _MASKERS[t](jax.random.fold_in(k, 8), h, w))(keys)[..., None]
+                known = jnp.where((pick == i)[:, None, None, None], jnp.broadcast_to(m, x0.shape), known)
+        is_jpeg = jnp.asarray([t == "jpeg" for t in self.tasks])[pick][:, None, None, None]
+        out = {"masked": jnp.where(is_jpeg | ~known, jnp.nan, x0) if families else jnp.full(x0.shape, jnp.nan)}
+        if "jpeg" in self.tasks:
+            jp = JpegRestoration(self.quality_min, self.quality_max, self.centered)
+            out["jpeg"] = jnp.where(is_jpeg, jp.degrade(x0, jp.qualities(keys)), jnp.nan)
+        else:
+            out["jpeg"] = jnp.full(x0.shape, jnp.nan, x0.dtype)
+        return out
+
+
 # config.data.task.name -> the task from config.data.task's fields (the one table; read-only)
 TASKS: Mapping[str, Any] = types.MappingProxyType({
     "super_resolution": lambda c: SuperResolution(factor=int(c.get("factor", 4)),
                                                   max_aug_level=float(c.get("max_aug_level", 0.0))),
     "inpainting": lambda c: Inpainting(masks=_masks(c.get("masks", "box,half"))),
+    "jpeg": lambda c: JpegRestoration(quality_min=int(c.get("quality_min", 5)), quality_max=int(c.get("quality_max", 15))),
+    "multi": lambda c: MultiTask(tasks=_masks(c.get("tasks", "box,half,uncrop,jpeg")),
+                                 quality_min=int(c.get("quality_min", 5)), quality_max=int(c.get("quality_max", 15))),
 })
 
 
@@ -189,6 +272,9 @@ def task_from_config(fields: Mapping[str, Any] | None):
     if isinstance(task, SuperResolution) and (task.factor < 2 or task.max_aug_level < 0):
         raise ValueError(f"data.task: super_resolution needs factor >= 2 and max_aug_level >= 0, got factor "
                          f"{task.factor}, max_aug_level {task.max_aug_level}")
+    if isinstance(task, (JpegRestoration, MultiTask)) and not 1 <= task.quality_min <= task.quality_max <= 100:
+        raise ValueError(f"data.task: {name} needs 1 <= quality_min <= quality_max <= 100 (JPEG qualities), got "
+                         f"quality_min {task.quality_min}, quality_max {task.quality_max}")
     return task
 
 
@@ -220,4 +306,4 @@ def ssim(x: Array, ref: Array, data_range: float = 2.0, window: int = 7) -> Arra
 
 
 __all__ = ["area_downsample", "upsample", "augment", "SuperResolution", "Inpainting", "known_masks", "TASKS",
-           "MASK_FAMILIES", "task_from_config", "psnr", "ssim"]
+           "MASK_FAMILIES", "task_from_config", "psnr", "ssim", "JpegRestoration", "MultiTask", "MULTI_TASKS"]

@@ -250,13 +250,17 @@ def write_samples(config, samples: np.ndarray, out_dir: str, step: int, extra: d
 
 def task_grid(conds: dict, samples: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Images (3 n, H, W, C) in triples condition | sample | truth: the condition is "low_res"
-    (nearest-upsampled to H x W) or "masked" (unknown pixels shown as mid-grey 0)."""
+    (nearest-upsampled to H x W), "masked" (unknown pixels shown as mid-grey 0) or "jpeg" (the JPEG
+    image; a multi-task model's examples show whichever of masked / jpeg is present)."""
     n, h = len(samples), samples.shape[1]
     if "low_res" in conds:
         low = np.asarray(conds["low_res"])[:n]
         shown = np.repeat(np.repeat(low, h // low.shape[1], axis=1), h // low.shape[2], axis=2)
     else:
-        shown = np.nan_to_num(np.asarray(conds["masked"])[:n], nan=0.0)
+        shown = np.nan_to_num(np.asarray(conds["masked"])[:n], nan=0.0) if "masked" in conds else 0.0 * samples
+        if "jpeg" in conds:
+            jp = np.asarray(conds["jpeg"])[:n]
+            shown = np.where(np.isnan(jp), shown, jp)
     return np.stack([shown, samples, np.asarray(target)[:n]], axis=1).reshape(3 * n, *samples.shape[1:])
 
 

@@ -37,7 +37,7 @@ def _stderr(proc) -> str:
     return proc.err_file.read()
 
 
-def wait_for_step(workdir, step, proc, timeout=120):
+def wait_for_step(workdir, step, proc, timeout=400):
     """Waits until metrics.jsonl logs `step` and a checkpoint at `step` or later is complete (or the process ends).
 
     Any later one counts: on an idle machine the tiny run passes step 4 within a poll interval, and the

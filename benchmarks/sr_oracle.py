@@ -43,10 +43,28 @@ from score_sde.models.conditions import Image, NoiseLevel, Part
 SDE = ss.VPSDE()
 
 
-def mixture() -> analytic.GaussianMixture:
+def mixture(components: int = 3) -> analytic.GaussianMixture:
+    """The 3-component mixture of the module doc; `components=1`: its second component alone (a
+    linear-Gaussian model, whose posterior is one Gaussian: no component weights to learn)."""
     rng = np.random.default_rng(4)
-    return analytic.GaussianMixture(jnp.array([0.5, 0.3, 0.2]), jnp.asarray(rng.normal(size=(3, 4, 4, 1)), jnp.float32),
-                                    jnp.array([0.3, 0.5, 0.4]))
+    means = jnp.asarray(rng.normal(size=(3, 4, 4, 1)), jnp.float32)
+    if components == 1:
+        return analytic.GaussianMixture(jnp.array([1.0]), means[1:2], jnp.array([0.5]))
+    if components != 3:
+        raise ValueError(f"--components must be 1 or 3, got {components}")
+    return analytic.GaussianMixture(jnp.array([0.5, 0.3, 0.2]), means, jnp.array([0.3, 0.5, 0.4]))
+
+
+def component_fractions(samples: np.ndarray, gmm: analytic.GaussianMixture) -> np.ndarray:
+    """(K,) fraction of `samples` whose most likely prior component (argmax_k log w_k + log N(x; mu_k,
+    s_k^2 I)) is k: applied alike to model samples and exact posterior draws, it shows whether an error
+    is in the posterior's component weights."""
+    flat = samples.reshape(len(samples), -1).astype(np.float64)
+    mu, sd = np.asarray(gmm.means, np.float64), np.asarray(gmm.stds, np.float64)
+    w = np.asarray(gmm.weights, np.float64)
+    d2 = ((flat[:, None, :] - mu[None]) ** 2).sum(-1)
+    logp = np.log(w / w.sum()) - 0.5 * d2 / sd ** 2 - flat.shape[1] * np.log(sd)
+    return np.bincount(logp.argmax(1), minlength=len(w)) / len(flat)
 
 
 def train_model(gmm, steps: int, batch: int = 256, aug_level: float = 0.0):
@@ -92,13 +110,15 @@ def main(argv=None):
     parser.add_argument("--aug-level", type=float, default=0.0, help="training: s ~ U(0, this) added to low_res")
     parser.add_argument("--eval-level", type=float, default=0.0,
                         help="> 0: also compare at this augmentation level with the noisy-observation posterior")
+    parser.add_argument("--components", type=int, default=3,
+                        help="3: the mixture; 1: one Gaussian (linear-Gaussian: the posterior has no weights to learn)")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.samples, args.observations = 20, 200, 1
     t0 = time.perf_counter()
-    gmm = mixture()
+    gmm = mixture(args.components)
     model, loss = train_model(gmm, args.steps, aug_level=args.aug_level)
     train_s = time.perf_counter() - t0
     sampler = solvers.get("ode", solver="tsit5", rtol=1e-4, atol=1e-4)
@@ -114,25 +134,30 @@ def main(argv=None):
         for s in levels:
             low = clean + s * jax.random.normal(jax.random.PRNGKey(40 + j), clean.shape)
             post = analytic.pool_conditional(gmm, low, 2, s)
-            got = figures(np.asarray(solve(jax.random.PRNGKey(20 + j), low, s)), post, proj)
-            floor = figures(np.asarray(post.sample(jax.random.PRNGKey(30 + j), n)), post, proj)
+            model_x = np.asarray(solve(jax.random.PRNGKey(20 + j), low, s))
+            exact_x = np.asarray(post.sample(jax.random.PRNGKey(30 + j), n))
+            got, floor = figures(model_x, post, proj), figures(exact_x, post, proj)
+            fractions = "/".join(f"{a:.2f}:{b:.2f}" for a, b in zip(component_fractions(model_x, gmm),
+                                                                    component_fractions(exact_x, gmm)))
             passed = all(g <= 2 * f + 0.05 for g, f in zip(got[:2], floor[:2]))
             ok &= passed
             rows.append(f"| {j} | {s:g} | {got[0]:.3f} | {floor[0]:.3f} | {got[1]:.3f} | {floor[1]:.3f} | "
-                        f"{got[2]:.3f} | {floor[2]:.3f} | {'yes' if passed else 'no'} |")
+                        f"{got[2]:.3f} | {floor[2]:.3f} | {fractions} | {'yes' if passed else 'no'} |")
             print(rows[-1], flush=True)
-    lines = [f"4x4 mixture, 2x2 average pool; {args.steps} training steps (batch 256, conditioning augmentation "
+    lines = [f"4x4 {'mixture' if args.components == 3 else 'single Gaussian'}, 2x2 average pool; {args.steps} training steps (batch 256, conditioning augmentation "
              f"s ~ U(0, {args.aug_level:g}), final loss {loss:.4f}, {train_s:.0f} s incl. compile); {n} samples per "
              f"observation and level (ode tsit5 1e-4). Level s: the model gets low_res + s e and aug_level s and is "
              f"compared with p(x | A x + s e = low_res); level 0 is the singular noiseless posterior.", "",
              "| observation | level s | mean RMS error | floor | cov rel. error | floor | free-subspace cov rel. error "
-             "| floor | mean and cov within 2 x floor + 0.05 |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|", *rows, "",
+             "| floor | component fractions model:exact | mean and cov within 2 x floor + 0.05 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|", *rows, "",
              f"All within the bar: {'yes' if ok else 'no'}. Total {time.perf_counter() - t0:.0f} s."]
     cmd = "python -m benchmarks.sr_oracle" + (" --smoke" if args.smoke else
                                               f" --steps {args.steps} --samples {n} --observations {args.observations}"
-                                              f" --aug-level {args.aug_level:g} --eval-level {args.eval_level:g}")
-    path = write_result("sr_oracle", "\n".join(lines), cmd, directory=args.out)
+                                              f" --aug-level {args.aug_level:g} --eval-level {args.eval_level:g}"
+                                              f" --components {args.components}")
+    name = "sr_oracle" if args.components == 3 else "sr_oracle_gaussian"
+    path = write_result(name, "\n".join(lines), cmd, directory=args.out)
     print(path.read_text())
     return ok
 

@@ -1,24 +1,29 @@
 """Measured memory without a GPU: XLA's compiled memory analysis of the train step, a sampler step and
 the likelihood step, per config and batch, and the largest batch that fits 16 / 40 / 80 GB.
 
-    python -m benchmarks.memory            # DDPM++ / NCSN++ at 32², 64², 128², 256² (CPU: ~15-30 min of compiles)
+    python -m benchmarks.memory            # DDPM++ / NCSN++ at 32², 64², 128², 256², batches 4, 8, 16 (CPU: hours)
     python -m benchmarks.memory --smoke    # a tiny DDPM++ on 8x8, two batches: seconds
+    python -m benchmarks.memory --merge --out benchmarks/results --families=ddpmpp --sizes=64 \
+        --programs=train --remat=false --batches=4,8     # one part of the table, upserted into its json
 
 Every program is lowered on abstract inputs (`jax.ShapeDtypeStruct`, nothing is allocated) and
-compiled for the default backend; `compiled.memory_analysis()` gives its argument, output and
-temporary bytes. The programs:
-  train       one step of `score_sde.drivers.train.make_train_step` (continuous DSM, AdamW, EMA), one device;
+compiled for the default backend (on CPU with LLVM optimisation level 0: same bytes, half the compile
+CPU time); `compiled.memory_analysis()` gives its argument, output, temporary and alias bytes. The programs:
+  train       one step of `score_sde.drivers.train.make_train_step` (continuous DSM, AdamW, EMA), one device,
+              its state donated as in the driver (the new state aliases the old: counted once);
   sample      one probability-flow drift evaluation (a network forward: the memory of any sampler step);
   likelihood  one evaluation of the likelihood ODE's vector field (drift + Hutchinson divergence, one jvp).
 
-Largest batch: bytes(B) = argument + output + temp - alias is fitted as a + b B from the two measured
-batches (params, optimizer and EMA are the constant a; activations grow with B), then
-B_max = floor((capacity - a) / b). The third column of the table (the largest batch measured) checks the
-line: the fit's error there is reported. On the backend measured (XLA:CPU unless run on a GPU) the
-temporaries follow that backend's fusion and scheduling; a GPU's differ (cuDNN workspaces, another
-scheduler), so the GB columns are estimates to confirm with `benchmarks.gpu_check --section=memory`.
-Writes benchmarks/out/memory.md and memory.json (--out: another folder; the committed copies are in
-benchmarks/results/).
+Largest batch: bytes(B) = argument + output + temp - alias is fitted as a + b B from the two smallest
+measured batches (params, optimizer and EMA are the constant a; activations grow with B), then
+B_max = floor((capacity - a) / b); a third measured batch checks the line (the fit's error there is
+reported). Measure from B = 4 up: XLA:CPU fuses the batch-1 train step differently (its temporaries
+fell from B = 1 to 2). On the backend measured (XLA:CPU unless run on a GPU) the temporaries follow
+that backend's fusion and scheduling; a GPU's differ (cuDNN workspaces, another scheduler), so the GB
+columns are estimates to confirm with `benchmarks.gpu_check --section=memory`. --merge upserts rows
+into an existing memory.json under a file lock (parallel runs may share it) and skips rows it already
+has at the same batches, so an interrupted table resumes. Writes benchmarks/out/memory.md and
+memory.json (--out: another folder; the committed copies are in benchmarks/results/).
 """
 
 from __future__ import annotations

@@ -165,19 +165,24 @@ def make_row(family, size, remat, name, by_batch, donate: bool = True) -> dict:
 
 
 def run(families, sizes, batches, which, remats, smoke: bool, write=None, donate: bool = True,
-        options: dict | None = None, done=()) -> list[dict]:
+        options: dict | None = None, done=None) -> list[dict]:
     """Rows of the table; `write(rows)` after each compile (partial results survive an interrupted run);
-    `done`: (family, size, remat, program) keys already measured at these batches, skipped (--merge)."""
+    `done`: {(family, size, remat, program): row} already measured (--merge): only the batches a row
+    lacks are compiled and added to its bytes."""
+    done = done or {}
     rows = []
     for family in families:
         for size in sizes:
             for remat in remats:
-                todo = [p for p in which if (family, size, remat, p) not in done]
+                have = {p: {int(b): m for b, m in done[(family, size, remat, p)]["bytes"].items()}
+                        if (family, size, remat, p) in done else {} for p in which}
+                missing = {p: [b for b in batches if b not in have[p]] for p in which}
+                todo = [p for p in which if missing[p]]
                 if not todo:
                     continue
                 t0 = time.perf_counter()
                 config = make_config(family, size, remat=remat, smoke=smoke)
-                partial = {name: {} for name in todo}
+                partial = {name: dict(have[name]) for name in todo}
 
                 def on_result(name, batch, m):
                     partial[name][batch] = m
@@ -186,7 +191,8 @@ def run(families, sizes, batches, which, remats, smoke: bool, write=None, donate
                     if write is not None:
                         write(rows + [make_row(family, size, remat, n, bb, donate) for n, bb in partial.items() if bb])
 
-                measure(config, batches, todo, donate, options, on_result)
+                for name in todo:
+                    measure(config, missing[name], [name], donate, options, on_result)
                 rows += [make_row(family, size, remat, name, by_batch, donate) for name, by_batch in partial.items()]
                 print(f"{family} {size}² remat={remat}: {time.perf_counter() - t0:.0f} s", flush=True)
                 if write is not None:
@@ -241,8 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--remat", default="false,true", help="remat settings measured: false, true or both")
     ap.add_argument("--out", default=None, help="folder for memory.md / memory.json (default benchmarks/out)")
     ap.add_argument("--merge", action="store_true",
-                    help="upsert rows into the folder's memory.json (locked: runs may share it) and skip the "
-                         "(net, size, remat, program) rows it already has at these batches")
+                    help="upsert rows into the folder's memory.json (locked: runs may share it), compiling only "
+                         "the batches its (net, size, remat, program) rows lack")
     ap.add_argument("--no-donate", dest="donate", action="store_false",
                     help="do not donate the train step's state (then its output is counted besides its argument)")
     ap.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
@@ -274,7 +280,7 @@ def main(argv=None) -> int:
     def load():
         return json.loads(path.read_text()).get("rows", []) if args.merge and path.exists() else []
 
-    done = {row_key(r) for r in load() if sorted(map(int, r["bytes"])) == batches}
+    done = {row_key(r): r for r in load()}
 
     def write(rows):
         with open(out / f".{name}.lock", "w") as lock:

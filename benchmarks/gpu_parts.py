@@ -219,7 +219,7 @@ def part_memory(size: Size, out: pathlib.Path) -> None:
         config = make_config(size, remat=remat)
         by_batch = memory.measure(config, size.memory_batches, ("train",))["train"]
         for batch, m in by_batch.items():
-            w.add(f"train remat={remat} batch {batch}", {k: m[k] / 1e9 for k in ("argument", "output", "temp")})
+            w.add(f"train remat={remat} batch {batch}", {k: m[k] / 1e9 for k in ("argument", "output", "temp", "alias")})
         if capacity:
             b_max, fit = memory.largest_batch(by_batch, capacity)
             w.add(f"train remat={remat} largest batch", {"device_bytes_limit_gb": capacity / 1e9, "max_batch": b_max,

@@ -196,3 +196,27 @@ def test_largest_batch_from_the_line():
     assert fit["per_example"] == 10 and fit["constant"] == 1001
     assert fit["max_rel_error"] == pytest.approx(4 / 1045)
     assert memory.largest_batch({1: {"total": 1011}, 2: {"total": 1000}}, 16e9)[0] is None  # no growth: no fit
+
+
+def test_batch_limit_fit_moves_the_right_way(monkeypatch):
+    """The table's largest batch from compiled bytes (one-level DDPM++ sampler step, batches 2 and 4): more
+    memory fits more examples, a larger image fewer (its activations per example are larger), the line
+    through two batches has a positive slope; rows merge into the markdown table by their key."""
+    make_config = memory.make_config
+    monkeypatch.setattr(memory, "make_config", lambda *a, **k: _one_level(make_config(*a, **k)))
+    rows = []
+    memory.run(["ddpmpp"], [4, 8], [2, 4], ["sample"], [False], smoke=True, write=lambda r: rows.append(r))
+    small, large = rows[-1]
+    assert (small["image_size"], large["image_size"]) == (4, 8)
+    for r in (small, large):  # per example: more than the input and its drift (the activations count too)
+        assert r["fit"]["per_example"] > 2 * r["image_size"] ** 2 * 3 * 4
+        assert r["max_batch_16GB"] < r["max_batch_40GB"] < r["max_batch_80GB"]
+    assert large["fit"]["per_example"] > small["fit"]["per_example"]
+    assert large["max_batch_16GB"] < small["max_batch_16GB"]
+    text = memory.table(memory.merged(rows[-1], [dict(small, remat=True)]))
+    assert text.count("| ddpmpp | 4² |") == 2 and text.count("| ddpmpp | 8² |") == 1
+
+
+def _one_level(config):
+    config.model.ch_mult = (1,)
+    return config

@@ -29,6 +29,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import image_to_image as i2i_bench
 from benchmarks.common import RESULTS, write_result
 from configs import digits_base4, digits_cascade, digits_vp
 from score_sde import data, image_to_image as i2i, quality
@@ -38,24 +39,11 @@ from score_sde.plumbing import outputs, restore
 SMOKE_NF = 8
 
 
-def _to01(x):
-    return np.clip((np.asarray(x, np.float64) + 1.0) / 2.0, 0.0, 1.0)
-
-
-class Scorer:
+class Scorer(i2i_bench.Scorer):
     """The digits classifier's Frechet distance to the training split and mean top-class confidence."""
 
-    def __init__(self, cache: str):
-        config = digits_vp.get_config()
-        tr = data.load_split(config, "train")
-        train01 = tr.source.get(np.arange(len(tr.source))) / (tr.num_levels - 1)
-        self.clf = quality.load_or_train_classifier(cache, train01, tr.labels)
-        self.ref = quality.gaussian_stats(self.clf.features(train01))
-
     def __call__(self, x) -> tuple[float, float]:
-        x01 = _to01(x)
-        fd = quality.frechet_distance(*quality.gaussian_stats(self.clf.features(x01)), *self.ref)
-        return fd, quality.class_stats(self.clf, x01)[0]
+        return self.frechet(x), quality.class_stats(self.clf, i2i_bench._to01(x))[0]
 
 
 def _with(config, nfe: int, n: int, batch: int, smoke: bool):

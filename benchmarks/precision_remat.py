@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import numpy as np
 from benchmarks.common import RESULTS, write_result
 from benchmarks.memory import compiled_bytes
 from configs import digits_vp
-from score_sde import config_utils, models
+from score_sde import config_utils
 from score_sde.drivers import train
 
 

@@ -1,7 +1,6 @@
 """Executes notebooks/quickstart.ipynb with nbclient in its small configuration (QUICKSTART_SMALL=1)."""
 
 import json
-import os
 import pathlib
 
 import ipykernel  # noqa: F401  (the kernel nbclient starts; a dev dependency, never skipped)

@@ -11,10 +11,8 @@ next), `.npz` (model scale) and `.json`, never overwriting (`score_sde.plumbing.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp

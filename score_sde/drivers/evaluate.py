@@ -18,11 +18,9 @@ weight `sampling.guidance_scale` (`score_sde.guidance`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp

@@ -19,7 +19,6 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 
 from score_sde.sde import batch_times
 from score_sde.solvers.base import StepSampler, check_n_steps

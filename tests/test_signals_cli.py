@@ -209,3 +209,44 @@ def test_a_signal_in_every_other_mode_then_the_same_command_resumes(workdir, tmp
             assert (run / folder / "checkpoints" / "400").is_dir()
             steps = [json.loads(r)["step"] for r in (run / folder / "metrics.jsonl").read_text().splitlines()]
             assert steps == sorted(set(steps)) and steps[-1] == 400, steps
+
+
+@pytest.mark.slow
+def test_sigterm_mid_cascade_is_one_line_and_writes_nothing(tmp_path):
+    """`--mode=cascade` (two tiny 2-step runs: an MLP base at 4x4, an nf=8 SR UNet at 8x8) signalled while
+    its base stage solves: exit 143, the one stop line last, no traceback, nothing under cascade/ and no
+    results row."""
+    (tmp_path / "base_cfg.py").write_text(
+        "from configs import digits_base4\n\n\ndef get_config():\n    c = digits_base4.get_config()\n"
+        "    c.model.name = 'mlp'\n    c.model.hidden = (16, 16)\n    return c\n")
+    short = ["--config.training.batch_size=8", "--config.training.n_iters=2", "--config.training.snapshot_freq=2"]
+    for cfg, name, extra in ((str(tmp_path / "base_cfg.py"), "base", []),
+                             ("configs/digits_sr.py", "sr", ["--config.model.nf=8"])):
+        subprocess.run([sys.executable, "main.py", f"--config={cfg}", f"--workdir={tmp_path / name}", "--mode=train",
+                        *extra, *short], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300, check=True)
+    run = tmp_path / "cascade_run"
+    proc = _launch(run, ["--config=configs/digits_cascade.py", "--mode=cascade", "--config.model.nf=8",
+                         f"--config.cascade.base_config={tmp_path / 'base_cfg.py'}",
+                         f"--config.cascade.base_workdir={tmp_path / 'base'}",
+                         f"--config.cascade.sr_workdir={tmp_path / 'sr'}",
+                         "--config.sampling.method=euler_maruyama", "--config.sampling.euler_maruyama.n_steps=200000",
+                         "--config.sampling.num_samples=16", "--config.sampling.batch_size=8"], "cascade")
+    try:
+        deadline = time.time() + 300
+        while "cascade base (" not in _text(proc):  # the base stage's progress bar: mid-solve
+            assert proc.poll() is None, _text(proc)[-3000:]
+            assert time.time() < deadline, _text(proc)[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = _text(proc)
+    assert proc.returncode == 143, text[-3000:]
+    for bad in ("Traceback", "Fatal Python error", "Segmentation", "Exception ignored"):
+        assert bad not in text, text[-3000:]
+    assert _lines(text)[-1] == (f"stopped by SIGTERM during --mode=cascade; the outputs finished before it are kept "
+                                f"in {run} (none is half-written); run the same command again"), _lines(text)
+    assert not (run / "cascade").exists() or not any((run / "cascade").iterdir())
+    assert not (run / "results.jsonl").exists() or "cascade" not in (run / "results.jsonl").read_text()

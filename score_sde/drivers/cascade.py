@@ -105,12 +105,20 @@ def check_cascade_config(config) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return base_shape, (size, size, ch)
 
 
-def draw(config, loaded, num: int, seed: int, conds=None) -> tuple[np.ndarray, int]:
-    """(`num` samples of `loaded` with config.sampling (batches of sampling.batch_size), their NFE)."""
+def draw(config, loaded, num: int, seed: int, conds=None, stage: str = "") -> tuple[np.ndarray, int]:
+    """(`num` samples of `loaded` with config.sampling (batches of sampling.batch_size), their NFE); with a
+    `stage` name, a progress bar `cascade <stage> (<method>)` on stderr moves per sampling step."""
     outs, nfes = [], []
-    for x, nfe in evaluate.draw_batches(config, loaded, num, config.sampling.batch_size, seed, conds=conds):
-        outs.append(x)
-        nfes.append(nfe)
+    batch = config.sampling.batch_size
+    bar = evaluate.SampleProgress(-(-num // batch), f"cascade {stage} ({config.sampling.method})", enabled=bool(stage))
+    try:
+        for x, nfe in evaluate.draw_batches(config, loaded, num, batch, seed, conds=conds,
+                                            progress=bar.step if stage else None):
+            outs.append(x)
+            nfes.append(nfe)
+            bar.batch_done()
+    finally:
+        bar.close()
     return np.concatenate(outs), int(np.mean(nfes))
 
 
@@ -121,15 +129,16 @@ def sr_conditions(config, task: image_to_image.SuperResolution, low: np.ndarray,
     return {k: np.asarray(v) for k, v in task.from_low_res(keys, jnp.asarray(low), level).items()}
 
 
-def cascade_sample(base_config, sr_config, base_loaded, sr_loaded, num: int, level: float) -> dict:
+def cascade_sample(base_config, sr_config, base_loaded, sr_loaded, num: int, level: float,
+                   progress: bool = False) -> dict:
     """{"base_samples", "samples", "cond_low_res", "cond_aug_level", "base_nfe", "sr_nfe"}: `num`
     base samples, clipped to the data range, and their SR samples at augmentation level `level`
-    (library call of the two stages)."""
-    raw, base_nfe = draw(base_config, base_loaded, num, base_config.seed)
+    (library call of the two stages; `progress`: a bar per stage on stderr)."""
+    raw, base_nfe = draw(base_config, base_loaded, num, base_config.seed, stage="base" if progress else "")
     low = np.clip(raw, *data.data_range(bool(sr_config.data.centered)))  # the range the SR model trained on
     task = config_utils.task_from_config(sr_config)
     conds = sr_conditions(sr_config, task, low, level)
-    high, sr_nfe = draw(sr_config, sr_loaded, num, sr_config.seed + 1, conds=conds)
+    high, sr_nfe = draw(sr_config, sr_loaded, num, sr_config.seed + 1, conds=conds, stage="SR" if progress else "")
     return {"base_samples": low, "samples": high, "cond_low_res": conds["low_res"],
             "cond_aug_level": conds["aug_level"], "base_nfe": base_nfe, "sr_nfe": sr_nfe}
 
@@ -150,7 +159,8 @@ def run_cascade(config, workdir: str) -> dict:
     sr_loaded = restore.load_score_fn(sr_config, str(config.cascade.sr_workdir), sr_shape)
     level = float(config.sampling.aug_level)
     with timing.Timer() as timer:
-        out = cascade_sample(base_config, sr_config, base_loaded, sr_loaded, config.sampling.num_samples, level)
+        out = cascade_sample(base_config, sr_config, base_loaded, sr_loaded, config.sampling.num_samples, level,
+                             progress=jax.process_index() == 0)
     out_dir = os.path.join(workdir, "cascade")
     os.makedirs(out_dir, exist_ok=True)
     options = cascade_options(config)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import image_to_image as i2i_bench
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import RESULTS
 from configs import digits_base4, digits_cascade, digits_vp
 from score_sde import data, image_to_image as i2i, quality
 from score_sde.drivers import cascade, train
@@ -185,10 +185,7 @@ def main(argv=None):
            f"--sr-noaug-workdir {args.sr_noaug_workdir} --uncond-workdir {args.uncond_workdir} --n {args.n} "
            f"--batch {args.batch} --nfe {' '.join(map(str, args.nfe))} --levels {' '.join(map(str, args.levels))} "
            f"--noaug-levels {' '.join(map(str, args.noaug_levels))}")
-    path = write_result("cascade", "\n".join(lines), cmd, directory=args.out)
-    print(path.read_text())
-    if tmp is not None:
-        tmp.cleanup()
+    i2i_bench.finish("cascade", lines, cmd, args.out, tmp)
     return rows
 
 

@@ -85,6 +85,13 @@ class Scorer:
         return quality.frechet_distance(*quality.gaussian_stats(self.clf.features(_to01(x))), *self.ref)
 
 
+def finish(name: str, lines: list, cmd: str, out: str, tmp) -> None:
+    """Writes results/<name>.md (with the command), prints it, and removes the smoke run's temporary folder."""
+    print(write_result(name, "\n".join(lines), cmd, directory=out).read_text())
+    if tmp is not None:
+        tmp.cleanup()
+
+
 def diversity(draws: np.ndarray) -> float:
     """Mean pairwise RMS distance between the K outputs of each input: draws (K, n, *shape)."""
     k = draws.shape[0]
@@ -444,10 +451,7 @@ def main(argv=None):
            f"python -m benchmarks.image_to_image --sr-workdir {args.sr_workdir} --inpaint-workdir "
            f"{args.inpaint_workdir} --uncond-workdir {args.uncond_workdir} --n {args.n} --nfe {args.nfe} "
            f"--regression-steps {args.regression_steps} --particles {args.particles} --smc-steps {args.smc_steps}")
-    path = write_result("image_to_image", "\n".join(lines), cmd, directory=args.out)
-    print(path.read_text())
-    if tmp is not None:
-        tmp.cleanup()
+    finish("image_to_image", lines, cmd, args.out, tmp)
     return sr, inp
 
 
@@ -468,10 +472,7 @@ def palette_main(args, scorer, x, labels, t_start, tmp):
            f"{args.palette_workdir} --inpaint-workdir {args.inpaint_workdir} --uncond-workdir {args.uncond_workdir} "
            f"{f'--classifier {args.classifier} ' if args.classifier else ''}--n {args.n} --nfe {args.nfe} --regression-steps {args.regression_steps} "
            f"--particles {args.particles} --smc-steps {args.smc_steps}")
-    path = write_result("image_to_image_palette", "\n".join(lines), cmd, directory=args.out)
-    print(path.read_text())
-    if tmp is not None:
-        tmp.cleanup()
+    finish("image_to_image_palette", lines, cmd, args.out, tmp)
     return jrows, urows, irows
 
 

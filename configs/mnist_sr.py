@@ -14,8 +14,11 @@ from configs import mnist_vp
 def get_config():
     config = mnist_vp.get_config()
     add_super_resolution(config, factor=4, max_aug_level=0.2)
-    config.sampling.method = "dpm_solver"     # 20 score calls per sample (ode: ~100-400)
-    config.sampling.dpm_solver.nfe = 20
+    # The reverse SDE: this model's probability-flow samplers (dpm_solver, ode) turn some inputs into noise
+    # (README, "Measured on MNIST 28x28, x4"); 200 steps gave its best Frechet distance there.
+    config.sampling.method = "euler_maruyama"
+    config.sampling.euler_maruyama.n_steps = 200
+    config.sampling.dpm_solver.nfe = 20       # with --config.sampling.method=dpm_solver
     config.sampling.num_samples = 64
     config.sampling.batch_size = 64
     return config

@@ -45,10 +45,9 @@ PUBLISHED = [
 NFES = (10, 20, 50)
 
 
-def main_py(workdir: str, mode: str, overrides: list[str]) -> dict:
+def main_py(workdir: str, mode: str, overrides: list[str], config: str = "configs/mnist_vp.py") -> dict:
     """Runs `python main.py` in `mode` and returns the last results.jsonl row it added (train: None)."""
-    cmd = [sys.executable, "main.py", "--config=configs/mnist_vp.py", f"--workdir={workdir}", f"--mode={mode}",
-           *overrides]
+    cmd = [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}", f"--mode={mode}", *overrides]
     print("$", " ".join(cmd[1:]), flush=True)
     before = _rows(workdir)
     subprocess.run(cmd, check=True)

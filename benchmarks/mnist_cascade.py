@@ -20,33 +20,23 @@ the first cascade row | the single model's last row) in --out; the cascade's out
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 
+from benchmarks import mnist
 from benchmarks.common import RESULTS
 from benchmarks.image_to_image import finish
-from benchmarks.mnist import quality_scorer
 from score_sde.plumbing import outputs
 
 
 def main_py(config: str, workdir: str, mode: str, overrides: list[str]) -> dict:
-    """Runs `python main.py` and returns the results.jsonl row it added (its outputs, NFE and seconds)."""
-    path = os.path.join(workdir, "results.jsonl")
-    before = os.path.getsize(path) if os.path.exists(path) else 0
-    cmd = [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}", f"--mode={mode}", *overrides]
-    print("$", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True)
-    with open(path) as f:
-        f.seek(before)
-        rows = [json.loads(line) for line in f if line.strip()]
-    if not rows:
-        raise SystemExit(f"{' '.join(cmd[1:])} added no results row to {path}")
-    return rows[-1]
+    """benchmarks.mnist.main_py with `config`; a run that adds no results row is an error."""
+    row = mnist.main_py(workdir, mode, overrides, config=config)
+    if row is None:
+        raise SystemExit(f"main.py --config={config} --mode={mode} added no results row to {workdir}")
+    return row
 
 
 def npz_of(row: dict) -> str:
@@ -97,7 +87,7 @@ def main(argv=None):
         row = main_py("configs/mnist_vp.py", args.uncond_workdir, "sample",
                       [*common, *em, f"--config.sampling.euler_maruyama.n_steps={2 * args.em_steps}"])
         runs.append((f"single 28x28 model, euler_maruyama (step {row['step']})", row))
-    score = quality_scorer(args.uncond_workdir, args.data_dir, True, None)
+    score = mnist.quality_scorer(args.uncond_workdir, args.data_dir, True, None)
     lines = ["| model | NFE | Frechet distance (CNN features) | confidence | sampling seconds |", "|---|---:|---:|---:|---:|"]
     floor = None
     for name, row in runs:
@@ -108,7 +98,10 @@ def main(argv=None):
                      f"{row['run_seconds']:.0f} |")
         print(lines[-1], flush=True)
     lines.append(f"| test split (two random halves: the floor) | – | {floor[0]:.2f} | {floor[1]:.3f} | – |")
-    samples = lambda i, key="samples": np.load(npz_of(runs[i][1]))[key][:10]  # noqa: E731
+    def samples(i: int, key: str = "samples") -> np.ndarray:
+        with np.load(npz_of(runs[i][1])) as f:
+            return f[key][:10]
+
     n_cascade, n_single = len(args.nfe) * len(levels), len({n for k in args.nfe for n in (k, 2 * k)})
     shown = [np.repeat(np.repeat(samples(0, "base_samples"), 4, axis=1), 4, axis=2), samples(0)]
     shown += [samples(n_cascade + n_single)] if args.em_steps else []
